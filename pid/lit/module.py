@@ -1,0 +1,199 @@
+"""LightningModule that trains a PiD teacher (backbone + latent adapter) or its pixel prior (no adapter).
+
+One training step (SPEC §3), all on the device:
+    HQ crop x₀ ──bicubic ↓sr_scale──▶ LQ image ──frozen encoder──▶ z
+    z̃ = noise_latent(z, σ)      σ ~ U(0, σ_max) with probability p, else 0
+    t ~ shifted logit-normal,  x_t = (1−t)·x₀ + t·ε,  target v = ε − x₀
+    loss = ‖PiD(x_t, t, z̃, σ, text) − v‖²  (+ auxiliary low-res RGB loss in v1.5)
+with caption and latent dropout so both guidances can be used at sampling.
+
+The network, latent space, text encoder and optimiser arrive by dependency injection (Hydra `_target_`);
+this module only composes them. EMA, image grids and held-out comparisons are callbacks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from pid.diffusion import flow, losses, noising
+from pid.lit.pretrained import load_pretrained_net
+from pid.utils.images import downsample, to_signed
+
+
+class PiDModule(pl.LightningModule):
+    """Teacher / prior training.
+
+    Args:
+        net: a `pid.nn.PiDNet` (adapter None → pixel prior).
+        latent: a frozen `pid.latents.LatentSpace`; encodes the LQ image.
+        optimizer: partial of a torch optimiser (AdamW in the paper), called with the trainable params.
+        text_encoder: a `pid.text` conditioner, or None for caption-free training.
+        sr_scale: output size / size of the image the latent encodes.
+        warmup_steps: linear learning-rate warm-up.
+        init_from: checkpoint to start the network from (pretrained PixelDiT prior or a PiD checkpoint).
+        latent_noise: {sigma_max, prob} of latent noising (σ enters only through the adapter's gates).
+        caption_dropout, latent_dropout: probabilities, for dual classifier-free guidance.
+        time: {logit_mean, logit_std, shift_base, shift_ref_size} of the training t distribution.
+        sampling: defaults for `decode`: {num_steps, text_cfg, latent_cfg}.
+        aux_rgb_weight: weight of the v1.5 auxiliary low-res RGB loss (used when the adapter has the head).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        latent: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        text_encoder: nn.Module | None = None,
+        sr_scale: int = 4,
+        warmup_steps: int = 2000,
+        init_from: str | None = None,
+        latent_noise: dict | None = None,
+        caption_dropout: float = 0.1,
+        latent_dropout: float = 0.1,
+        time: dict | None = None,
+        sampling: dict | None = None,
+        aux_rgb_weight: float = 0.8,
+        val_timesteps: Sequence[float] = (0.25, 0.5, 0.75),
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "latent", "text_encoder", "optimizer"])
+        self.net = net
+        self.latent = latent.requires_grad_(False).eval()
+        self.text_encoder = text_encoder.requires_grad_(False).eval() if text_encoder is not None else None
+        self.optimizer_factory = optimizer
+        self.sr_scale = int(sr_scale)
+        self.latent_noise = {"sigma_max": 0.8, "prob": 0.75, **(latent_noise or {})}
+        self.time = {"logit_mean": 0.0, "logit_std": 1.0, "shift_base": 6.0, "shift_ref_size": 2048,
+                     **(time or {})}
+        self.sampling = {"num_steps": 25, "text_cfg": 4.0, "latent_cfg": 1.0, **(sampling or {})}
+        # Frozen encoders are rebuilt from config; only small embedded latents travel in checkpoints.
+        self.strict_loading = False
+        self.run_config: dict | None = None
+        if init_from:
+            load_pretrained_net(self.net, init_from, config_key="model.init_from")
+
+    # ------------------------------------------------------------------ conditioning
+    @property
+    def has_adapter(self) -> bool:
+        return getattr(self.net, "adapter", None) is not None
+
+    @torch.no_grad()
+    def encode_lq(self, hq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """HQ image in [-1, 1] → (LQ image, clean normalised latent z)."""
+        lq = downsample(hq, self.sr_scale)
+        return lq, self.latent.encode(lq).float()
+
+    def encode_text(self, captions: Sequence[str] | None, keep: torch.Tensor | None):
+        if self.text_encoder is None or captions is None:
+            return None, None
+        with torch.no_grad():
+            y, y_mask = self.text_encoder(list(captions))
+        if keep is not None:
+            y = y * keep.view(-1, 1, 1).to(y.dtype)  # dropped captions → null (zero) text states
+        return y, y_mask
+
+    def training_condition(self, hq: torch.Tensor, captions=None) -> dict[str, Any]:
+        """Latent and text conditioning of one training batch, with noising and dropout."""
+        b = hq.shape[0]
+        lq, z = self.encode_lq(hq)
+        sigma = noising.sample_latent_sigma(b, self.latent_noise["sigma_max"], self.latent_noise["prob"],
+                                            device=hq.device)
+        z_noisy = noising.noise_latent(z, sigma, torch.randn_like(z), form=self.latent.noise_form)
+        latent_keep = noising.keep_mask(b, self.hparams.latent_dropout, device=hq.device)
+        caption_keep = noising.keep_mask(b, self.hparams.caption_dropout, device=hq.device)
+        y, y_mask = self.encode_text(captions, caption_keep)
+        return {"latent": z_noisy, "sigma": sigma, "latent_keep": latent_keep, "y": y, "y_mask": y_mask, "lq": lq}
+
+    # ------------------------------------------------------------------ training
+    def diffusion_loss(self, hq: torch.Tensor, cond: dict[str, Any], t: torch.Tensor,
+                       eps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rectified-flow loss at given t and ε; returns its terms (and 'loss', their weighted sum)."""
+        x_t = flow.interpolate(hq, eps, t)
+        want_aux = self.has_adapter and getattr(self.net.adapter, "aux_rgb_head", None) is not None
+        net_kwargs = {k: cond[k] for k in ("latent", "sigma", "latent_keep", "y", "y_mask")}
+        if not self.has_adapter:
+            net_kwargs.update(latent=None, sigma=None, latent_keep=None)
+        out = self.net(x_t, t, return_extras=want_aux, **net_kwargs)
+        v_pred, extras = out if want_aux else (out, {})
+        terms = {"flow": losses.flow_matching_loss(v_pred, flow.velocity(hq, eps))}
+        if want_aux and extras.get("aux_rgb") is not None:
+            terms["aux_rgb"] = losses.aux_rgb_loss(extras["aux_rgb"], cond["lq"], cond["sigma"],
+                                                   weight=self.hparams.aux_rgb_weight)
+        terms["loss"] = sum(terms.values())
+        return terms
+
+    def sample_t(self, b: int, height: int, width: int) -> torch.Tensor:
+        return flow.sample_training_t(
+            b, height, width, mean=self.time["logit_mean"], std=self.time["logit_std"],
+            base_shift=self.time["shift_base"], ref_size=self.time["shift_ref_size"], device=self.device)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        hq = to_signed(batch["image"])
+        b, _, h, w = hq.shape
+        cond = self.training_condition(hq, batch.get("caption"))
+        terms = self.diffusion_loss(hq, cond, self.sample_t(b, h, w), torch.randn_like(hq))
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False, batch_size=b)
+        self.log("train/loss", terms["loss"].detach(), prog_bar=True, batch_size=b)
+        return terms["loss"]
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Flow loss at fixed t with fixed noise and a clean latent: comparable across runs and steps."""
+        hq = to_signed(batch["image"])
+        b = hq.shape[0]
+        gen = torch.Generator(device="cpu").manual_seed(1234 + batch_idx)
+        lq, z = self.encode_lq(hq)
+        cond = {"latent": z, "sigma": torch.zeros(b, device=hq.device), "latent_keep": None, "lq": lq}
+        cond["y"], cond["y_mask"] = self.encode_text(batch.get("caption"), None)
+        total = 0.0
+        for t_value in self.hparams.val_timesteps:
+            eps = torch.randn(hq.shape, generator=gen).to(hq.device)
+            t = torch.full((b,), float(t_value), device=hq.device)
+            loss = self.diffusion_loss(hq, cond, t, eps)["flow"]
+            self.log(f"val/loss_t{t_value:g}", loss, batch_size=b, sync_dist=True)
+            total = total + loss
+        self.log("val/loss", total / len(self.hparams.val_timesteps), prog_bar=True, batch_size=b, sync_dist=True)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *, num_steps: int | None = None,
+               text_cfg: float | None = None, latent_cfg: float | None = None, captions=None,
+               generator: torch.Generator | None = None, sampler: str = "euler") -> torch.Tensor:
+        """Generate the image for a (possibly noisy) normalised latent: [-1, 1], sr_scale × its image size."""
+        from pid.sampling import decode_latent
+
+        return decode_latent(
+            self.net, latent, sigma, sr_scale=self.sr_scale, latent_down=self.latent.down_factor,
+            num_steps=num_steps or self.sampling["num_steps"],
+            text_cfg=self.sampling["text_cfg"] if text_cfg is None else text_cfg,
+            latent_cfg=self.sampling["latent_cfg"] if latent_cfg is None else latent_cfg,
+            text=self.encode_text(captions, None) if captions is not None else (None, None),
+            shift_base=self.time["shift_base"], shift_ref_size=self.time["shift_ref_size"],
+            generator=generator, sampler=sampler)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError("no trainable parameters: check model.net.freeze_backbone and the adapter config")
+        optimizer = self.optimizer_factory(params)
+        warmup = max(int(self.hparams.warmup_steps), 0)
+
+        def warmup_factor(step: int) -> float:
+            return 1.0 if warmup == 0 else min(1.0, (step + 1) / warmup)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep_latent = bool(getattr(self.latent, "store_in_checkpoint", False))
+        drop = ("text_encoder.",) + (() if keep_latent else ("latent.",))
+        for key in [k for k in checkpoint["state_dict"] if k.startswith(drop)]:
+            del checkpoint["state_dict"][key]
+        checkpoint["pid"] = {"format": 1, "config": self.run_config, "sr_scale": self.sr_scale}

@@ -1,0 +1,187 @@
+"""PiDNet: PixelDiT backbone + sigma-aware latent adapter (the PiD decoder network).
+
+    v = PiDNet(x_t, t, latent=z~, sigma=sigma, y=text)
+
+The adapter's features enter before every ``interval``-th patch block through
+sigma-aware gates (h <- h + g * l) and, optionally, the PiT conditioning. With
+``latent=None`` (or no adapter) the network is exactly the pixel prior.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from pid.nn.adapter import AdapterOutput, LatentAdapter
+from pid.nn.pixel_dit import PixelDiT
+
+Extras = Dict[str, object]
+
+# official PidNet key prefix -> ours (image-branch and merge keys of LQProjection2D have no counterpart)
+OFFICIAL_KEY_PREFIXES = (
+    ("lq_proj.lq_aux_rgb_head.", "adapter.aux_rgb_head."),
+    ("pit_lq_gate.", "adapter.pit_gate."),
+    ("lq_proj.", "adapter."),
+)
+
+
+def convert_official_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename an official PixDiT_T2I / PidNet state dict to PixelDiT / PiDNet names.
+
+    Backbone names are identical; adapter keys move from ``lq_proj.*`` / ``pit_lq_gate.*``
+    to ``adapter.*``. Keys of paths we do not implement (LQ image branch, REPA, ED) are dropped.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("net.").removeprefix("module.")
+        if key.startswith(("lq_proj.image_conv.", "lq_proj.merge.", "encoder_ed.", "decoder_ed.", "s_ed_", "repa")):
+            continue
+        for old, new in OFFICIAL_KEY_PREFIXES:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+    return out
+
+
+class PiDNet(PixelDiT):
+    """Pixel-diffusion decoder: PixelDiT conditioned on a generator latent.
+
+    Extra args (all other args as PixelDiT):
+        adapter: callable building the adapter (e.g. Hydra ``_partial_: true`` of LatentAdapter),
+            called with latent_channels, hidden_size, patch_depth, patch_size, latent_down, sr_scale;
+            or None for a pure pixel prior.
+        latent_channels: channels of the latent given to forward.
+        latent_down: low-res image pixels per latent pixel (8 for VAEs, 16 for RAE encoders).
+        sr_scale: output pixels per low-res image pixel (4 or 8).
+        freeze_backbone: train the adapter only (PiD v1.5).
+    """
+
+    def __init__(
+        self,
+        adapter: Optional[Callable[..., LatentAdapter]] = None,
+        latent_channels: int = 16,
+        latent_down: int = 8,
+        sr_scale: int = 4,
+        freeze_backbone: bool = False,
+        **backbone_kwargs,
+    ):
+        super().__init__(**backbone_kwargs)
+        self.latent_channels = latent_channels
+        self.latent_down = latent_down
+        self.sr_scale = sr_scale
+        self.freeze_backbone = freeze_backbone
+        self.adapter: Optional[LatentAdapter] = None
+        if adapter is not None:
+            self.adapter = adapter(
+                latent_channels=latent_channels,
+                hidden_size=self.hidden_size,
+                patch_depth=self.patch_depth,
+                patch_size=self.patch_size,
+                latent_down=latent_down,
+                sr_scale=sr_scale,
+            )
+        if freeze_backbone:
+            if self.adapter is None:
+                raise ValueError("freeze_backbone=True needs an adapter (nothing would be trainable)")
+            for p in self.backbone_parameters():
+                p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ parameter groups
+
+    def adapter_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(()) if self.adapter is None else self.adapter.parameters()
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for name, p in self.named_parameters() if not name.startswith("adapter."))
+
+    @torch.no_grad()
+    def gate_stats(self) -> Dict[str, float]:
+        """Per injection point: mean gate of the last forward (if any) and alpha = exp(log_alpha)."""
+        stats: Dict[str, float] = {}
+        if self.adapter is None:
+            return stats
+        gates = [(f"block{b}", g) for b, g in zip(self.adapter.injection_blocks, self.adapter.gate_modules)]
+        if self.adapter.pit_gate is not None:
+            gates.append(("pit", self.adapter.pit_gate))
+        for name, gate in gates:
+            stats[f"gate/{name}/alpha"] = float(gate.alpha)
+            if gate.last_mean is not None:
+                stats[f"gate/{name}/mean"] = float(gate.last_mean)
+        return stats
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        latent: Optional[torch.Tensor] = None,
+        sigma: Optional[torch.Tensor] = None,
+        y: Optional[torch.Tensor] = None,
+        y_mask: Optional[torch.Tensor] = None,
+        latent_keep: Optional[torch.Tensor] = None,
+        return_extras: bool = False,
+        feature_blocks: Iterable[int] = (),
+        features_only: bool = False,
+    ) -> Union[torch.Tensor, Tuple[Optional[torch.Tensor], Extras]]:
+        """Velocity v = eps - x0.
+
+        Args:
+            x, t, y, y_mask: as PixelDiT.forward.
+            latent: (B, latent_channels, h, w) normalised (noisy) latent z~, or None (pure prior).
+            sigma: (B,) latent noise level in [0, 1]; default 0. Only the gates see it.
+            latent_keep: (B,) bool/float, 0 removes the adapter contribution for that sample
+                (latent dropout / latent-unconditional branch of dual CFG).
+            return_extras: return (v, extras) with extras = {"features": {i: (B, D, Hp, Wp) patch
+                tokens after block i for i in feature_blocks}, "aux_rgb": (B, 3, H/sr, W/sr) or None}.
+            feature_blocks: 0-based patch-block indices whose outputs go to extras["features"].
+            features_only: stop after the last of feature_blocks and return (None, extras)
+                (discriminator features without the pixel level).
+        """
+        if latent is not None and self.adapter is None:
+            raise ValueError("a latent was passed but this PiDNet has no adapter (adapter=None: pure pixel prior)")
+        feature_blocks = tuple(sorted(set(feature_blocks)))
+        for i in feature_blocks:
+            if not 0 <= i < self.patch_depth:
+                raise ValueError(f"feature block {i} is outside 0..{self.patch_depth - 1}")
+        if features_only and not feature_blocks:
+            raise ValueError("features_only=True needs at least one index in feature_blocks")
+
+        ctx = self.embed(x, t, y, y_mask)
+        B = x.shape[0]
+        out: Optional[AdapterOutput] = None
+        inject = None
+        if latent is not None:
+            sigma = self._per_sample(sigma, B, x.device, default=0.0)
+            keep = None if latent_keep is None else self._per_sample(latent_keep, B, x.device, default=1.0)
+            out = self.adapter(latent, ctx.grid, keep=keep, return_aux=return_extras)
+
+            def inject(i: int, h: torch.Tensor) -> torch.Tensor:
+                return self.adapter.inject(i, h, out, sigma)
+
+        stop = feature_blocks[-1] if features_only else None
+        h, features = self.run_patch_blocks(ctx, inject, feature_blocks, stop_after=stop)
+        extras: Extras = {"features": features, "aux_rgb": None if out is None else out.aux_rgb}
+        if features_only:
+            return None, extras
+
+        s = self.pixel_condition(ctx, h)
+        if out is not None:
+            s = self.adapter.inject_pit(s, out, sigma)
+        v = self.run_pixel_blocks(x, s, ctx.grid)
+        return (v, extras) if return_extras else v
+
+    @staticmethod
+    def _per_sample(value, batch: int, device, default: float) -> torch.Tensor:
+        """None / scalar / (B,) -> float32 (B,) tensor."""
+        if value is None:
+            return torch.full((batch,), default, device=device)
+        value = torch.as_tensor(value, device=device).float().reshape(-1)
+        if value.numel() == 1:
+            value = value.expand(batch)
+        if value.numel() != batch:
+            raise ValueError(f"expected one value per sample ({batch}), got shape {tuple(value.shape)}")
+        return value

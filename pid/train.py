@@ -1,0 +1,75 @@
+"""Training entry point: `python -m pid.train experiment=NAME [overrides]` (or `make train exp=NAME`).
+
+Thin on purpose: compose the config, check it, instantiate the parts, fit, export, compare.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pid.preflight import check_required_weights
+from pid.utils.errors import MissingWeightsError, PiDConfigError
+
+log = logging.getLogger("pid.train")
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit one run; returns its final metrics (for sweepers)."""
+    import lightning.pytorch as pl
+    import torch
+    from hydra.utils import instantiate
+
+    from pid.latents.prepare import prepare_latent
+    from pid.utils.loggers import instantiate_callbacks, instantiate_loggers
+
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+
+    datamodule = instantiate(cfg.data)
+    latent = prepare_latent(instantiate(cfg.latent), datamodule, cfg)
+    text_encoder = instantiate(cfg.text) if cfg.get("text") else None
+    model = instantiate(cfg.model, latent=latent, text_encoder=text_encoder)
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(model.run_config)
+
+    if cfg.train:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    if cfg.train and not trainer.fast_dev_run and trainer.is_global_zero:
+        from pid.api import export_decoder
+        from pid.lit.ema import find_ema
+
+        path = export_decoder(model, f"{cfg.paths.output_dir}/pid_decoder.safetensors", ema=find_ema(trainer))
+        log.info("exported the decoder (EMA weights) to %s", path)
+        if cfg.compare:
+            from pid.eval.heldout import compare_on_heldout
+
+            metrics.update(compare_on_heldout(model, datamodule, ema=find_ema(trainer),
+                                              out_dir=cfg.paths.output_dir, **cfg.get("compare_options", {})))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        check_required_weights(cfg)
+        metrics = train(cfg)
+    except (MissingWeightsError, PiDConfigError) as err:
+        log.error("%s", err)
+        sys.exit(2)
+    value = metrics.get(cfg.get("optimized_metric") or "")
+    return value
+
+
+if __name__ == "__main__":
+    main()

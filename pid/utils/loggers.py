@@ -1,0 +1,40 @@
+"""Build loggers from config; W&B goes offline by itself when no credentials are configured."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def wandb_credentials_available() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list:
+    loggers = []
+    for name, lg in (cfg or {}).items():
+        if not isinstance(lg, DictConfig) or "_target_" not in lg:
+            continue
+        kwargs = {}
+        if lg._target_.endswith("WandbLogger"):
+            mode = os.environ.get("WANDB_MODE")
+            if mode in ("offline", "disabled") or (mode is None and not wandb_credentials_available()):
+                kwargs["offline"] = True
+                log.info("W&B: no API key set, logging offline (upload later with `wandb sync %s/wandb`)",
+                         lg.get("save_dir", "."))
+            Path(lg.save_dir).mkdir(parents=True, exist_ok=True)
+        loggers.append(instantiate(lg, **kwargs))
+    return loggers
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list:
+    return [instantiate(cb) for cb in (cfg or {}).values() if isinstance(cb, DictConfig) and "_target_" in cb]
