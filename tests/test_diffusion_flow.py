@@ -75,7 +75,8 @@ def test_shift_time_monotone_fixed_points_and_inverse():
         torch.testing.assert_close(flow.unshift_time(ts, s), t, rtol=0, atol=1e-12)
         # SNR view: t'/(1-t') = s * t/(1-t)
         mid = t[1:-1]
-        torch.testing.assert_close(flow.shift_time(mid, s) / (1 - flow.shift_time(mid, s)), s * mid / (1 - mid))
+        smid = flow.shift_time(mid, s)
+        torch.testing.assert_close(smid / (1 - smid), s * mid / (1 - mid))
     assert bool((flow.shift_time(t[1:-1], 6.0) > t[1:-1]).all())  # s > 1 pushes towards noise
     assert flow.shift_time(0.5, 3.0) == pytest.approx(0.75)
     torch.testing.assert_close(flow.shift_time(t, 1.0), t)

@@ -34,13 +34,18 @@ def _inputs(b=3):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b, 2, 4, 4, generator=g)
     t = torch.rand(b, generator=g)
-    cond = dict(caption=torch.randn(b, generator=g), latent=torch.randn(b, 4, 2, 2, generator=g), names=[f"s{i}" for i in range(b)])
+    cond = dict(
+        caption=torch.randn(b, generator=g),
+        latent=torch.randn(b, 4, 2, 2, generator=g),
+        names=[f"s{i}" for i in range(b)],
+    )
     return x, t, cond
 
 
 def _branch(x, t, cond, text, lat):
     b = x.shape[0]
-    return Switchable.reference(x, t, torch.full((b,), text), torch.full((b,), lat), cond["caption"], cond["latent"])
+    text_on, latent_on = torch.full((b,), text), torch.full((b,), lat)
+    return Switchable.reference(x, t, text_on, latent_on, cond["caption"], cond["latent"])
 
 
 def test_weights_one_is_plain_conditional_single_forward():

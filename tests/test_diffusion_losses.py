@@ -32,7 +32,8 @@ def test_flow_matching_loss_gradient():
 
 def test_ycbcr_conversion():
     white = torch.ones(1, 3, 1, 1)
-    torch.testing.assert_close(rgb_to_ycbcr(white), torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1), atol=1e-6, rtol=0)
+    expected = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(rgb_to_ycbcr(white), expected, atol=1e-6, rtol=0)
     red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
     torch.testing.assert_close(rgb_to_ycbcr(red).flatten(), torch.tensor([0.299, -0.168736, 0.5]))
 
@@ -46,7 +47,8 @@ def test_ycbcr_charbonnier():
     d, eps = 0.2, 1e-3
     q = p + 2 * d
     expected = (((0.25 * d) ** 2 + eps**2) ** 0.5 - eps) / 3
-    torch.testing.assert_close(ycbcr_charbonnier(q, p, eps=eps), torch.full((2,), expected), rtol=1e-4, atol=1e-6)
+    got = ycbcr_charbonnier(q, p, eps=eps)
+    torch.testing.assert_close(got, torch.full((2,), expected), rtol=1e-4, atol=1e-6)
     # chroma errors weigh more than luma errors of the same RGB size
     chroma = p.clone()
     chroma[:, 0] += 0.2
@@ -69,7 +71,8 @@ def test_aux_rgb_loss_sigma_scaling():
     torch.testing.assert_close(aux_rgb_loss(pred, target, None, weight=1.0), per.mean())
     keep = torch.tensor([True, False, True])
     wk = w * keep
-    torch.testing.assert_close(aux_rgb_loss(pred, target, sigma, keep=keep), 0.8 * (per * wk).sum() / wk.sum())
+    got = aux_rgb_loss(pred, target, sigma, keep=keep)
+    torch.testing.assert_close(got, 0.8 * (per * wk).sum() / wk.sum())
 
 
 def test_aux_rgb_loss_resizes_target_and_backprops():

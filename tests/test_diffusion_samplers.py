@@ -60,8 +60,9 @@ def test_heun_is_second_order():
     mu, s = 0.7, 0.5
     noise = _noise(2)
     exact = mu + s * noise
+    model = gaussian_velocity(mu, s)
     e25, e50 = (
-        (samplers.sample_heun(gaussian_velocity(mu, s), noise, schedules.teacher_timesteps(n)) - exact).abs().max().item()
+        (samplers.sample_heun(model, noise, schedules.teacher_timesteps(n)) - exact).abs().max().item()
         for n in (25, 50)
     )
     assert e50 < 2e-3 and e25 / e50 > 3.0
@@ -70,7 +71,8 @@ def test_heun_is_second_order():
 def test_euler_is_exact_for_a_point_mass():
     x_star = _noise(3, (2, 3, 4, 4))
     model = lambda x, t: (x - x_star) / t.view(-1, 1, 1, 1)  # noqa: E731
-    out = samplers.sample_euler(model, _noise(4, (2, 3, 4, 4)), schedules.teacher_timesteps(7, 2.0, dtype=torch.float64))
+    ts = schedules.teacher_timesteps(7, 2.0, dtype=torch.float64)
+    out = samplers.sample_euler(model, _noise(4, (2, 3, 4, 4)), ts)
     torch.testing.assert_close(out, x_star, rtol=0, atol=1e-12)
 
 
@@ -84,7 +86,8 @@ def test_sde_with_oracle_recovers_point_and_uses_fresh_noise():
         denoised.append(d["denoised"].clone())
 
     ts = schedules.student_timesteps(dtype=torch.float64)
-    out = samplers.sample_sde(model, _noise(6, (2, 3, 4, 4)), ts, generator=torch.Generator().manual_seed(0), callback=cb)
+    gen = torch.Generator().manual_seed(0)
+    out = samplers.sample_sde(model, _noise(6, (2, 3, 4, 4)), ts, generator=gen, callback=cb)
     torch.testing.assert_close(out, x_star, rtol=0, atol=1e-12)
     assert len(states) == 4
     for d in denoised:

@@ -137,7 +137,7 @@ def shift_time(t: Tensor | float, s: float) -> Tensor | float:
     """
     if s <= 0:
         raise ValueError(f"shift must be positive, got {s}")
-    return s * t / (1 + s * t)
+    return s * t / (1 + (s - 1) * t)
 
 
 def unshift_time(t_shifted: Tensor | float, s: float) -> Tensor | float:

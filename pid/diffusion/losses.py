@@ -68,7 +68,8 @@ def ycbcr_charbonnier(
     with :math:`w = (w_Y, w_{C}, w_{C})`. Zero iff the images are equal.
     """
     if pred_rgb.shape != target_rgb.shape or pred_rgb.shape[1] != 3:
-        raise ValueError(f"expected two (B, 3, H, W) images, got {tuple(pred_rgb.shape)}, {tuple(target_rgb.shape)}")
+        shapes = f"{tuple(pred_rgb.shape)}, {tuple(target_rgb.shape)}"
+        raise ValueError(f"expected two (B, 3, H, W) images, got {shapes}")
     dtype = compute_dtype(pred_rgb, target_rgb)
     p = rgb_to_ycbcr((pred_rgb.to(dtype) + 1) * 0.5)
     q = rgb_to_ycbcr((target_rgb.to(dtype) + 1) * 0.5)

@@ -123,7 +123,8 @@ class PiDModule(pl.LightningModule):
         terms = {"flow": losses.flow_matching_loss(v_pred, flow.velocity(hq, eps))}
         if want_aux and extras.get("aux_rgb") is not None:
             terms["aux_rgb"] = losses.aux_rgb_loss(extras["aux_rgb"], cond["lq"], cond["sigma"],
-                                                   weight=self.hparams.aux_rgb_weight)
+                                                   weight=self.hparams.aux_rgb_weight,
+                                                   keep=cond.get("latent_keep"))
         terms["loss"] = sum(terms.values())
         return terms
 
