@@ -17,8 +17,8 @@ from pid.utils.errors import MissingWeightsError, PiDConfigError
 log = logging.getLogger("pid.train")
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fit one run; returns its final metrics (for sweepers)."""
+def build(cfg: DictConfig):
+    """Instantiate (datamodule, module, trainer) from a composed config."""
     import lightning.pytorch as pl
     import torch
     from hydra.utils import instantiate
@@ -29,10 +29,10 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")
     latent = prepare_latent(instantiate(cfg.latent), datamodule, cfg)
     text_encoder = instantiate(cfg.text) if cfg.get("text") else None
-    model = instantiate(cfg.model, latent=latent, text_encoder=text_encoder)
+    model = instantiate(cfg.model, latent=latent, text_encoder=text_encoder, _convert_="all")
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
@@ -40,14 +40,20 @@ def train(cfg: DictConfig) -> dict:
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(model.run_config)
+    return datamodule, model, trainer
 
+
+def train(cfg: DictConfig) -> dict:
+    """Fit one run, export the decoder, compare on held-out crops; returns the final metrics."""
+    from pid.lit.ema import find_ema
+
+    datamodule, model, trainer = build(cfg)
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
     if cfg.train and not trainer.fast_dev_run and trainer.is_global_zero:
         from pid.api import export_decoder
-        from pid.lit.ema import find_ema
 
         path = export_decoder(model, f"{cfg.paths.output_dir}/pid_decoder.safetensors", ema=find_ema(trainer))
         log.info("exported the decoder (EMA weights) to %s", path)
@@ -55,7 +61,7 @@ def train(cfg: DictConfig) -> dict:
             from pid.eval.heldout import compare_on_heldout
 
             metrics.update(compare_on_heldout(model, datamodule, ema=find_ema(trainer),
-                                              out_dir=cfg.paths.output_dir, **cfg.get("compare_options", {})))
+                                              out_dir=cfg.paths.output_dir, **(cfg.get("compare_options") or {})))
     return metrics
 
 

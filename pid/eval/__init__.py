@@ -1,0 +1,1 @@
+"""Evaluation: offline FID Inception, paired detail measures (PSNR, feature distance, patch-FID)."""

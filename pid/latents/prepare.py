@@ -47,7 +47,7 @@ def prepare_latent(latent: LatentSpace, datamodule, cfg) -> LatentSpace:
     """
     if isinstance(latent, PatchPCALatent) and not latent.fitted:
         datamodule.prepare_data()
-        folder = Path(datamodule.train_dir)
+        folder = Path(datamodule.root) / "train"
         latent.fit(lq_training_images(folder, int(cfg.sr_scale)))
         path = latent.save(latent.pending_path)
         log.info("fitted the embedded latent on %s (explained variance %.3f) → %s",

@@ -138,7 +138,7 @@ class PiDModule(pl.LightningModule):
         b, _, h, w = hq.shape
         cond = self.training_condition(hq, batch.get("caption"))
         terms = self.diffusion_loss(hq, cond, self.sample_t(b, h, w), torch.randn_like(hq))
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False, batch_size=b)
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, batch_size=b)
         self.log("train/loss", terms["loss"].detach(), prog_bar=True, batch_size=b)
         return terms["loss"]
 
@@ -198,3 +198,20 @@ class PiDModule(pl.LightningModule):
         for key in [k for k in checkpoint["state_dict"] if k.startswith(drop)]:
             del checkpoint["state_dict"][key]
         checkpoint["pid"] = {"format": 1, "config": self.run_config, "sr_scale": self.sr_scale}
+        # Plain containers only, so the file loads with torch.load(weights_only=True).
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = _plain(checkpoint[key])
+
+
+def _plain(value):
+    """OmegaConf containers → dicts/lists, recursively (other values unchanged)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value

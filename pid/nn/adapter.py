@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -68,21 +67,21 @@ class SigmaAwareGate(nn.Module):
         self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha_init)))
         nn.init.trunc_normal_(self.content_proj.weight, std=weight_std)
         nn.init.constant_(self.content_proj.bias, bias_init)
-        self.last_mean: Optional[torch.Tensor] = None  # mean gate of the last call, for logging
+        self.last_mean: torch.Tensor | None = None  # mean gate of the last call, for logging
 
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp()
 
-    def gate(self, h: torch.Tensor, l: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def gate(self, h: torch.Tensor, feat: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Gate values in float32, (B, N, D) or (B, N, 1); sigma is (B,)."""
-        logit = self.content_proj(torch.cat([h, l], dim=-1)).float()
+        logit = self.content_proj(torch.cat([h, feat], dim=-1)).float()
         g = torch.sigmoid(logit - self.alpha.float() * sigma.float().view(-1, 1, 1))
         self.last_mean = g.detach().mean()
         return g
 
-    def forward(self, h: torch.Tensor, l: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return h + self.gate(h, l, sigma).to(h.dtype) * l
+    def forward(self, h: torch.Tensor, feat: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return h + self.gate(h, feat, sigma).to(h.dtype) * feat
 
 
 # ---------------------------------------------------------------------------
@@ -121,18 +120,19 @@ def latent_grid_ratio(sr_scale: int, latent_down: int, patch_size: int) -> Fract
     n, d = ratio.numerator, ratio.denominator
     if not ((d == 1 and n & (n - 1) == 0) or (n == 1 and d & (d - 1) == 0)):
         raise ValueError(
-            f"latent grid ratio sr_scale * latent_down / patch_size = {sr_scale} * {latent_down} / {patch_size} "
-            f"= {float(ratio):g} is not a power of two or the inverse of one; the latent cannot be aligned "
-            "to the patch grid. Change sr_scale, the latent's downsampling factor, or the backbone patch_size."
+            "latent grid ratio sr_scale * latent_down / patch_size = "
+            f"{sr_scale} * {latent_down} / {patch_size} = {float(ratio):g} is not a power of two or the "
+            "inverse of one; the latent cannot be aligned to the patch grid. Change sr_scale, the latent's "
+            "downsampling factor, or the backbone patch_size."
         )
     return ratio
 
 
 @dataclass
 class AdapterOutput:
-    features: List[torch.Tensor]  # one (B, N, hidden_size) per injection point
-    pit: Optional[torch.Tensor]  # (B, N, hidden_size) for the PiT conditioning, or None
-    aux_rgb: Optional[torch.Tensor]  # (B, 3, H / sr_scale, W / sr_scale), or None
+    features: list[torch.Tensor]  # one (B, N, hidden_size) per injection point
+    pit: torch.Tensor | None  # (B, N, hidden_size) for the PiT conditioning, or None
+    aux_rgb: torch.Tensor | None  # (B, 3, H / sr_scale, W / sr_scale), or None
 
 
 class LatentAdapter(nn.Module):
@@ -202,9 +202,9 @@ class LatentAdapter(nn.Module):
         in_ch = (latent_channels // (u * u)) * fold * fold
 
         # injection before blocks 0, interval, 2*interval, ...: 7 points for 14 blocks at interval 2
-        self.injection_blocks: Tuple[int, ...] = tuple(range(0, patch_depth, interval))
+        self.injection_blocks: tuple[int, ...] = tuple(range(0, patch_depth, interval))
 
-        layers: List[nn.Module] = [
+        layers: list[nn.Module] = [
             nn.Conv2d(in_ch, width, 3, padding=1, padding_mode=padding_mode),
             nn.SiLU(),
             nn.Conv2d(width, width, 3, padding=1, padding_mode=padding_mode),
@@ -260,7 +260,7 @@ class LatentAdapter(nn.Module):
         z = z.reshape(B, C // (u * u), u, u, h, w).permute(0, 1, 4, 2, 5, 3)
         return z.reshape(B, C // (u * u), h * u, w * u)
 
-    def align(self, z: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    def align(self, z: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Latent (B, C, h, w) -> (B, C', Hp, Wp) on the patch grid."""
         if z.dim() != 4 or z.shape[1] != self.latent_channels:
             raise ValueError(f"latent must be (B, {self.latent_channels}, h, w), got {tuple(z.shape)}")
@@ -269,7 +269,7 @@ class LatentAdapter(nn.Module):
         Hp, Wp = grid
         r = self.ratio
         if r.denominator == 1:  # latent coarser than (or equal to) the grid: nearest upsample by r
-            # exact when Hp = r*h; a latent rounded by the encoder (|h - Hp/r| < 1) is resized like the official code
+            # exact when Hp = r*h; a latent rounded by its encoder (|h - Hp/r| < 1) is resized as upstream
             if abs(h - Fraction(Hp) / r) >= 1 or abs(w - Fraction(Wp) / r) >= 1:
                 raise ValueError(self._size_error(z, grid))
             return F.interpolate(z, size=(Hp, Wp), mode="nearest")
@@ -279,13 +279,14 @@ class LatentAdapter(nn.Module):
         z = z.view(B, C, Hp, f, Wp, f).permute(0, 1, 3, 5, 2, 4)
         return z.reshape(B, C * f * f, Hp, Wp)
 
-    def _size_error(self, z: torch.Tensor, grid: Tuple[int, int]) -> str:
+    def _size_error(self, z: torch.Tensor, grid: tuple[int, int]) -> str:
         Hp, Wp = grid
         r = self.ratio
         return (
             f"latent spatial size {tuple(z.shape[-2:])} does not match the patch grid {Hp}x{Wp}: with "
-            f"sr_scale={self.sr_scale}, latent_down={self.latent_down}, patch_size={self.patch_size} one latent "
-            f"pixel covers {float(r):g} patch cells, so the latent should be {float(Hp / r):g}x{float(Wp / r):g}. "
+            f"sr_scale={self.sr_scale}, latent_down={self.latent_down}, patch_size={self.patch_size} one "
+            f"latent pixel covers {float(r):g} patch cells, so the latent should be "
+            f"{float(Hp / r):g}x{float(Wp / r):g}. "
             "Check that the latent encodes the image downscaled by sr_scale."
         )
 
@@ -294,8 +295,8 @@ class LatentAdapter(nn.Module):
     def forward(
         self,
         latent: torch.Tensor,
-        grid: Tuple[int, int],
-        keep: Optional[torch.Tensor] = None,
+        grid: tuple[int, int],
+        keep: torch.Tensor | None = None,
         return_aux: bool = False,
     ) -> AdapterOutput:
         """Per-injection-point features for a latent; ``keep`` (B,) zeroes them per sample."""
@@ -310,17 +311,19 @@ class LatentAdapter(nn.Module):
         aux = self.predict_rgb(tokens, grid) if (return_aux and self.aux_rgb_head is not None) else None
         return AdapterOutput(features, pit, aux)
 
-    def predict_rgb(self, tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    def predict_rgb(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Auxiliary low-res RGB (B, 3, Hp*f, Wp*f), f = patch_size / sr_scale (not masked by ``keep``)."""
         (Hp, Wp), f = grid, self.aux_factor
         rgb = self.aux_rgb_head(tokens).view(tokens.shape[0], Hp, Wp, 3, f, f)
         return rgb.permute(0, 3, 1, 4, 2, 5).reshape(tokens.shape[0], 3, Hp * f, Wp * f)
 
-    def injection_index(self, block_idx: int) -> Optional[int]:
+    def injection_index(self, block_idx: int) -> int | None:
         """Index of the head/gate feeding patch block ``block_idx``, or None if nothing is injected there."""
         return block_idx // self.interval if block_idx % self.interval == 0 else None
 
-    def inject(self, block_idx: int, h: torch.Tensor, out: AdapterOutput, sigma: torch.Tensor) -> torch.Tensor:
+    def inject(
+        self, block_idx: int, h: torch.Tensor, out: AdapterOutput, sigma: torch.Tensor
+    ) -> torch.Tensor:
         """h <- h + g * l before patch block ``block_idx`` (identity between injection points)."""
         k = self.injection_index(block_idx)
         if k is None or k >= len(out.features):

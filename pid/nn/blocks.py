@@ -11,8 +11,6 @@ Module/parameter names mirror NVIDIA's ``pixeldit_official.py``.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import torch.nn as nn
 
@@ -64,7 +62,8 @@ class PixelTokenEmbedder(nn.Module):
         tokens = self.proj(x.permute(0, 2, 3, 1))  # (B, H, W, D)
         emb_x, emb_y = sincos_2d_axes(D, H, W, device=x.device)
         pos = torch.cat(
-            [emb_x.to(x.dtype)[None].expand(H, W, D // 2), emb_y.to(x.dtype)[:, None].expand(H, W, D // 2)], dim=-1
+            [emb_x.to(x.dtype)[None].expand(H, W, D // 2), emb_y.to(x.dtype)[:, None].expand(H, W, D // 2)],
+            dim=-1,
         )
         tokens = tokens + pos
         tokens = tokens.view(B, H // p, p, W // p, p, D).permute(0, 1, 3, 2, 4, 5)
@@ -113,12 +112,12 @@ class MMDiTJointAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        y: Optional[torch.Tensor],
+        y: torch.Tensor | None,
         rope_img: RopeFreqs,
-        rope_txt: Optional[RopeFreqs] = None,
-        attn_mask: Optional[torch.Tensor] = None,
+        rope_txt: RopeFreqs | None = None,
+        attn_mask: torch.Tensor | None = None,
         text_out: bool = True,
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, Nx, D = x.shape
         qx, kx, vx = split_heads(self.qkv_x(x), self.num_heads)
         qx = apply_rope(self.q_norm_x(qx), rope_img)
@@ -168,14 +167,16 @@ class MMDiTBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        y: Optional[torch.Tensor],
+        y: torch.Tensor | None,
         c: torch.Tensor,
         rope_img: RopeFreqs,
-        rope_txt: Optional[RopeFreqs] = None,
-        attn_mask: Optional[torch.Tensor] = None,
+        rope_txt: RopeFreqs | None = None,
+        attn_mask: torch.Tensor | None = None,
         text_out: bool = True,
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation_img(c).chunk(6, -1)
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation_img(c).chunk(
+            6, -1
+        )
         y_norm = None
         if y is not None:
             mod_y = self.adaLN_modulation_txt(c).chunk(6, -1)
@@ -230,7 +231,9 @@ class PiTBlock(nn.Module):
         self.mlp = Mlp(pixel_dim, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.Linear(patch_hidden_size, 6 * pixel_dim * p2))
 
-    def forward(self, u: torch.Tensor, s_cond: torch.Tensor, batch_size: int, rope: RopeFreqs) -> torch.Tensor:
+    def forward(
+        self, u: torch.Tensor, s_cond: torch.Tensor, batch_size: int, rope: RopeFreqs
+    ) -> torch.Tensor:
         BL, P2, d = u.shape
         L = BL // batch_size
         mod = self.adaLN_modulation(s_cond).view(BL, P2, 6 * d)

@@ -18,13 +18,12 @@ All tensors use the (B, N, heads, head_dim) layout for RoPE and
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-RopeFreqs = Tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (N, head_dim // 2)
+RopeFreqs = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (N, head_dim // 2)
 
 ROPE_MODES = ("original", "ntk_aware")
 
@@ -129,7 +128,7 @@ def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
 
-def sincos_2d_axes(dim: int, height: int, width: int, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+def sincos_2d_axes(dim: int, height: int, width: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-axis halves of the 2-D sin/cos embedding: (W, dim/2) for x and (H, dim/2) for y.
 
     The full embedding at pixel (i, j) is ``cat([emb_x[j], emb_y[i]])``; keeping
@@ -159,7 +158,7 @@ def rope_2d(
     *,
     theta: float = 10000.0,
     span: float = 16.0,
-    ref_grid: Optional[Tuple[int, int]] = None,
+    ref_grid: tuple[int, int] | None = None,
     device=None,
 ) -> RopeFreqs:
     """2-D RoPE angles for a (grid_h, grid_w) token grid, row-major.
@@ -180,7 +179,9 @@ def rope_2d(
     freqs_w = 1.0 / (theta_w**exponent)
     freqs_h = 1.0 / (theta_h**exponent)
     y_pos, x_pos = torch.meshgrid(
-        torch.linspace(0, span, grid_h, device=device), torch.linspace(0, span, grid_w, device=device), indexing="ij"
+        torch.linspace(0, span, grid_h, device=device),
+        torch.linspace(0, span, grid_w, device=device),
+        indexing="ij",
     )
     ang_x = torch.outer(x_pos.reshape(-1), freqs_w)
     ang_y = torch.outer(y_pos.reshape(-1), freqs_h)
@@ -212,13 +213,13 @@ def apply_rope(x: torch.Tensor, freqs: RopeFreqs) -> torch.Tensor:
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor] = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over (B, heads, N, d) tensors; boolean mask True = attend."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
-def split_heads(qkv: torch.Tensor, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, N, 3*D) -> three (B, N, heads, head_dim) tensors."""
     B, N, three_d = qkv.shape
     qkv = qkv.view(B, N, 3, num_heads, three_d // (3 * num_heads))

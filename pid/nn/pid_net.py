@@ -9,7 +9,7 @@ sigma-aware gates (h <- h + g * l) and, optionally, the PiT conditioning. With
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -17,7 +17,7 @@ import torch.nn as nn
 from pid.nn.adapter import AdapterOutput, LatentAdapter
 from pid.nn.pixel_dit import PixelDiT
 
-Extras = Dict[str, object]
+Extras = dict[str, object]
 
 # official PidNet key prefix -> ours (image-branch and merge keys of LQProjection2D have no counterpart)
 OFFICIAL_KEY_PREFIXES = (
@@ -27,7 +27,7 @@ OFFICIAL_KEY_PREFIXES = (
 )
 
 
-def convert_official_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an official PixDiT_T2I / PidNet state dict to PixelDiT / PiDNet names.
 
     Backbone names are identical; adapter keys move from ``lq_proj.*`` / ``pit_lq_gate.*``
@@ -36,7 +36,9 @@ def convert_official_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str
     out = {}
     for key, value in state_dict.items():
         key = key.removeprefix("net.").removeprefix("module.")
-        if key.startswith(("lq_proj.image_conv.", "lq_proj.merge.", "encoder_ed.", "decoder_ed.", "s_ed_", "repa")):
+        if key.startswith(
+            ("lq_proj.image_conv.", "lq_proj.merge.", "encoder_ed.", "decoder_ed.", "s_ed_", "repa")
+        ):
             continue
         for old, new in OFFICIAL_KEY_PREFIXES:
             if key.startswith(old):
@@ -61,7 +63,7 @@ class PiDNet(PixelDiT):
 
     def __init__(
         self,
-        adapter: Optional[Callable[..., LatentAdapter]] = None,
+        adapter: Callable[..., LatentAdapter] | None = None,
         latent_channels: int = 16,
         latent_down: int = 8,
         sr_scale: int = 4,
@@ -73,7 +75,7 @@ class PiDNet(PixelDiT):
         self.latent_down = latent_down
         self.sr_scale = sr_scale
         self.freeze_backbone = freeze_backbone
-        self.adapter: Optional[LatentAdapter] = None
+        self.adapter: LatentAdapter | None = None
         if adapter is not None:
             self.adapter = adapter(
                 latent_channels=latent_channels,
@@ -98,12 +100,15 @@ class PiDNet(PixelDiT):
         return (p for name, p in self.named_parameters() if not name.startswith("adapter."))
 
     @torch.no_grad()
-    def gate_stats(self) -> Dict[str, float]:
+    def gate_stats(self) -> dict[str, float]:
         """Per injection point: mean gate of the last forward (if any) and alpha = exp(log_alpha)."""
-        stats: Dict[str, float] = {}
+        stats: dict[str, float] = {}
         if self.adapter is None:
             return stats
-        gates = [(f"block{b}", g) for b, g in zip(self.adapter.injection_blocks, self.adapter.gate_modules)]
+        gates = [
+            (f"block{b}", g)
+            for b, g in zip(self.adapter.injection_blocks, self.adapter.gate_modules, strict=True)
+        ]
         if self.adapter.pit_gate is not None:
             gates.append(("pit", self.adapter.pit_gate))
         for name, gate in gates:
@@ -118,15 +123,15 @@ class PiDNet(PixelDiT):
         self,
         x: torch.Tensor,
         t: torch.Tensor,
-        latent: Optional[torch.Tensor] = None,
-        sigma: Optional[torch.Tensor] = None,
-        y: Optional[torch.Tensor] = None,
-        y_mask: Optional[torch.Tensor] = None,
-        latent_keep: Optional[torch.Tensor] = None,
+        latent: torch.Tensor | None = None,
+        sigma: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        y_mask: torch.Tensor | None = None,
+        latent_keep: torch.Tensor | None = None,
         return_extras: bool = False,
         feature_blocks: Iterable[int] = (),
         features_only: bool = False,
-    ) -> Union[torch.Tensor, Tuple[Optional[torch.Tensor], Extras]]:
+    ) -> torch.Tensor | tuple[torch.Tensor | None, Extras]:
         """Velocity v = eps - x0.
 
         Args:
@@ -142,7 +147,9 @@ class PiDNet(PixelDiT):
                 (discriminator features without the pixel level).
         """
         if latent is not None and self.adapter is None:
-            raise ValueError("a latent was passed but this PiDNet has no adapter (adapter=None: pure pixel prior)")
+            raise ValueError(
+                "a latent was passed but this PiDNet has no adapter (adapter=None: pure pixel prior)"
+            )
         feature_blocks = tuple(sorted(set(feature_blocks)))
         for i in feature_blocks:
             if not 0 <= i < self.patch_depth:
@@ -152,7 +159,7 @@ class PiDNet(PixelDiT):
 
         ctx = self.embed(x, t, y, y_mask)
         B = x.shape[0]
-        out: Optional[AdapterOutput] = None
+        out: AdapterOutput | None = None
         inject = None
         if latent is not None:
             sigma = self._per_sample(sigma, B, x.device, default=0.0)

@@ -18,8 +18,8 @@ final_layer), so an official checkpoint loads after dropping unused keys.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -37,13 +37,13 @@ class PatchContext:
     """Everything the patch and pixel levels share for one forward pass."""
 
     tokens: torch.Tensor  # (B, L, D) image patch tokens
-    text: Optional[torch.Tensor]  # (B, Ltxt, D) text tokens, or None
+    text: torch.Tensor | None  # (B, Ltxt, D) text tokens, or None
     t_emb: torch.Tensor  # (B, 1, D)
     cond: torch.Tensor  # (B, 1, D) silu(t_emb), input of every adaLN
     rope_img: RopeFreqs
-    rope_txt: Optional[RopeFreqs]
-    attn_mask: Optional[torch.Tensor]  # (B, 1, 1, Ltxt + L) bool, True = attend
-    grid: Tuple[int, int]  # (Hp, Wp) patch grid
+    rope_txt: RopeFreqs | None
+    attn_mask: torch.Tensor | None  # (B, 1, 1, Ltxt + L) bool, True = attend
+    grid: tuple[int, int]  # (Hp, Wp) patch grid
 
 
 class PixelDiT(nn.Module):
@@ -73,8 +73,8 @@ class PixelDiT(nn.Module):
         hidden_size: int = 1536,
         num_groups: int = 24,
         pixel_hidden_size: int = 16,
-        pixel_attn_hidden_size: Optional[int] = None,
-        pixel_num_groups: Optional[int] = None,
+        pixel_attn_hidden_size: int | None = None,
+        pixel_num_groups: int | None = None,
         patch_depth: int = 14,
         pixel_depth: int = 2,
         patch_size: int = 16,
@@ -96,7 +96,8 @@ class PixelDiT(nn.Module):
             raise ValueError("PixelDiT needs pixel_depth >= 1 (the pixel level produces the output)")
         if rope_mode == "ntk_aware" and (rope_ref_h % patch_size or rope_ref_w % patch_size):
             raise ValueError(
-                f"rope_ref_h={rope_ref_h} and rope_ref_w={rope_ref_w} must be multiples of patch_size={patch_size}"
+                f"rope_ref_h={rope_ref_h} and rope_ref_w={rope_ref_w} must be multiples of "
+                f"patch_size={patch_size}"
             )
         self.in_channels = in_channels
         self.out_channels = in_channels
@@ -144,7 +145,7 @@ class PixelDiT(nn.Module):
             self.patch_blocks[-1].freeze_text_output()
 
     def initialize_weights(self) -> None:
-        """PixelDiT init: xavier patch embedder, N(0, 0.02) timestep MLP, zero output layer; rest PyTorch default.
+        """PixelDiT init: xavier patch embedder, N(0, 0.02) timestep MLP, zero output layer, rest default.
 
         The zero output layer makes a freshly built network predict v = 0;
         real use starts from a pretrained prior.
@@ -158,7 +159,7 @@ class PixelDiT(nn.Module):
 
     # ------------------------------------------------------------------ helpers
 
-    def patch_grid(self, height: int, width: int) -> Tuple[int, int]:
+    def patch_grid(self, height: int, width: int) -> tuple[int, int]:
         """(Hp, Wp) for an image size; raises ValueError unless both sides are multiples of patch_size."""
         p = self.patch_size
         if height % p or width % p or height <= 0 or width <= 0:
@@ -179,7 +180,7 @@ class PixelDiT(nn.Module):
         x = x.view(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(B, (H // p) * (W // p), C * p * p)
 
-    def unpatchify_pixels(self, u: torch.Tensor, batch_size: int, grid: Tuple[int, int]) -> torch.Tensor:
+    def unpatchify_pixels(self, u: torch.Tensor, batch_size: int, grid: tuple[int, int]) -> torch.Tensor:
         """(B*L, p*p, C) pixel outputs -> (B, C, H, W)."""
         (Hp, Wp), p = grid, self.patch_size
         C = u.shape[-1]
@@ -187,7 +188,7 @@ class PixelDiT(nn.Module):
         return u.reshape(batch_size, C, Hp * p, Wp * p)
 
     @staticmethod
-    def tokens_to_map(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(B, L, D) patch tokens -> (B, D, Hp, Wp) feature map."""
         B, _, D = tokens.shape
         return tokens.transpose(1, 2).reshape(B, D, *grid)
@@ -198,8 +199,8 @@ class PixelDiT(nn.Module):
         self,
         x: torch.Tensor,
         t: torch.Tensor,
-        y: Optional[torch.Tensor] = None,
-        y_mask: Optional[torch.Tensor] = None,
+        y: torch.Tensor | None = None,
+        y_mask: torch.Tensor | None = None,
     ) -> PatchContext:
         """Patch tokens, timestep conditioning, text tokens, RoPE tables and attention mask."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -236,13 +237,16 @@ class PixelDiT(nn.Module):
     def run_patch_blocks(
         self,
         ctx: PatchContext,
-        inject: Optional[InjectFn] = None,
+        inject: InjectFn | None = None,
         feature_blocks: Iterable[int] = (),
-        stop_after: Optional[int] = None,
-    ) -> Tuple[torch.Tensor, Dict[int, torch.Tensor]]:
-        """MM-DiT stack. ``inject(i, h)`` runs before block i; returns (tokens, {i: (B, D, Hp, Wp) after block i})."""
+        stop_after: int | None = None,
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """MM-DiT stack; ``inject(i, h)`` runs before block i.
+
+        Returns (tokens, {i: (B, D, Hp, Wp) tokens after block i for i in feature_blocks}).
+        """
         wanted = set(feature_blocks)
-        features: Dict[int, torch.Tensor] = {}
+        features: dict[int, torch.Tensor] = {}
         h, text = ctx.tokens, ctx.text
         last = self.patch_depth - 1 if stop_after is None else stop_after
         for i in range(last + 1):
@@ -259,7 +263,7 @@ class PixelDiT(nn.Module):
         """Per-patch conditioning of the pixel level: s = silu(t_emb + h), (B, L, D)."""
         return F.silu(ctx.t_emb + tokens)
 
-    def run_pixel_blocks(self, x: torch.Tensor, s: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    def run_pixel_blocks(self, x: torch.Tensor, s: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """PiT stack on per-pixel tokens of x, conditioned on s (B, L, D); returns (B, C, H, W)."""
         B = x.shape[0]
         u = self.pixel_embedder(x, self.patch_size)
@@ -274,8 +278,8 @@ class PixelDiT(nn.Module):
         self,
         x: torch.Tensor,
         t: torch.Tensor,
-        y: Optional[torch.Tensor] = None,
-        y_mask: Optional[torch.Tensor] = None,
+        y: torch.Tensor | None = None,
+        y_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Velocity v = eps - x0 at (x_t, t).
 

@@ -1,0 +1,133 @@
+"""Public decode API: load a trained PiD decoder and decode latents (possibly still noisy) to images.
+
+    from pid.api import load_decoder
+    decoder = load_decoder("logs/quickstart/runs/<time>/pid_decoder.safetensors")
+    images = decoder.decode(z, sigma=0.0)            # [-1, 1], sr_scale × the latent's image size
+    images = decoder.decode(z_k, sigma=sigma_k)       # early exit: an LDM state after K of N steps
+
+Files: the ``pid_decoder.safetensors`` that training exports (EMA weights + config) or a Lightning
+``.ckpt`` (EMA weights when present). Tensors load weights-only; no code is executed from files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pid.utils.errors import MissingWeightsError, PiDConfigError
+
+EXPORT_FORMAT = "pid-decoder-1"
+
+
+@dataclass
+class PiDDecoder:
+    """A PiD network with its latent space and sampling defaults."""
+
+    net: nn.Module
+    latent: nn.Module
+    sr_scale: int
+    sampling: dict = field(default_factory=dict)
+    time: dict = field(default_factory=dict)
+
+    def to(self, device) -> "PiDDecoder":
+        self.net.to(device)
+        self.latent.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] → normalised latent (the latent space's own encoder)."""
+        return self.latent.encode(images.to(self.device))
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *, num_steps: int | None = None,
+               latent_cfg: float | None = None, sampler: str = "euler", timesteps=None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decode a normalised latent at noise level σ to an image in [-1, 1]."""
+        from pid.sampling import decode_latent
+
+        return decode_latent(
+            self.net, latent.to(self.device).float(), sigma, sr_scale=self.sr_scale,
+            latent_down=self.latent.down_factor, num_steps=num_steps or self.sampling.get("num_steps", 25),
+            latent_cfg=self.sampling.get("latent_cfg", 1.0) if latent_cfg is None else latent_cfg,
+            shift_base=self.time.get("shift_base", 6.0), shift_ref_size=self.time.get("shift_ref_size", 2048),
+            generator=generator, sampler=sampler, timesteps=timesteps)
+
+
+def _net_and_latent(config: dict) -> tuple[nn.Module, nn.Module]:
+    from hydra.utils import instantiate
+
+    net_cfg = dict(config["model"]["net"])
+    latent_cfg = dict(config["latent"])
+    if latent_cfg.get("_target_", "").endswith("embedded_latent"):
+        latent_cfg["fit_if_missing"] = True  # its tensors travel in the file
+    return instantiate(net_cfg), instantiate(latent_cfg)
+
+
+def export_decoder(module, path: str | Path, ema=None) -> Path:
+    """Write the network (EMA weights when an EMA callback is given), small latents and the config."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in module.net.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"net.{k}": v.detach().cpu().to(tensors[f"net.{k}"].dtype).contiguous()
+                        for k, v in ema.shadow.items()})
+    if getattr(module.latent, "store_in_checkpoint", False):
+        tensors.update({f"latent.{k}": v.detach().cpu().contiguous() for k, v in module.latent.state_dict().items()})
+    meta = {"format": EXPORT_FORMAT, "config": json.dumps(module.run_config or {}),
+            "sr_scale": str(module.sr_scale), "ema": str(ema is not None)}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors with 'net.'/'latent.' prefixes, run config) from an export or a Lightning checkpoint."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != EXPORT_FORMAT:
+                raise PiDConfigError(f"{path} is not a PiD decoder export (format {meta.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return tensors, json.loads(meta["config"])
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    if "pid" not in ckpt or not ckpt["pid"].get("config"):
+        raise PiDConfigError(f"{path} is not a checkpoint written by `pid.train` (no 'pid' section)")
+    tensors = dict(ckpt["state_dict"])
+    for k, v in (ckpt.get("ema") or {}).get("shadow", {}).items():
+        tensors[f"net.{k}"] = v
+    return tensors, ckpt["pid"]["config"]
+
+
+def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: nn.Module | None = None) -> PiDDecoder:
+    """Load a decoder from an export or checkpoint; pass ``latent`` to reuse an already loaded latent space."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError("PiD decoder", "ckpt", "a pid_decoder.safetensors export or a .ckpt of pid.train",
+                                  path=path)
+    tensors, config = _read(path)
+    net, built_latent = _net_and_latent(config)
+    latent = latent or built_latent
+    net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+    net.load_state_dict(net_state, strict=True)
+    latent_state = {k[7:]: v for k, v in tensors.items() if k.startswith("latent.")}
+    if latent_state:
+        latent.load_state_dict(latent_state, strict=True)
+    model_cfg = config["model"]
+    decoder = PiDDecoder(net.eval(), latent.eval(), int(config["sr_scale"]),
+                         sampling=dict(model_cfg.get("sampling") or {}), time=dict(model_cfg.get("time") or {}))
+    return decoder.to(device)

@@ -1,0 +1,63 @@
+"""Every config composes and resolves; experiments wire sizes without hand arithmetic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import CONF_DIR, compose_train
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_resolves(experiment):
+    cfg = compose_train([f"experiment={experiment}", "paths.output_dir=/tmp/out"])
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    net = resolved["model"]["net"]
+    assert net["sr_scale"] == resolved["sr_scale"]
+    assert net["latent_channels"] == resolved["latent"]["channels"]
+    assert net["latent_down"] == resolved["latent"]["down_factor"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=prior"],
+    ["debug=fast_dev_run"],
+    ["debug=default"],
+    ["trainer=gpu"],
+    ["trainer=ddp"],
+    ["model/net/adapter=v1_5", "model.net.freeze_backbone=true"],
+    ["logger=none"],
+    ["callbacks=none"],
+])
+def test_groups_compose(overrides):
+    cfg = compose_train(["experiment=quickstart", "paths.output_dir=/tmp/out", *overrides])
+    OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_prior_has_no_adapter():
+    cfg = compose_train(["experiment=quickstart", "model=prior", "model/net=tiny", "paths.output_dir=/tmp/out"])
+    net = instantiate(cfg.model.net)
+    assert net.adapter is None
+
+
+def test_quickstart_net_builds_with_adapter():
+    cfg = compose_train(["experiment=quickstart", "paths.output_dir=/tmp/out"])
+    net = instantiate(cfg.model.net)
+    assert net.adapter is not None and net.sr_scale == 4
+
+
+@pytest.mark.parametrize("experiment,sr", [("pid_vae_4x", 4), ("pid_vae_8x", 8)])
+def test_paper_experiments_build_the_paper_network_on_meta(experiment, sr):
+    import torch
+
+    cfg = compose_train([f"experiment={experiment}", "paths.output_dir=/tmp/out"])
+    assert cfg.sr_scale == sr
+    with torch.device("meta"):
+        net = instantiate(cfg.model.net)
+    backbone = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("adapter."))
+    assert 1.17e9 <= backbone <= 1.43e9
+    assert set(cfg.required_weights) == {"model.init_from", "latent.path", "text.path"}

@@ -1,0 +1,106 @@
+"""PatchPCALatent: geometry, normalisation, reconstruction quality, files, frozen contract."""
+
+import numpy as np
+import pytest
+import skimage.data as skd
+import torch
+
+from pid.latents import LatentSpace, PatchPCALatent
+from pid.utils.errors import MissingWeightsError
+
+NAMES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+def _as_float(a: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 → (3, H', W') in [-1, 1], cropped to multiples of 8."""
+    t = torch.from_numpy(a).permute(2, 0, 1).float() / 127.5 - 1.0
+    return t[:, : t.shape[1] // 8 * 8, : t.shape[2] // 8 * 8]
+
+
+@pytest.fixture(scope="module")
+def images() -> list[torch.Tensor]:
+    return [_as_float(getattr(skd, n)()) for n in NAMES]
+
+
+@pytest.fixture(scope="module")
+def latent(images) -> PatchPCALatent:
+    # every patch of every image, so the normalisation statistics are exact on these images
+    return PatchPCALatent().fit(images, max_patches=10**9, patches_per_image=10**9)
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(4.0 / (a.double() - b.double()).square().mean()))
+
+
+def test_geometry_matches_sd3_flux_vae(latent):
+    assert isinstance(latent, LatentSpace)
+    assert (latent.channels, latent.down_factor, latent.noise_form) == (16, 8, "flow")
+    x = torch.rand(2, 3, 64, 48) * 2 - 1
+    z = latent.encode(x)
+    assert z.shape == (2, 16, 8, 6) == (2, *latent.latent_shape(64, 48))
+    assert latent.decode(z).shape == x.shape
+    with pytest.raises(ValueError):
+        latent.latent_shape(60, 48)
+    with pytest.raises(ValueError):
+        latent.decode(torch.zeros(1, 4, 8, 8))
+
+
+def test_normalised_latent_has_zero_mean_unit_variance(latent, images):
+    z = torch.cat([latent.encode(x[None]).flatten(2) for x in images], dim=2)[0]  # (16, N)
+    assert z.mean(1).abs().max() < 1e-2
+    assert (z.std(1) - 1).abs().max() < 1e-2
+    raw = latent.encode_raw(images[0][None])
+    torch.testing.assert_close(latent.denormalize(latent.normalize(raw)), raw, atol=1e-4, rtol=1e-5)
+
+
+def test_reconstruction_beats_random_components(latent, images):
+    rng = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(192, 16, generator=rng, dtype=torch.float64))
+    rand = PatchPCALatent()
+    rand.load_state_dict(latent.state_dict())
+    rand.basis.copy_(q.T.reshape(16, 3, 8, 8).float())
+    for x in images:
+        pca_db = _psnr(latent.decode(latent.encode(x[None])), x[None])
+        rand_db = _psnr(rand.decode(rand.encode(x[None])), x[None])
+        assert pca_db > 25.0
+        assert pca_db > rand_db + 5.0
+    assert latent.explained_variance() > 0.9
+
+
+def test_fit_is_deterministic_and_accepts_uint8_arrays(images):
+    arrays = [getattr(skd, n)() for n in NAMES[:3]]
+    a = PatchPCALatent().fit(arrays, patches_per_image=2048, seed=3)
+    b = PatchPCALatent().fit(arrays, patches_per_image=2048, seed=3)
+    assert torch.equal(a.basis, b.basis) and torch.equal(a.scale, b.scale)
+    c = PatchPCALatent().fit([_as_float(x) for x in arrays], patches_per_image=2048, seed=3)
+    torch.testing.assert_close(a.basis, c.basis, atol=1e-4, rtol=0)
+
+
+def test_save_load_roundtrip(latent, images, tmp_path):
+    path = latent.save(tmp_path / "pca.safetensors")
+    assert path.stat().st_size < 50_000
+    loaded = PatchPCALatent.from_file(path)
+    assert loaded.n_patches == latent.n_patches
+    x = images[1][None]
+    assert torch.equal(loaded.encode(x), latent.encode(x))
+    assert torch.equal(loaded.decode(latent.encode(x)), latent.decode(latent.encode(x)))
+
+
+def test_missing_file_names_config_key_and_fix(tmp_path):
+    with pytest.raises(MissingWeightsError) as err:
+        PatchPCALatent.from_file(tmp_path / "absent.safetensors")
+    assert err.value.config_key == "latent.path"
+    assert "latent.path" in str(err.value) and "fit" in str(err.value)
+
+
+def test_unfitted_latent_refuses_to_encode():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PatchPCALatent().encode(torch.zeros(1, 3, 16, 16))
+
+
+def test_frozen_by_design(latent):
+    latent.train()
+    assert not latent.training
+    assert all(not p.requires_grad for p in latent.parameters())
+    x = torch.zeros(1, 3, 16, 16, requires_grad=True)
+    assert not latent.encode(x).requires_grad

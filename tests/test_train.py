@@ -1,0 +1,108 @@
+"""End-to-end training on real images at tiny size: fast_dev_run, checkpoint → load → identical decode,
+and the paper experiments stopping early with a clear message when their weights are missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_train, tiny_train_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_fast_dev_run(tiny_image_root, tmp_path):
+    from pid.train import train
+
+    cfg = compose_train(tiny_train_overrides(tiny_image_root, tmp_path, "debug=fast_dev_run"))
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert (tmp_path / "latent.safetensors").is_file(), "the embedded latent is fitted and saved on first use"
+
+
+@pytest.mark.slow
+def test_checkpoint_save_load_gives_identical_decode(tiny_image_root, tmp_path):
+    from pid.api import load_decoder
+    from pid.lit.ema import find_ema
+    from pid.train import build
+
+    cfg = compose_train(tiny_train_overrides(
+        tiny_image_root, tmp_path, "trainer.max_steps=3", "trainer.val_check_interval=3",
+        "callbacks.model_checkpoint.every_n_train_steps=3", "callbacks.image_grid.every_n_steps=3",
+        "callbacks.ema.decay=0.5", "compare=false"))
+    datamodule, module, trainer = build(cfg)
+    trainer.fit(module, datamodule=datamodule)
+    assert (tmp_path / "grids").is_dir() and any((tmp_path / "grids").glob("*.png"))
+
+    from pid.api import export_decoder
+
+    export = export_decoder(module, tmp_path / "pid_decoder.safetensors", ema=find_ema(trainer))
+    z = module.latent.encode(torch.rand(2, 3, 16, 16) * 2 - 1)
+    sigma = torch.tensor([0.0, 0.3])
+
+    def reference():
+        with find_ema(trainer).averaged(module):
+            return module.decode(z, sigma, num_steps=3, generator=torch.Generator().manual_seed(7))
+
+    expected = reference()
+    assert expected.shape == (2, 3, 64, 64)
+    for path in (export, tmp_path / "checkpoints" / "last.ckpt"):
+        decoder = load_decoder(path)
+        got = decoder.decode(z, sigma, num_steps=3, generator=torch.Generator().manual_seed(7))
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+    # EMA weights differ from the raw weights after training, and the export holds the EMA ones.
+    raw = module.decode(z, sigma, num_steps=3, generator=torch.Generator().manual_seed(7))
+    assert not torch.equal(raw, expected)
+
+
+@pytest.mark.slow
+def test_resume_restores_step_and_ema(tiny_image_root, tmp_path):
+    from pid.lit.ema import find_ema
+    from pid.train import build
+
+    common = ["callbacks.model_checkpoint.every_n_train_steps=2", "compare=false", "trainer.val_check_interval=2",
+              "callbacks.image_grid.every_n_steps=0"]
+    cfg = compose_train(tiny_train_overrides(tiny_image_root, tmp_path, "trainer.max_steps=2", *common))
+    dm, module, trainer = build(cfg)
+    trainer.fit(module, datamodule=dm)
+    ema_before = {k: v.clone() for k, v in find_ema(trainer).shadow.items()}
+
+    cfg = compose_train(tiny_train_overrides(tiny_image_root, tmp_path, "trainer.max_steps=2", *common,
+                                             f"ckpt_path={tmp_path}/checkpoints/last.ckpt"))
+    dm, module, trainer = build(cfg)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    assert trainer.global_step == 2
+    ema = find_ema(trainer)
+    assert ema.num_updates == 2
+    for k, v in ema_before.items():
+        torch.testing.assert_close(ema.shadow[k].cpu(), v.cpu())
+
+
+@pytest.mark.parametrize("experiment", ["pid_vae_8x", "pid_vae_4x"])
+def test_paper_experiment_without_weights_fails_fast_with_the_key_to_set(experiment, tmp_path):
+    start = time.monotonic()
+    env = {**os.environ, "PROJECT_ROOT": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "pid.train", f"experiment={experiment}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    for key in ("model.init_from", "latent.path", "text.path"):
+        assert key in out, out
+    assert "Traceback" not in out
+    assert elapsed < 60
+
+
+def test_make_passes_hydra_overrides_through():
+    proc = subprocess.run(["make", "-n", "train", "exp=pid_vae_8x", "trainer.max_steps=10", "+foo.bar=1"],
+                          cwd=REPO, capture_output=True, text=True, check=True)
+    line = [ln for ln in proc.stdout.splitlines() if "pid.train" in ln][-1]
+    assert line.endswith("pid.train experiment=pid_vae_8x trainer.max_steps=10 +foo.bar=1")
