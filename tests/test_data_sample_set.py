@@ -104,7 +104,9 @@ def test_wallpapers_keep_largest_size_and_skip_tiny(tmp_path):
     Image.fromarray(rng.integers(0, 255, (100, 120, 3), dtype=np.uint8)).save(walls / "tiny.png")
     Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(walls / "mate.jpg")
     out = tmp_path / "out"
-    manifest = build_sample_set(out, sources=("wallpaper",), wallpaper_dirs=[walls], min_side=200, verbose=False)
+    manifest = build_sample_set(
+        out, sources=("wallpaper",), wallpaper_dirs=[walls], min_side=200, verbose=False
+    )
     sizes = sorted((i["width"], i["height"]) for i in manifest["images"])
     assert sizes == [(400, 300), (640, 480)]
     assert len(manifest["skipped"]) == 1 and "tiny" in manifest["skipped"][0]["key"]

@@ -48,7 +48,8 @@ def test_psnr_known_values():
     assert psnr(gt, gt).item() == math.inf
     per_image = psnr(torch.stack([gt[0] + 0.1, gt[1] + 0.2]), gt, reduction="none")
     assert per_image.shape == (2,) and per_image[0] > per_image[1]
-    assert psnr(gt + 5.0, gt).item() == pytest.approx(10 * math.log10(4 / 1.0))  # prediction clamped to [-1, 1]
+    # predictions are clamped to [-1, 1] first
+    assert psnr(gt + 5.0, gt).item() == pytest.approx(10 * math.log10(4 / 1.0))
     with pytest.raises(TypeError):
         psnr(a, a.float())
 
@@ -69,7 +70,8 @@ def test_feature_distance_zero_for_identical_grows_with_noise_and_blur(extractor
     degraded = [crop, _noise(crop, 0.05), _noise(crop, 0.2), _blur(crop, 3), _blur(crop, 7)]
     pred = torch.cat(degraded)
     gt = crop.expand_as(pred)
-    same, noise_lo, noise_hi, blur_lo, blur_hi = inception_feature_distance(pred, gt, extractor, reduction="none").tolist()
+    d = inception_feature_distance(pred, gt, extractor, reduction="none")
+    same, noise_lo, noise_hi, blur_lo, blur_hi = d.tolist()
     assert same == 0.0
     assert 0 < noise_lo < noise_hi
     assert 0 < blur_lo < blur_hi
@@ -85,7 +87,7 @@ class _PixelFeatures(torch.nn.Module):
 
 def test_feature_distance_reduction_and_precision():
     gt = torch.zeros(2, 3, 2, 2)
-    pred = torch.stack([gt[0], gt[1] + 2 / 255])  # second image: +1 grey level on 12 values
+    pred = torch.stack([gt[0], gt[1] + 1.5 / 127.5])  # grey 128 → 129 on the second image (12 values)
     per_pair = inception_feature_distance(pred, gt, _PixelFeatures(), reduction="none")
     assert per_pair.dtype == torch.float64 and per_pair.tolist() == [0.0, 12.0]
     assert inception_feature_distance(pred, gt, _PixelFeatures()).item() == 6.0
@@ -108,3 +110,15 @@ def test_patch_fid_zero_for_identical_sets_and_grows_with_noise(extractor):
     noisy = to_uint8(_noise(x.float() / 127.5 - 1, 0.3))  # two 64-px crops each
     assert abs(patch_fid(x, x, patch=64, extractor=extractor)) < 1e-6
     assert patch_fid(noisy, x, patch=64, extractor=extractor) > 1.0
+
+
+def test_streaming_metric_accumulates_over_batches(monkeypatch):
+    from pid.eval import detail
+
+    monkeypatch.setattr(detail, "inception_feature_extractor", lambda *_a, **_k: _PixelFeatures())
+    metric = detail.InceptionFeatureDistance()
+    gt = torch.zeros(2, 3, 2, 2)
+    metric.update(gt, gt)
+    metric.update(gt + 1.5 / 127.5, gt)
+    assert metric.compute().item() == pytest.approx(6.0)
+    assert not any(k.startswith("_extractor") for k in metric.state_dict())

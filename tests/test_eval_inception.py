@@ -22,7 +22,8 @@ def weights(tmp_path_factory):
 
 
 def _real_images_299() -> torch.Tensor:
-    arrays = [np.asarray(Image.fromarray(a).resize((299, 299), Image.BICUBIC)) for a in (skd.astronaut(), skd.coffee())]
+    photos = (skd.astronaut(), skd.coffee())
+    arrays = [np.asarray(Image.fromarray(a).resize((299, 299), Image.BICUBIC)) for a in photos]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 

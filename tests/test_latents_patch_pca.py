@@ -104,3 +104,15 @@ def test_frozen_by_design(latent):
     assert all(not p.requires_grad for p in latent.parameters())
     x = torch.zeros(1, 3, 16, 16, requires_grad=True)
     assert not latent.encode(x).requires_grad
+
+
+def test_cli_fits_folder_of_images(tmp_path, capsys):
+    from PIL import Image
+
+    from pid.latents.patch_pca import main
+
+    for name in NAMES[:2]:
+        Image.fromarray(getattr(skd, name)()).save(tmp_path / f"{name}.png")
+    main([str(tmp_path / "pca.safetensors"), "--images", str(tmp_path), "--downscale", "4"])
+    assert '"channels": 16' in capsys.readouterr().out
+    assert PatchPCALatent.from_file(tmp_path / "pca.safetensors").fitted

@@ -38,7 +38,9 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def _check_pair(pred: torch.Tensor, gt: torch.Tensor) -> None:
     if pred.shape != gt.shape or pred.ndim != 4 or pred.shape[1] != 3:
-        raise ValueError(f"expected two (B, 3, H, W) batches of equal shape, got {tuple(pred.shape)}, {tuple(gt.shape)}")
+        raise ValueError(
+            f"expected two (B, 3, H, W) batches of equal shape, got {tuple(pred.shape)}, {tuple(gt.shape)}"
+        )
 
 
 def psnr(pred: torch.Tensor, gt: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
@@ -142,7 +144,8 @@ def make_fid(weights_path: str | os.PathLike | None = None, **kwargs):
 
     kwargs.setdefault("feature", 2048)
     kwargs.setdefault("normalize", False)
-    return FrechetInceptionDistance(feature_extractor_weights_path=str(inception_weights(weights_path)), **kwargs)
+    weights = str(inception_weights(weights_path))
+    return FrechetInceptionDistance(feature_extractor_weights_path=weights, **kwargs)
 
 
 def patch_fid(

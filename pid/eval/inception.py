@@ -86,7 +86,9 @@ def convert_torchscript(torchscript_path: str | os.PathLike) -> dict[str, torch.
     _build_layers(skeleton)
     dst_units = _conv_bn_prefixes(skeleton)
     if len(src_units) != len(dst_units):
-        raise RuntimeError(f"Inception conversion: {len(src_units)} TorchScript convs vs {len(dst_units)} expected")
+        raise RuntimeError(
+            f"Inception conversion: {len(src_units)} TorchScript convs vs {len(dst_units)} expected"
+        )
 
     out: dict[str, torch.Tensor] = {}
     target = skeleton.state_dict()
@@ -101,7 +103,9 @@ def convert_torchscript(torchscript_path: str | os.PathLike) -> dict[str, torch.
         }
         for key, value in pairs.items():
             if target[key].shape != value.shape:
-                raise RuntimeError(f"Inception conversion: {s} → {key}: {tuple(value.shape)} vs {tuple(target[key].shape)}")
+                raise RuntimeError(
+                    f"Inception conversion: {s} → {key}: {tuple(value.shape)} vs {tuple(target[key].shape)}"
+                )
             out[key] = value.to(target[key].dtype).contiguous()
     out["fc.weight"] = torch.full_like(target["fc.weight"], float("nan"))
     out["fc.bias"] = torch.full_like(target["fc.bias"], float("nan"))

@@ -129,4 +129,7 @@ class LatentSpace(nn.Module, ABC):
         return super().train(False)
 
     def extra_repr(self) -> str:
-        return f"name={self.name}, channels={self.channels}, down_factor={self.down_factor}, noise_form={self.noise_form}"
+        return (
+            f"name={self.name}, channels={self.channels}, down_factor={self.down_factor}, "
+            f"noise_form={self.noise_form}"
+        )

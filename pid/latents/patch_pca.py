@@ -59,7 +59,9 @@ class PatchPCALatent(LatentSpace):
     def __init__(self, channels: int = 16, patch: int = 8):
         super().__init__()
         if not 1 <= channels <= 3 * patch * patch:
-            raise PiDConfigError(f"latent.channels={channels} must be in [1, {3 * patch * patch}] for patch {patch}")
+            raise PiDConfigError(
+                f"latent.channels={channels} must be in [1, {3 * patch * patch}] for patch {patch}"
+            )
         self._channels = int(channels)
         self._patch = int(patch)
         d = 3 * patch * patch
@@ -159,7 +161,9 @@ class PatchPCALatent(LatentSpace):
             if n >= max_patches:
                 break
         if n < d:
-            raise ValueError(f"PatchPCALatent.fit needs at least {d} patches of {self._patch}×{self._patch}, got {n}")
+            raise ValueError(
+                f"PatchPCALatent.fit needs at least {d} patches of {self._patch}×{self._patch}, got {n}"
+            )
         mean = total / n
         cov = (outer - n * torch.outer(mean, mean)) / (n - 1)
         evals, evecs = torch.linalg.eigh(cov)  # ascending
@@ -248,9 +252,11 @@ def _iter_images(images) -> Iterable[torch.Tensor]:
     if isinstance(images, (torch.Tensor, np.ndarray)):
         images = [images]
     for item in images:
-        t = torch.from_numpy(np.ascontiguousarray(item)) if isinstance(item, np.ndarray) else item
-        if isinstance(item, np.ndarray) and t.ndim == 3 and t.shape[-1] == 3:
-            t = t.permute(2, 0, 1)
+        t = item
+        if isinstance(item, np.ndarray):
+            t = torch.from_numpy(item.copy() if not item.flags.writeable else np.ascontiguousarray(item))
+            if t.shape[-1] == 3:  # (H, W, 3) or (B, H, W, 3) arrays
+                t = t.movedim(-1, -3)
         batch = t if t.ndim == 4 else t[None]
         for img in batch:
             if img.shape[0] != 3:
@@ -258,14 +264,33 @@ def _iter_images(images) -> Iterable[torch.Tensor]:
             yield img.double() / 127.5 - 1.0 if img.dtype == torch.uint8 else img
 
 
-def fit_from_folder(folder: str | os.PathLike, channels: int = 16, patch: int = 8, **fit_kwargs) -> PatchPCALatent:
-    """Fit on every image file under ``folder`` (sorted order)."""
+def fit_from_folder(
+    folder: str | os.PathLike, channels: int = 16, patch: int = 8, downscale: int = 1, **fit_kwargs
+) -> PatchPCALatent:
+    """Fit on every image file under ``folder`` (sorted order).
+
+    ``downscale`` > 1 first shrinks each image by that factor (antialiased bicubic), so the
+    basis is fitted on the low-resolution images the latent will encode during training.
+    """
+    from PIL import Image
+
     from pid.data.io import list_image_files, load_rgb
 
     files = list_image_files(folder)
     if not files:
         raise PiDConfigError(f"no images found under '{folder}' to fit PatchPCALatent on")
-    return PatchPCALatent(channels, patch).fit((load_rgb(f) for f in files), **fit_kwargs)
+
+    def images():
+        for f in files:
+            rgb = load_rgb(f)
+            if downscale > 1:
+                h, w = rgb.shape[0] // downscale, rgb.shape[1] // downscale
+                if min(h, w) < patch:
+                    continue
+                rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BICUBIC))
+            yield rgb
+
+    return PatchPCALatent(channels, patch).fit(images(), **fit_kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -275,11 +300,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", required=True, help="folder of training images (searched recursively)")
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--patch", type=int, default=8)
+    ap.add_argument("--downscale", type=int, default=1, help="fit on images shrunk by this factor (sr_scale)")
     ap.add_argument("--max-patches", type=int, default=262_144)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     latent = fit_from_folder(
-        args.images, args.channels, args.patch, max_patches=args.max_patches, seed=args.seed
+        args.images, args.channels, args.patch, args.downscale, max_patches=args.max_patches, seed=args.seed
     )
     path = latent.save(args.out)
     print(
