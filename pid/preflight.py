@@ -6,7 +6,42 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pid.utils.errors import MissingWeightsError
+from pid.utils.errors import MissingWeightsError, PiDConfigError
+
+
+def check_latent_geometry(cfg: DictConfig) -> None:
+    """The latent (``latent=…``), ``sr_scale`` and the backbone patch size must fit together.
+
+    One latent cell covers r = sr_scale × (latent.down_factor / latent.packing) / patch_size patch cells;
+    the adapter needs r = 2^k or 1/2^k. The low-res image (data.crop_size / sr_scale) must also be a
+    multiple of the latent's down factor. Raises PiDConfigError saying why and what to change.
+    """
+    latent = cfg.get("latent") or {}
+    net = OmegaConf.select(cfg, "model.net", default=None) or {}
+    down, channels = latent.get("down_factor"), latent.get("channels")
+    sr, patch = cfg.get("sr_scale"), net.get("patch_size")
+    if down is None or sr is None:
+        return
+    name = latent.get("name") or "the latent"
+    packing = int(latent.get("packing") or 1)
+    if down % packing or (channels is not None and channels % (packing * packing)):
+        raise PiDConfigError(f"latent {name}: packing={packing} must divide down_factor={down} and packing² "
+                             f"must divide channels={channels}")
+    if patch is not None and net.get("adapter") is not None:
+        from pid.nn.adapter import latent_grid_ratio
+
+        try:
+            latent_grid_ratio(int(sr), int(down) // packing, int(patch))
+        except ValueError as err:
+            raise PiDConfigError(
+                f"latent={name} (down factor {down // packing}) cannot be used with sr_scale={sr} and "
+                f"model.net.patch_size={patch}: {err}") from None
+    crop = OmegaConf.select(cfg, "data.crop_size", default=None)
+    if isinstance(crop, int) and crop % (int(sr) * int(down)):
+        raise PiDConfigError(
+            f"data.crop_size={crop} with sr_scale={sr} gives a {crop / int(sr):g}-pixel low-res image, "
+            f"which is not a multiple of latent {name}'s down factor {down}: use a crop size that is a multiple of "
+            f"{int(sr) * int(down)}")
 
 
 def _present(value) -> bool:
@@ -19,8 +54,11 @@ def _present(value) -> bool:
 def check_required_weights(cfg: DictConfig) -> None:
     """Every key listed in ``cfg.required_weights`` must point to an existing file or folder.
 
-    Raises one MissingWeightsError naming every key still to set and what it expects.
+    Raises one MissingWeightsError naming every key still to set and what it expects. The cheap
+    latent-geometry check (:func:`check_latent_geometry`) runs first, so a misconfigured combination
+    fails before anything is looked up or loaded.
     """
+    check_latent_geometry(cfg)
     required = cfg.get("required_weights") or {}
     missing = []
     for key, expected in required.items():

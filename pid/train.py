@@ -60,8 +60,10 @@ def train(cfg: DictConfig) -> dict:
         if cfg.compare:
             from pid.eval.heldout import compare_on_heldout
 
-            metrics.update(compare_on_heldout(model, datamodule, ema=find_ema(trainer),
-                                              out_dir=cfg.paths.output_dir, **(cfg.get("compare_options") or {})))
+            kwargs = dict(ema=find_ema(trainer), out_dir=cfg.paths.output_dir, **(cfg.get("compare_options") or {}))
+            own = getattr(model, "compare_on_heldout", None)  # a module may bring its own report (DMD2)
+            metrics.update(own(datamodule, **kwargs) if own is not None else
+                           compare_on_heldout(model, datamodule, **kwargs))
     return metrics
 
 

@@ -145,3 +145,42 @@ def test_sample_set_images_feed_crops(tmp_path):
     build_sample_set(tmp_path, sources=("skimage",), max_images=2, val_fraction=0.5, verbose=False)
     ds = ImageCropDataset(tmp_path / "train", 512)
     assert all(min(r.width, r.height) >= 512 for r in ds.records)
+
+
+def _half_blank_image(folder, name="page.png"):
+    """Left half white (a page margin), right half a real photo."""
+    import skimage.data as sd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = np.asarray(Image.fromarray(sd.astronaut()).resize((128, 256)))
+    img = np.full((256, 256, 3), 255, np.uint8)
+    img[:, 128:] = photo
+    Image.fromarray(img).save(folder / name)
+    return folder
+
+
+def test_texture_selection_holds_out_content_not_margins(tmp_path):
+    from pid.data.image_folder import FixedCropDataset
+
+    folder = _half_blank_image(tmp_path / "val")
+    grid = FixedCropDataset(folder, 64, crops_per_image=4, select="grid")
+    textured = FixedCropDataset(folder, 64, crops_per_image=4, select="texture")
+    assert len(textured) == 4
+    xs = [int(item["key"].split(",")[-1]) for item in textured]
+    assert all(x >= 128 for x in xs), xs
+    assert min(float(textured[i]["image"].float().std()) for i in range(4)) > \
+        min(float(grid[i]["image"].float().std()) for i in range(4))
+    assert [textured[i]["key"] for i in range(4)] == [textured[i]["key"] for i in range(4)]
+
+
+def test_min_std_redraws_blank_training_crops(tmp_path):
+    import torch
+
+    from pid.data.image_folder import ImageCropDataset
+
+    folder = _half_blank_image(tmp_path / "train")
+    torch.manual_seed(0)
+    plain = ImageCropDataset(folder, 64, hflip=False, repeats=40)
+    picky = ImageCropDataset(folder, 64, hflip=False, repeats=40, min_std=10.0)
+    blank = lambda ds: sum(float(ds[i]["image"].float().std()) < 10.0 for i in range(len(ds)))  # noqa: E731
+    assert blank(picky) < blank(plain)

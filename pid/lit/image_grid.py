@@ -38,18 +38,15 @@ class ImageGrid(pl.Callback):
         self._batch: torch.Tensor | None = None
 
     def _fixed_batch(self, trainer: pl.Trainer) -> torch.Tensor | None:
+        """``num_images`` validation crops spread evenly over the validation set (so, over images)."""
         if self._batch is None:
-            loaders = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
-            if loaders is None:
+            loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
+            dataset = getattr(loader, "dataset", None)
+            if dataset is None or len(dataset) == 0:
                 return None
-            images = []
-            for batch in loaders:
-                images.append(batch["image"])
-                if sum(len(b) for b in images) >= self.num_images:
-                    break
-            if not images:
-                return None
-            self._batch = torch.cat(images)[: self.num_images]
+            n = min(self.num_images, len(dataset))
+            picks = torch.linspace(0, len(dataset) - 1, n).round().long().tolist()
+            self._batch = torch.stack([dataset[i]["image"] for i in picks])
         return self._batch
 
     @torch.no_grad()

@@ -1,0 +1,451 @@
+"""DMD2 distillation of a PiD teacher into a few-step (4-step SDE) student, as a LightningModule (SPEC §4).
+
+Networks (all the same PiDNet architecture but the discriminator head):
+    net          the student, initialised from the teacher; what EMA, export and `pid.api` see
+    fake_score   initialised from the teacher, trained with the flow loss on (detached) student samples
+    teacher      frozen EMA teacher, gives the real score (its CFG baked in) and the discriminator's features
+    discriminator  conv head(s) on the teacher's patch features of a middle block
+
+One iteration i (manual optimisation, one backward per iteration so DDP sees one graph):
+    critic  ((i+1) % student_every != 0):  x̂₀ = student(...) without grad,  x_t = (1−t)x̂₀ + tε
+            L = w_dsm·‖fake(x_t) − (ε − x̂₀)‖² + softplus(−D(real_t)) + softplus(D(x_t)) + w_r1·R1
+            (real_t = the real HQ crop noised at the same t and ε; R1 = ‖D(real_t) − D(real_t + αξ)‖²)
+    student:  x̂₀ = student(...) with grad,  x_t as above,
+            L = w_vsd·VSD(x̂₀; teacher_cfg(x_t), fake(x_t)) + w_gan(i)·softplus(−D(teacher_feat(x_t)))
+Student inputs: ``teacher_forcing`` (real HQ noised to a t of the student list, per sample) or
+``backward_simulation`` (the student's own no-grad SDE rollout from noise up to step k; k drawn from a
+generator seeded by (seed, iteration) only, so every rank runs the same number of forwards).
+All randomness of an iteration comes from generators seeded by (seed, iteration[, rank]): resuming
+from a checkpoint reproduces the run exactly.
+
+Lightning's ``global_step`` counts one step per iteration: the student and fake-score optimisers step
+through Lightning, the discriminator's (stepped together with the fake score's) directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from pid.diffusion import dmd, flow, noising, schedules
+from pid.diffusion.guidance import DualCFG
+from pid.lit.module import _plain
+from pid.utils.errors import MissingWeightsError, PiDConfigError
+from pid.utils.images import downsample, to_signed
+
+log = logging.getLogger(__name__)
+# Checkpoints after the optimiser steps of an iteration are what we want (global_step counts iterations).
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+
+STUDENT_INPUTS = ("teacher_forcing", "backward_simulation")
+
+
+def resolve_teacher_path(value: str | os.PathLike | None, config_key: str = "model.teacher_ckpt") -> Path:
+    """A file path, or a glob (newest match wins, e.g. the latest quickstart run's export)."""
+    if value in (None, "", "???"):
+        raise MissingWeightsError("PiD teacher", config_key,
+                                  "a pid_decoder.safetensors export or a .ckpt written by `pid.train`",
+                                  source="a teacher run, e.g. `make train exp=quickstart`")
+    text = str(Path(str(value)).expanduser())
+    if glob.has_magic(text):
+        matches = sorted(glob.glob(text), key=lambda p: (os.path.getmtime(p), p))
+        if not matches:
+            raise MissingWeightsError(
+                "PiD teacher", config_key, "a pid_decoder.safetensors export or a .ckpt written by `pid.train`",
+                source="a finished teacher run (`make train exp=quickstart` writes "
+                       "logs/quickstart/runs/<time>/pid_decoder.safetensors)", path=text)
+        return Path(matches[-1])
+    path = Path(text)
+    if not path.is_file():
+        raise MissingWeightsError("PiD teacher", config_key,
+                                  "a pid_decoder.safetensors export or a .ckpt written by `pid.train`", path=path)
+    return path
+
+
+class DMD2Module(pl.LightningModule):
+    """DMD2 distillation.
+
+    Args:
+        net: the PiDNet architecture of the teacher (becomes the student; copies become teacher and fake score).
+        latent: the frozen latent space (the teacher's embedded latent is loaded from its file when present).
+        teacher_ckpt: teacher export/checkpoint, or a glob (newest match).
+        discriminator: partial of `pid.nn.discriminator.FeatureDiscriminator` (in_channels, num_blocks filled in).
+        student_optimizer, fake_score_optimizer, discriminator_optimizer: partials of torch optimisers.
+        warmup_steps: {student, fake_score, discriminator}: linear LR warm-up, in updates of that network.
+        grad_clip: {student, fake_score, discriminator}: max grad norm (null: no clipping, norm still logged).
+        student_every: one student update every this many iterations (others update the critics): 6 → 1:5.
+        student_input: "teacher_forcing" or "backward_simulation".
+        student_t_list: the student's times (0 appended), SPEC: [0.999, 0.866, 0.634, 0.342].
+        teacher_cfg: {text, latent} guidance of the real score (DualCFG; text only applies with captions).
+        loss_weights: {vsd, dsm}.
+        gan: {gen_weight, warmup_steps, r1_weight, r1_alpha}; gen_weight 0 turns the GAN (and D) off.
+        perturb_t: {logit_mean, logit_std, min, max, shift}: re-noising times (shift: resolution shift on/off).
+        latent_noise: {sigma_max, prob}: latent noising of the condition (kept on; no latent dropout).
+        time: {shift_base, shift_ref_size} (resolution shift, as the teacher).
+        sampling: student decode defaults {num_steps, sampler, t_list, text_cfg, latent_cfg}; the export carries them.
+        seed: base seed of the per-iteration generators.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        latent: nn.Module,
+        teacher_ckpt: str,
+        discriminator: Callable[..., nn.Module],
+        student_optimizer: Callable[..., torch.optim.Optimizer],
+        fake_score_optimizer: Callable[..., torch.optim.Optimizer],
+        discriminator_optimizer: Callable[..., torch.optim.Optimizer],
+        text_encoder: nn.Module | None = None,
+        sr_scale: int = 4,
+        warmup_steps: dict | None = None,
+        grad_clip: dict | None = None,
+        student_every: int = 6,
+        student_input: str = "teacher_forcing",
+        student_t_list: Sequence[float] = schedules.STUDENT_T_LIST,
+        teacher_cfg: dict | None = None,
+        loss_weights: dict | None = None,
+        gan: dict | None = None,
+        perturb_t: dict | None = None,
+        latent_noise: dict | None = None,
+        time: dict | None = None,
+        sampling: dict | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "latent", "text_encoder", "discriminator", "student_optimizer",
+                                          "fake_score_optimizer", "discriminator_optimizer"])
+        self.automatic_optimization = False
+        if student_input not in STUDENT_INPUTS:
+            raise PiDConfigError(f"model.student_input={student_input!r}; expected one of {STUDENT_INPUTS}")
+        if int(student_every) < 1:
+            raise PiDConfigError(f"model.student_every must be >= 1, got {student_every}")
+        self.sr_scale = int(sr_scale)
+        self.student_every = int(student_every)
+        self.student_input = student_input
+        self.t_list = [float(t) for t in student_t_list]
+        schedules.student_timesteps(self.t_list)  # validates the list
+        self.teacher_cfg = {"text": 1.0, "latent": 1.0, **(teacher_cfg or {})}
+        self.loss_weights = {"vsd": 1.0, "dsm": 1.0, **(loss_weights or {})}
+        self.gan = {"gen_weight": 0.05, "warmup_steps": 100, "r1_weight": 200.0, "r1_alpha": 0.1, **(gan or {})}
+        self.perturb_t = {"logit_mean": 0.0, "logit_std": 1.0, "min": 0.02, "max": 0.99, "shift": True,
+                          **(perturb_t or {})}
+        self.latent_noise = {"sigma_max": 0.8, "prob": 0.75, **(latent_noise or {})}
+        self.time = {"shift_base": 6.0, "shift_ref_size": 2048, **(time or {})}
+        self.sampling = {"num_steps": len(self.t_list), "sampler": "sde", "t_list": list(self.t_list),
+                         "text_cfg": 1.0, "latent_cfg": 1.0, **(sampling or {})}
+        self.warmup_steps = {"student": 0, "fake_score": 0, "discriminator": 0, **(warmup_steps or {})}
+        self.grad_clip = {"student": None, "fake_score": None, "discriminator": None, **(grad_clip or {})}
+        self.seed = int(seed)
+        self.optimizer_factories = {"student": student_optimizer, "fake_score": fake_score_optimizer,
+                                    "discriminator": discriminator_optimizer}
+        self.strict_loading = False
+        self.run_config: dict | None = None
+
+        self.latent = latent.requires_grad_(False).eval()
+        self.text_encoder = text_encoder.requires_grad_(False).eval() if text_encoder is not None else None
+        self.teacher_path = resolve_teacher_path(teacher_ckpt)
+        self.teacher_config = self._load_teacher(net, self.teacher_path)
+        self.net = net  # the student (pid.lit.ema, pid.api.export_decoder and the image grids use `net`)
+        self.fake_score = copy.deepcopy(net)
+        self.teacher = copy.deepcopy(net).requires_grad_(False).eval()
+        self.discriminator = discriminator(in_channels=net.hidden_size, num_blocks=net.patch_depth)
+        self._last_logs: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ setup
+    def _load_teacher(self, net: nn.Module, path: Path) -> dict:
+        """Load the teacher's weights into ``net`` (strict) and its embedded latent; return its run config."""
+        from pid.api import _read
+
+        tensors, config = _read(path)
+        state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+        result = net.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise PiDConfigError(
+                f"teacher {path} does not fit model.net: {len(result.missing_keys)} missing (e.g. "
+                f"{result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected (e.g. "
+                f"{result.unexpected_keys[:3]}). Use the teacher's model/net and adapter configs.")
+        latent_state = {k[7:]: v for k, v in tensors.items() if k.startswith("latent.")}
+        if latent_state and getattr(self.latent, "store_in_checkpoint", False):
+            self.latent.load_state_dict(latent_state, strict=True)  # the latent the teacher was trained on
+        log.info("teacher: %s", path)
+        return config or {}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        self.latent.eval()
+        if self.text_encoder is not None:
+            self.text_encoder.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        if str(self.trainer.precision) == "16-mixed":
+            # The discriminator's optimiser steps outside Lightning (one global step per iteration), which
+            # would bypass fp16's gradient scaler.
+            raise PiDConfigError("trainer.precision=16-mixed is not supported for DMD2: use bf16-mixed or 32-true")
+
+    @property
+    def gan_enabled(self) -> bool:
+        return float(self.gan["gen_weight"]) > 0
+
+    # ------------------------------------------------------------------ conditioning
+    @torch.no_grad()
+    def encode_lq(self, hq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lq = downsample(hq, self.sr_scale)
+        return lq, self.latent.encode(lq).float()
+
+    def encode_text(self, captions, keep=None):
+        if self.text_encoder is None or captions is None:
+            return None, None
+        with torch.no_grad():
+            return self.text_encoder(list(captions))
+
+    def condition(self, hq: torch.Tensor, captions, gen: torch.Generator) -> dict[str, Any]:
+        """Noised latent (σ ~ U(0, σ_max) with prob p) and text; no dropout (the student is conditional)."""
+        _, z = self.encode_lq(hq)
+        b = hq.shape[0]
+        sigma = noising.sample_latent_sigma(b, self.latent_noise["sigma_max"], self.latent_noise["prob"],
+                                            generator=gen, device=hq.device)
+        z = noising.noise_latent(z, sigma, _randn(z.shape, gen, z), form=getattr(self.latent, "noise_form", "flow"))
+        y, y_mask = self.encode_text(captions)
+        return {"latent": z, "sigma": sigma, "y": y, "y_mask": y_mask}
+
+    # ------------------------------------------------------------------ the three scores
+    def _t_shift(self, h: int, w: int) -> float:
+        if not self.perturb_t["shift"]:
+            return 1.0
+        return flow.resolution_shift(h, w, base=self.time["shift_base"], ref_size=self.time["shift_ref_size"])
+
+    def teacher_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        """Real score as an x₀ prediction, teacher CFG (text × latent, DualCFG) baked in; no grad."""
+        from pid.sampling import pid_denoiser
+
+        text_scale = self.teacher_cfg["text"] if cond.get("y") is not None else 1.0
+        model = DualCFG(pid_denoiser(self.teacher), text_scale=text_scale, latent_scale=self.teacher_cfg["latent"],
+                        cond=cond)
+        with torch.no_grad():
+            return flow.x0_from_v(x_t, model(x_t, t), t)
+
+    def teacher_features(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict, repeat: int = 1) -> dict:
+        """Frozen-teacher patch features of the discriminator's blocks (differentiable w.r.t. x_t)."""
+        cond = {k: (torch.cat([v] * repeat) if isinstance(v, torch.Tensor) else v) for k, v in cond.items()}
+        _, extras = self.teacher(x_t, torch.cat([t] * repeat), return_extras=True,
+                                 feature_blocks=self.discriminator.feature_blocks, features_only=True, **cond)
+        return extras["features"]
+
+    def student_x0(self, hq: torch.Tensor, cond: dict, gen: torch.Generator, shared: torch.Generator,
+                   with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """A student sample x̂₀ and the time its graded forward ran at, per student_input."""
+        b = hq.shape[0]
+        t_list = torch.tensor(self.t_list, device=hq.device)
+        k_steps = len(self.t_list)
+        noise = _randn(hq.shape, gen, hq)
+        if self.student_input == "teacher_forcing":
+            ids = torch.randint(0, k_steps, (b,), generator=gen).to(hq.device)
+            t = t_list[ids]
+            x = flow.interpolate(hq, noise, t)
+        else:  # backward simulation: no-grad SDE rollout up to step k (same k on every rank)
+            k = int(torch.randint(0, k_steps, (1,), generator=shared))
+            x = noise
+            with torch.no_grad():
+                for i in range(k):
+                    t_i = t_list[i].expand(b)
+                    x0 = flow.x0_from_v(x, self.net(x, t_i, **cond), t_i)
+                    x = flow.interpolate(x0, _randn(hq.shape, gen, hq), t_list[i + 1].expand(b))
+            t = t_list[k].expand(b).contiguous()
+        with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
+            x = x.detach()
+            return flow.x0_from_v(x, self.net(x, t, **cond), t), t
+
+    # ------------------------------------------------------------------ losses of one iteration
+    def _perturb(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, h, w = x0.shape
+        p = self.perturb_t
+        t = dmd.sample_perturbation_t(b, p["logit_mean"], p["logit_std"], p["min"], p["max"], self._t_shift(h, w),
+                                      generator=gen).to(x0.device)
+        return t, _randn(x0.shape, gen, x0)
+
+    def student_losses(self, hq, cond, gen, shared, iteration: int) -> tuple[torch.Tensor, dict]:
+        x0_s, t_s = self.student_x0(hq, cond, gen, shared, with_grad=True)
+        t, eps = self._perturb(x0_s, gen)
+        x_t = flow.interpolate(x0_s, eps, t)  # carries the student's graph (GAN path)
+        x_t_const = x_t.detach()
+        with torch.no_grad():
+            x0_teacher = self.teacher_x0(x_t_const, t, cond)
+            x0_fake = flow.x0_from_v(x_t_const, self.fake_score(x_t_const, t, **cond), t)
+        vsd = dmd.vsd_loss(x0_s, x0_teacher, x0_fake)
+        loss = self.loss_weights["vsd"] * vsd.float()
+        logs = {"vsd": vsd.detach(), "student_t": t_s.float().mean()}
+        if self.gan_enabled:
+            logits = self.discriminator(self.teacher_features(x_t, t, cond))
+            gan_g = dmd.gan_generator_loss(logits)
+            weight = dmd.gan_generator_weight(iteration, self.gan["gen_weight"], int(self.gan["warmup_steps"]))
+            loss = loss + weight * gan_g
+            logs.update(gan_g=gan_g.detach(), gan_weight=torch.tensor(weight), d_fake_student=logits.detach().mean())
+        logs["loss_student"] = loss.detach()
+        return loss, logs
+
+    def critic_losses(self, hq, cond, gen, shared) -> tuple[torch.Tensor, dict]:
+        with torch.no_grad():
+            x0_s, _ = self.student_x0(hq, cond, gen, shared, with_grad=False)
+        t, eps = self._perturb(x0_s, gen)
+        x_t = flow.interpolate(x0_s, eps, t)
+        dsm = dmd.fake_score_flow_loss(self.fake_score(x_t, t, **cond), x0_s, eps)
+        loss = self.loss_weights["dsm"] * dsm
+        logs = {"dsm": dsm.detach()}
+        if self.gan_enabled:
+            real_t = flow.interpolate(hq, eps, t)  # real and student samples at the same t and noise
+            real_alpha = real_t + self.gan["r1_alpha"] * _randn(real_t.shape, gen, real_t)
+            with torch.no_grad():
+                feats = self.teacher_features(torch.cat([x_t, real_t, real_alpha]), t, cond, repeat=3)
+            logits = self.discriminator(feats).float()
+            fake_logits, real_logits, alpha_logits = logits.chunk(3)
+            gan_d = dmd.gan_discriminator_loss(real_logits, fake_logits)
+            r1 = dmd.r1_approx_loss(real_logits, alpha_logits)
+            loss = loss + gan_d + self.gan["r1_weight"] * r1
+            logs.update(gan_d=gan_d.detach(), r1=r1.detach(), d_real=real_logits.detach().mean(),
+                        d_fake=fake_logits.detach().mean())
+        logs["loss_critic"] = loss.detach()
+        return loss, logs
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        iteration = int(self.global_step)
+        hq = to_signed(batch["image"])
+        gen = dmd.step_generator(self.seed, iteration, rank=self.global_rank)
+        shared = dmd.step_generator(self.seed, iteration)
+        cond = self.condition(hq, batch.get("caption"), gen)
+        opt_s, opt_f, opt_d = self.optimizers()
+        sched_s, sched_f, sched_d = self.lr_schedulers()
+        for opt in (opt_s, opt_f, opt_d):
+            opt.zero_grad(set_to_none=True)
+
+        student_phase = dmd.is_student_step(iteration, self.student_every)
+        if student_phase:
+            loss, logs = self.student_losses(hq, cond, gen, shared, iteration)
+        else:
+            loss, logs = self.critic_losses(hq, cond, gen, shared)
+        self.manual_backward(loss)
+
+        if student_phase:
+            logs["grad_norm/student"] = self._clip(self.net, "student")
+            opt_s.step()
+            sched_s.step()
+        else:
+            logs["grad_norm/fake_score"] = self._clip(self.fake_score, "fake_score")
+            opt_f.step()  # counts the iteration in trainer.global_step
+            sched_f.step()
+            if self.gan_enabled:
+                logs["grad_norm/discriminator"] = self._clip(self.discriminator, "discriminator")
+                (opt_d.optimizer if hasattr(opt_d, "optimizer") else opt_d).step()
+                sched_d.step()
+        for opt in (opt_s, opt_f, opt_d):
+            opt.zero_grad(set_to_none=True)  # no stale grads (e.g. D's from the generator pass) in checkpoints
+
+        self._last_logs.update({k: float(v) for k, v in logs.items()})
+        self._last_logs["student_updates"] = float((iteration + 1) // self.student_every)
+        # The latest value of every term (each phase updates its own), so any logging step shows both phases.
+        for k, v in self._last_logs.items():
+            self.log(f"train/{k}", v, prog_bar=k in ("vsd", "dsm"), on_step=True, on_epoch=False,
+                     batch_size=hq.shape[0])
+
+    def _clip(self, module: nn.Module, name: str) -> float:
+        params = [p for p in module.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        max_norm = self.grad_clip.get(name)
+        max_norm = float("inf") if max_norm in (None, 0) else float(max_norm)
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *, num_steps: int | None = None,
+               text_cfg: float | None = None, latent_cfg: float | None = None, captions=None,
+               generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
+        """Student decode: SDE sampler on the student times (``num_steps`` < 4 subsamples them)."""
+        from pid.sampling import decode_latent
+
+        timesteps = schedules.student_timesteps(self.sampling["t_list"], num_steps or self.sampling["num_steps"])
+        return decode_latent(
+            self.net, latent, sigma, sr_scale=self.sr_scale, latent_down=self.latent.down_factor,
+            num_steps=len(timesteps) - 1,
+            text_cfg=self.sampling["text_cfg"] if text_cfg is None else text_cfg,
+            latent_cfg=self.sampling["latent_cfg"] if latent_cfg is None else latent_cfg,
+            text=self.encode_text(captions) if captions is not None else (None, None),
+            generator=generator, sampler=sampler or self.sampling["sampler"], timesteps=timesteps)
+
+    @torch.no_grad()
+    def decode_teacher(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *, num_steps: int | None = None,
+                       generator: torch.Generator | None = None, captions=None) -> torch.Tensor:
+        """Teacher decode with the teacher run's own sampling settings (Euler, shifted schedule, CFG)."""
+        from pid.sampling import decode_latent
+
+        model_cfg = (self.teacher_config or {}).get("model") or {}
+        sampling = {"num_steps": 25, "text_cfg": 4.0, "latent_cfg": 1.0, **(model_cfg.get("sampling") or {})}
+        time = {**self.time, **(model_cfg.get("time") or {})}
+        return decode_latent(
+            self.teacher, latent, sigma, sr_scale=self.sr_scale, latent_down=self.latent.down_factor,
+            num_steps=num_steps or int(sampling["num_steps"]), text_cfg=sampling["text_cfg"],
+            latent_cfg=sampling["latent_cfg"],
+            text=self.encode_text(captions) if captions is not None else (None, None),
+            shift_base=time["shift_base"], shift_ref_size=time["shift_ref_size"], generator=generator)
+
+    def teacher_full_steps(self) -> int:
+        model_cfg = (self.teacher_config or {}).get("model") or {}
+        return int((model_cfg.get("sampling") or {}).get("num_steps", 25))
+
+    def compare_on_heldout(self, datamodule, ema=None, out_dir: str | Path = ".", **options) -> dict[str, float]:
+        """Hook used by `pid.train`: 4-step student vs teacher at 4 steps vs teacher at full steps."""
+        from pid.lit.distill_compare import compare_student_teacher
+
+        return compare_student_teacher(self, datamodule, ema=ema, out_dir=out_dir, **options)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        out = []
+        for name, module in (("student", self.net), ("fake_score", self.fake_score),
+                             ("discriminator", self.discriminator)):
+            params = [p for p in module.parameters() if p.requires_grad]
+            if not params:
+                raise PiDConfigError(f"{name} has no trainable parameters")
+            optimizer = self.optimizer_factories[name](params)
+            warmup = max(int(self.warmup_steps.get(name) or 0), 0)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Warmup(warmup))
+            out.append({"optimizer": optimizer,
+                        "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": f"lr/{name}"}})
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep_latent = bool(getattr(self.latent, "store_in_checkpoint", False))
+        drop = ("text_encoder.",) + (() if keep_latent else ("latent.",))
+        for key in [k for k in checkpoint["state_dict"] if k.startswith(drop)]:
+            del checkpoint["state_dict"][key]
+        checkpoint["pid"] = {"format": 1, "config": self.run_config, "sr_scale": self.sr_scale,
+                             "distill": {"teacher": str(self.teacher_path), "student_every": self.student_every}}
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = _plain(checkpoint[key])
+
+
+class _Warmup:
+    """Picklable linear warm-up factor for LambdaLR."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __call__(self, step: int) -> float:
+        return 1.0 if self.steps <= 0 else min(1.0, (step + 1) / self.steps)
+
+
+def _randn(shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=like.device)

@@ -1,0 +1,105 @@
+"""Held-out comparison after distillation: few-step student vs the teacher at the same steps vs the teacher
+at its full step count, on the quickstart's detail measure (Inception feature distance to the ground-truth
+crop, lower is better; see pid/eval/detail.py) and PSNR.
+
+Reusable pieces: :func:`decode_heldout_with` decodes the validation crops with any set of named decoders
+(``fn(z, generator) -> images``), :func:`score_decodes` scores them, :func:`compare_student_teacher` is the
+DMD2 report printed by `pid.train` and written to ``distill_comparison.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pid.eval.detail import inception_feature_distance, psnr
+from pid.utils.images import to_signed, upsample
+
+log = logging.getLogger(__name__)
+
+Decoder = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@torch.no_grad()
+def decode_heldout_with(module, loader, decoders: dict[str, Decoder], seed: int = 0,
+                        max_crops: int | None = None) -> dict[str, torch.Tensor]:
+    """{"truth", "baseline" (native decode + bicubic), *decoders}: float [-1, 1] CPU tensors.
+
+    Every decoder sees the same clean latents and a generator seeded identically per batch.
+    """
+    out: dict[str, list[torch.Tensor]] = {"truth": [], "baseline": [], **{k: [] for k in decoders}}
+    was_training = module.training
+    module.eval()
+    try:
+        for i, batch in enumerate(loader):
+            hq = to_signed(batch["image"].to(module.device))
+            _, z = module.encode_lq(hq)
+            out["truth"].append(hq.cpu())
+            out["baseline"].append(upsample(module.latent.decode(z).float(), module.sr_scale).cpu())
+            for name, decode in decoders.items():
+                gen = torch.Generator().manual_seed(seed * 100003 + i)
+                out[name].append(decode(z, gen).float().cpu())
+            if max_crops and len(out["truth"]) * hq.shape[0] >= max_crops:
+                break
+    finally:
+        module.train(was_training)
+    return {k: torch.cat(v)[:max_crops] if max_crops else torch.cat(v) for k, v in out.items()}
+
+
+def score_decodes(images: dict[str, torch.Tensor], extractor=None) -> dict[str, float]:
+    """PSNR and Inception feature distance of every entry but "truth" against "truth"."""
+    from pid.eval.inception import inception_feature_extractor
+
+    extractor = extractor if extractor is not None else inception_feature_extractor()
+    truth = images["truth"]
+    metrics = {}
+    for name, pred in images.items():
+        if name == "truth":
+            continue
+        metrics[f"heldout/{name}_psnr"] = float(psnr(pred, truth))
+        metrics[f"heldout/{name}_inception_dist"] = float(inception_feature_distance(pred, truth, extractor))
+    return metrics
+
+
+def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = ".", student_steps: int | None = None,
+                            teacher_steps: int | None = None, seed: int = 0, max_crops: int | None = None,
+                            extractor=None) -> dict[str, float]:
+    """Student (EMA weights, SDE, ``student_steps`` = its t list) vs teacher (Euler, its own CFG/shift) at the
+    same number of steps vs teacher at ``teacher_steps`` (default: the teacher run's sampling.num_steps)."""
+    datamodule.setup("validate")
+    k = int(student_steps or module.sampling["num_steps"])
+    full = int(teacher_steps or module.teacher_full_steps())
+
+    def student(z, gen):
+        with ema.averaged(module) if ema is not None else contextlib.nullcontext():
+            return module.decode(z, 0.0, num_steps=k, generator=gen)
+
+    decoders = {
+        f"student_{k}step": student,
+        f"teacher_{k}step": lambda z, gen: module.decode_teacher(z, 0.0, num_steps=k, generator=gen),
+        f"teacher_{full}step": lambda z, gen: module.decode_teacher(z, 0.0, num_steps=full, generator=gen),
+    }
+    images = decode_heldout_with(module, datamodule.val_dataloader(), decoders, seed=seed, max_crops=max_crops)
+    metrics = score_decodes(images, extractor)
+    dist = {name: metrics[f"heldout/{name}_inception_dist"] for name in (*decoders, "baseline")}
+    ps = {name: metrics[f"heldout/{name}_psnr"] for name in (*decoders, "baseline")}
+    s, t_few, t_full = (f"student_{k}step", f"teacher_{k}step", f"teacher_{full}step")
+    metrics["heldout/student_beats_teacher_same_steps"] = float(dist[s] < dist[t_few])
+    metrics["heldout/student_over_teacher_full"] = dist[s] / max(dist[t_full], 1e-12)
+    n, size = images["truth"].shape[0], tuple(images["truth"].shape[-2:])
+    rows = [f"  {name:<18} inception dist {dist[name]:9.3f}   PSNR {ps[name]:6.2f} dB" for name in dist]
+    summary = (f"held-out {n} crops {size[0]}x{size[1]} (sr {module.sr_scale}x), Inception feature distance "
+               f"(lower is better):\n" + "\n".join(rows) + "\n"
+               f"  -> {k}-step student {'beats' if dist[s] < dist[t_few] else 'does not beat'} the teacher at {k} "
+               f"steps; student / teacher@{full} = {metrics['heldout/student_over_teacher_full']:.2f}")
+    print(summary, flush=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "distill_comparison.json").write_text(json.dumps({"crops": n, "size": size, **metrics,
+                                                                "summary": summary}, indent=2))
+    return metrics

@@ -1,0 +1,172 @@
+"""DMD2 distillation end to end at tiny size: backward simulation draws one step for all ranks, exact resume
+(all networks, every optimiser and scheduler, EMA), student export loaded by the public API, clear error
+when no teacher exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from conftest import compose_train
+
+# A smaller PiDNet than `tiny` (same classes) so a distillation iteration costs well under a second on CPU.
+NET = ["model.net.hidden_size=64", "model.net.patch_depth=2", "model.net.pixel_attn_hidden_size=32",
+       "model.net.txt_embed_dim=32", "model.net.adapter.width=32"]
+
+
+def data_overrides(root: Path, out: Path) -> list[str]:
+    return [f"data.root={root}", "data.crop_size=32", "data.batch_size=2", "data.num_workers=0",
+            "data.build_if_missing=false", "data.train_repeats=2", "data.val_crops_per_image=1",
+            f"latent.path={out}/latent.safetensors", f"paths.log_dir={out}/logs", "logger=csv",
+            "~callbacks.progress", *NET]
+
+
+def make_teacher(root: Path, out: Path) -> Path:
+    """A tiny randomly initialised teacher, exported like `pid.train` does (also fits the latent)."""
+    from pid.api import export_decoder
+    from pid.train import build
+
+    path = out / "teacher" / "pid_decoder.safetensors"
+    if not path.is_file():
+        cfg = compose_train(["experiment=quickstart", *data_overrides(root, out), f"paths.output_dir={out}/teacher",
+                             "model.sampling.num_steps=3"])
+        _, module, _ = build(cfg)
+        export_decoder(module, path)
+    return path
+
+
+def distill_overrides(root: Path, out: Path, run: str, teacher: Path, *extra: str) -> list[str]:
+    return ["experiment=quickstart_dmd2", *data_overrides(root, out), f"paths.output_dir={out}/{run}",
+            f"model.teacher_ckpt={teacher}", "model.student_every=2", "model.gan.warmup_steps=2",
+            "model.warmup_steps.student=2", "callbacks.image_grid.every_n_steps=0", "callbacks.ema.decay=0.5",
+            "compare=false", *extra]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_image_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dmd2")
+    return tiny_image_root, out, make_teacher(tiny_image_root, out)
+
+
+def test_backward_simulation_step_is_the_same_on_every_rank(setup):
+    from pid.diffusion import dmd
+    from pid.train import build
+
+    root, out, teacher = setup
+    cfg = compose_train(distill_overrides(root, out, "bs", teacher, "model.student_input=backward_simulation"))
+    _, module, _ = build(cfg)
+    calls = []
+    module.net.register_forward_hook(lambda m, args, output: calls.append(float(args[1][0])))
+    hq = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = torch.randn(2, 16, 1, 1)
+    cond = {"latent": z, "sigma": torch.zeros(2), "y": None, "y_mask": None}
+    steps_seen = set()
+    for iteration in range(12):
+        per_rank = []
+        for rank in (0, 1):
+            calls.clear()
+            x0, t = module.student_x0(hq, cond, dmd.step_generator(0, iteration, rank),
+                                      dmd.step_generator(0, iteration), with_grad=False)
+            per_rank.append((list(calls), float(t[0])))
+        assert per_rank[0][0] == per_rank[1][0], "both ranks run the same rollout length and times"
+        assert per_rank[0][1] == per_rank[1][1]
+        steps_seen.add(len(per_rank[0][0]))
+        assert per_rank[0][0] == pytest.approx(module.t_list[:len(per_rank[0][0])])
+    assert len(steps_seen) > 1, "the step varies across iterations"
+
+
+def _states(module, trainer):
+    from pid.lit.ema import find_ema
+
+    nets = {k: v.detach().clone() for k, v in module.state_dict().items() if not k.startswith("latent.")}
+    opts = [o.optimizer.state_dict() if hasattr(o, "optimizer") else o.state_dict() for o in trainer.optimizers]
+    scheds = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
+    ema = find_ema(trainer)
+    return nets, opts, scheds, {k: v.clone() for k, v in ema.shadow.items()}, ema.num_updates
+
+
+def _assert_same(a, b):
+    nets_a, opts_a, scheds_a, ema_a, n_a = a
+    nets_b, opts_b, scheds_b, ema_b, n_b = b
+    assert nets_a.keys() == nets_b.keys()
+    for k in nets_a:
+        torch.testing.assert_close(nets_a[k], nets_b[k], rtol=0, atol=0, msg=k)
+    for oa, ob in zip(opts_a, opts_b, strict=True):
+        for pid_, sa in oa["state"].items():
+            for name, value in sa.items():
+                torch.testing.assert_close(value, ob["state"][pid_][name], rtol=0, atol=0)
+    for sa, sb in zip(scheds_a, scheds_b, strict=True):
+        assert sa["last_epoch"] == sb["last_epoch"] and sa["_last_lr"] == sb["_last_lr"]
+    assert n_a == n_b
+    for k in ema_a:
+        torch.testing.assert_close(ema_a[k], ema_b[k], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_resume_is_exact_and_the_student_exports_as_a_plain_decoder(setup):
+    from pid.api import export_decoder, load_decoder
+    from pid.lit.ema import find_ema
+    from pid.train import build
+
+    _, out, teacher = setup
+    # One training image of exactly the crop size, no flips: every batch is the same whatever the data order,
+    # so the comparison isolates the module's state and its per-iteration seeded randomness.
+    root = out / "single"
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(skimage.data.astronaut()[100:132, 200:232]).save(root / split / "a.png")
+    ckpt = ["callbacks.model_checkpoint.every_n_train_steps=2", "+data.hflip=false", "data.train_repeats=4"]
+    # A: 4 iterations in one go (critic, student, critic, student)
+    cfg = compose_train(distill_overrides(root, out, "a", teacher, "trainer.max_steps=4", *ckpt))
+    dm, module_a, trainer_a = build(cfg)
+    trainer_a.fit(module_a, datamodule=dm)
+    assert trainer_a.global_step == 4
+    logged = trainer_a.callback_metrics
+    for key in ("vsd", "dsm", "gan_g", "gan_d", "r1", "grad_norm/student", "grad_norm/fake_score",
+                "grad_norm/discriminator"):
+        assert torch.isfinite(logged[f"train/{key}"]), key
+    assert logged["train/student_updates"] == 2
+
+    # B: resume A's checkpoint after 2 iterations and run to 4
+    mid = out / "a" / "checkpoints" / "step_0000002.ckpt"
+    saved = torch.load(mid, map_location="cpu", weights_only=True)
+    prefixes = {k.split(".")[0] for k in saved["state_dict"]}
+    assert {"net", "fake_score", "teacher", "discriminator"} <= prefixes
+    assert len(saved["optimizer_states"]) == 3 and len(saved["lr_schedulers"]) == 3 and "ema" in saved
+    cfg = compose_train(distill_overrides(root, out, "b", teacher, "trainer.max_steps=4", *ckpt, f"ckpt_path={mid}"))
+    dm, module_c, trainer_c = build(cfg)
+    trainer_c.fit(module_c, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    assert trainer_c.global_step == 4
+    _assert_same(_states(module_a, trainer_a), _states(module_c, trainer_c))
+
+    # The student is a plain PiD decoder: the API loads it and decodes with the student's 4-step SDE.
+    ema = find_ema(trainer_a)
+    export = export_decoder(module_a, out / "student.safetensors", ema=ema)
+    z = torch.randn(2, 16, 1, 1)
+    with ema.averaged(module_a):
+        expected = module_a.decode(z, 0.3, generator=torch.Generator().manual_seed(5))
+    for path in (export, out / "a" / "checkpoints" / "last.ckpt"):
+        decoder = load_decoder(path)
+        got = decoder.decode(z, 0.3, generator=torch.Generator().manual_seed(5))
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    from pid.diffusion.schedules import student_timesteps
+
+    explicit = decoder.decode(z, 0.3, sampler="sde", timesteps=student_timesteps(),
+                              generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(explicit, expected, rtol=0, atol=0)
+
+
+def test_missing_teacher_names_the_config_key(setup, tmp_path):
+    from pid.train import build
+    from pid.utils.errors import MissingWeightsError
+
+    root, out, _ = setup
+    cfg = compose_train(["experiment=quickstart_dmd2", *data_overrides(root, out), f"paths.output_dir={tmp_path}",
+                         f"paths.log_dir={tmp_path}/no_runs"])
+    with pytest.raises(MissingWeightsError, match=r"model\.teacher_ckpt") as err:
+        build(cfg)
+    assert "make train exp=quickstart" in str(err.value)

@@ -1,0 +1,164 @@
+"""Early exit: scheduler loops stopped after K of N steps hand PiD (1−σ_K)z + σ_K ε with the scheduler's σ_K;
+Euler/VE-frame states convert exactly to the VP frame; the decode API and CLI take such states."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pid.diffusion.noising import noise_latent, ve_to_vp, vp_to_ve
+from pid.early_exit import ExitState, StepCapture, run_pipeline_to_step, run_scheduler_loop, scheduler_frame
+
+
+def _z_eps(shape=(2, 16, 4, 6), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(
+        shape, generator=g, dtype=torch.float64
+    )
+
+
+@pytest.mark.parametrize("shift,k,n", [(1.0, 6, 10), (3.0, 24, 28), (3.0, 28, 28)])
+def test_flow_matching_loop_with_oracle_velocity_gives_the_interpolant_at_sigma_k(shift, k, n):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    z, eps = _z_eps()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    state = run_scheduler_loop(scheduler, lambda x, t: eps - z, eps.clone(), n, exit_after=k)
+    sigma_k = float(scheduler.sigmas[k])
+    assert scheduler_frame(scheduler) == "flow" and state.frame == "flow"
+    assert state.sigma == pytest.approx(sigma_k) and (state.step, state.num_steps) == (k, n)
+    assert float(scheduler.sigmas[0]) == pytest.approx(1.0)  # the loop starts from pure noise
+    torch.testing.assert_close(state.latent, (1 - sigma_k) * z + sigma_k * eps, atol=1e-5, rtol=1e-5)
+    # the same state as PiD's latent noising at σ_K
+    torch.testing.assert_close(state.latent, noise_latent(z, sigma_k, eps, form="flow"), atol=1e-5, rtol=1e-5)
+    if shift != 1.0 and k < n:  # σ_K includes the LDM's own shift
+        assert sigma_k > 1 - k / n + 1e-3
+
+
+def test_euler_ve_loop_converts_exactly_to_the_vp_frame():
+    from diffusers import EulerDiscreteScheduler
+
+    z, eps = _z_eps()
+    scheduler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        timestep_spacing="leading",
+        steps_offset=1,
+    )  # SDXL's
+    scheduler.set_timesteps(10)
+    start = z + float(scheduler.sigmas[0]) * eps  # VE-frame state at σ_0
+    state = run_scheduler_loop(scheduler, lambda x, t: eps, start, 10, exit_after=7)
+    s_ve = float(scheduler.sigmas[7])
+    assert state.frame == "ve" and state.raw_sigma == pytest.approx(s_ve) and s_ve > 0.1
+    s_vp = s_ve / math.sqrt(s_ve**2 + 1)
+    assert state.sigma == pytest.approx(s_vp)
+    expected = math.sqrt(1 - s_vp**2) * z + s_vp * eps  # exactly the VP noising PiD's SDXL decoder saw
+    torch.testing.assert_close(state.latent, expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(state.latent, noise_latent(z, s_vp, eps, form="vp"), atol=1e-6, rtol=1e-6)
+
+
+def test_ve_vp_conversion_is_exact_and_invertible():
+    z, eps = _z_eps((3, 4, 5, 5))
+    sigma_ve = torch.tensor([0.05, 1.7, 14.6], dtype=torch.float64)
+    x_ve = z + sigma_ve.view(-1, 1, 1, 1) * eps
+    x_vp, sigma_vp = ve_to_vp(x_ve, sigma_ve)
+    torch.testing.assert_close(sigma_vp, sigma_ve / torch.sqrt(sigma_ve**2 + 1))
+    torch.testing.assert_close(x_vp, noise_latent(z, sigma_vp, eps, form="vp"))
+    back, back_sigma = vp_to_ve(x_vp, sigma_vp)
+    torch.testing.assert_close(back, x_ve)
+    torch.testing.assert_close(back_sigma, sigma_ve)
+
+
+class _TinyPipeline:
+    """The protocol of a diffusers pipeline's denoising loop (interrupt flag, callback_on_step_end), with an
+    oracle velocity and FLUX.1-style packed (B, N, 64) latents."""
+
+    vae_scale_factor = 8
+    default_sample_size = 4
+
+    def __init__(self, z, eps, scheduler):
+        self.z, self.eps, self.scheduler, self._interrupt = z, eps, scheduler, False
+        self.model_calls = 0
+
+    @staticmethod
+    def _pack(x):  # (B, 16, h, w) → (B, h/2·w/2, 64), as FluxPipeline._pack_latents
+        b, c, h, w = x.shape
+        return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h // 2 * w // 2, c * 4)
+
+    @staticmethod
+    def _unpack_latents(latents, height, width, vae_scale_factor):  # FluxPipeline._unpack_latents
+        b, _, ch = latents.shape
+        h, w = 2 * (int(height) // (vae_scale_factor * 2)), 2 * (int(width) // (vae_scale_factor * 2))
+        latents = latents.view(b, h // 2, w // 2, ch // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return latents.reshape(b, ch // 4, h, w)
+
+    def __call__(
+        self,
+        num_inference_steps,
+        callback_on_step_end,
+        callback_on_step_end_tensor_inputs,
+        output_type,
+        height,
+        width,
+    ):
+        self._interrupt = False
+        self.scheduler.set_timesteps(num_inference_steps)
+        latents = self._pack(self.eps.clone())
+        v = self._pack(self.eps - self.z)
+        for i, t in enumerate(self.scheduler.timesteps):
+            if self._interrupt:
+                continue
+            self.model_calls += 1
+            latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
+            callback_on_step_end(self, i, t, {"latents": latents})
+        return latents
+
+
+def test_pipeline_helper_stops_after_k_steps_and_unpacks():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    z, eps = _z_eps((1, 16, 4, 6))
+    pipe = _TinyPipeline(z, eps, FlowMatchEulerDiscreteScheduler(shift=3.0))
+    state = run_pipeline_to_step(pipe, exit_after=24, num_inference_steps=28, height=32, width=48)
+    assert pipe.model_calls == 24  # the last 4 LDM steps are left to PiD
+    sigma_k = float(pipe.scheduler.sigmas[24])
+    assert isinstance(state, ExitState) and state.sigma == pytest.approx(sigma_k)
+    expected = ((1 - sigma_k) * z + sigma_k * eps).float()  # the capture hands PiD float32
+    torch.testing.assert_close(state.latent, expected, atol=1e-5, rtol=1e-5)
+
+    capture = StepCapture([10, 20], stop=False, unpack=lambda x: pipe._unpack_latents(x, 32, 48, 8))
+    pipe(
+        num_inference_steps=28,
+        callback_on_step_end=capture,
+        callback_on_step_end_tensor_inputs=["latents"],
+        output_type="latent",
+        height=32,
+        width=48,
+    )
+    assert sorted(capture.states) == [10, 20] and pipe.model_calls == 24 + 28
+
+
+def test_decode_api_converts_ve_states(monkeypatch):
+    import pid.sampling
+    from pid.api import PiDDecoder
+    from pid.latents.geometry import LatentGeometry
+
+    seen = {}
+
+    def fake_decode_latent(net, latent, sigma, **kwargs):
+        seen["latent"], seen["sigma"] = latent, sigma
+        return torch.zeros(1)
+
+    monkeypatch.setattr(pid.sampling, "decode_latent", fake_decode_latent)
+    decoder = PiDDecoder(torch.nn.Linear(1, 1), LatentGeometry(4, 8, "vp"), sr_scale=4)
+    z_ve = torch.randn(1, 4, 2, 2)
+    decoder.decode(z_ve, 2.0, frame="ve")
+    torch.testing.assert_close(seen["latent"], z_ve / math.sqrt(5.0))
+    assert float(seen["sigma"]) == pytest.approx(2.0 / math.sqrt(5.0))
+    decoder.decode(z_ve, 0.3)
+    torch.testing.assert_close(seen["latent"], z_ve)
+    with pytest.raises(ValueError, match="frame"):
+        decoder.decode(z_ve, 0.3, frame="karras")
