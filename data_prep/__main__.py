@@ -40,14 +40,18 @@ def _add_scoring(p):
 def _add_filter(p):
     p.add_argument("--min-score", action="append", default=[], help="name=value, e.g. qalign=3.5")
     p.add_argument("--max-score", action="append", default=[], help="name=value, e.g. niqe=6")
-    p.add_argument("--phash-distance", type=int, default=None, help="drop near duplicates within this dHash distance")
+    p.add_argument(
+        "--phash-distance", type=int, default=None, help="drop near duplicates within this dHash distance"
+    )
 
 
 def _add_shards(p):
     p.add_argument("--out", required=True, help="output directory of the shards")
     p.add_argument("--shard-bytes", type=_size, default="256MB")
     p.add_argument("--max-per-shard", type=int, default=10_000)
-    p.add_argument("--shuffle-seed", type=int, default=0, help="deterministic shuffle before sharding (-1: keep order)")
+    p.add_argument(
+        "--shuffle-seed", type=int, default=0, help="deterministic shuffle before sharding (-1: keep order)"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,7 +72,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pages", type=int, default=None)
     p = sub.add_parser("score", help="add quality scores -> W/scored.jsonl")
     p.add_argument("--work", required=True)
-    p.add_argument("--scorer", action="append", default=None, help="niqe | sharpness | qalign | brisque (repeatable)")
+    p.add_argument(
+        "--scorer", action="append", default=None, help="niqe | sharpness | qalign | brisque (repeatable)"
+    )
     _add_scoring(p)
     p = sub.add_parser("filter", help="dedupe, min size per bucket, score thresholds -> W/filtered.jsonl")
     p.add_argument("--work", required=True)
@@ -91,7 +97,11 @@ def parser() -> argparse.ArgumentParser:
     _add_shards(p)
     p = sub.add_parser("sample", help="the embedded offline data set as shards (make data)")
     p.add_argument("--out", default="data/sample_shards")
-    p.add_argument("--images-dir", default=None, help="where the sample image set is built (default: OUT/../sample_images)")
+    p.add_argument(
+        "--images-dir",
+        default=None,
+        help="where the sample image set is built (default: OUT/../sample_images)",
+    )
     p.add_argument("--base-size", type=int, default=128)
     p.add_argument("--multiple", type=int, default=32)
     p.add_argument("--max-images", type=int, default=None)
@@ -105,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     v = not args.quiet
     scorer_kw = {}
     if hasattr(args, "qalign_path"):
-        scorer_kw = dict(qalign_path=args.qalign_path, trust_remote_code=args.trust_remote_code, device=args.device)
+        scorer_kw = {
+            "qalign_path": args.qalign_path,
+            "trust_remote_code": args.trust_remote_code,
+            "device": args.device,
+        }
     if args.cmd == "ingest":
         from data_prep.ingest import ingest
 
@@ -117,13 +131,26 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "score":
         from data_prep.score import score
 
-        score(args.work, args.scorer or ["niqe"], max_side=args.max_side, batch_size=args.batch_size, verbose=v, **scorer_kw)
+        score(
+            args.work,
+            args.scorer or ["niqe"],
+            max_side=args.max_side,
+            batch_size=args.batch_size,
+            verbose=v,
+            **scorer_kw,
+        )
     elif args.cmd == "filter":
         from data_prep.filter import filter_records
         from pid.data.buckets import make_buckets
 
-        filter_records(args.work, make_buckets(args.buckets, args.base_size, args.multiple), args.min_score,
-                       args.max_score, args.phash_distance, verbose=v)
+        filter_records(
+            args.work,
+            make_buckets(args.buckets, args.base_size, args.multiple),
+            args.min_score,
+            args.max_score,
+            args.phash_distance,
+            verbose=v,
+        )
     elif args.cmd == "write-shards":
         from data_prep.shards import write_shards
 
@@ -133,14 +160,43 @@ def main(argv: list[str] | None = None) -> int:
         from data_prep.build import build
 
         seed = None if args.shuffle_seed < 0 else args.shuffle_seed
-        build(args.work, args.out, args.folder, args.list, args.multiaspect, args.pdf, args.scorer or ["niqe"],
-              args.dpi, args.caption, args.max_pages, args.buckets, args.base_size, args.multiple, args.min_score,
-              args.max_score, args.phash_distance, args.shard_bytes, args.max_per_shard, seed,
-              score_max_side=args.max_side, verbose=v, batch_size=args.batch_size, **scorer_kw)
+        build(
+            args.work,
+            args.out,
+            args.folder,
+            args.list,
+            args.multiaspect,
+            args.pdf,
+            args.scorer or ["niqe"],
+            args.dpi,
+            args.caption,
+            args.max_pages,
+            args.buckets,
+            args.base_size,
+            args.multiple,
+            args.min_score,
+            args.max_score,
+            args.phash_distance,
+            args.shard_bytes,
+            args.max_per_shard,
+            seed,
+            score_max_side=args.max_side,
+            verbose=v,
+            batch_size=args.batch_size,
+            **scorer_kw,
+        )
     elif args.cmd == "sample":
         from data_prep.build import build_sample_shards
 
-        build_sample_shards(args.out, args.images_dir, args.base_size, args.multiple, args.max_images, force=args.force, verbose=v)
+        build_sample_shards(
+            args.out,
+            args.images_dir,
+            args.base_size,
+            args.multiple,
+            args.max_images,
+            force=args.force,
+            verbose=v,
+        )
     return 0
 
 

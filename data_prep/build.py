@@ -24,11 +24,30 @@ from pid.data.buckets import make_buckets
 log = logging.getLogger(__name__)
 
 
-def build(work, out, folders=(), lists=(), multiaspect=(), pdfs=(), scorers=("niqe",), dpi: float = 150.0,
-          caption: str = DEFAULT_CAPTION, max_pages: int | None = None, bucket_kind: str = "single",
-          base_size: int = 2048, multiple: int = 64, min_scores=(), max_scores=(), phash_distance=None,
-          shard_bytes: int = 256 << 20, max_per_shard: int = 10_000, shuffle_seed: int | None = 0,
-          score_max_side: int = 1024, verbose: bool = True, **scorer_kw) -> dict:
+def build(
+    work,
+    out,
+    folders=(),
+    lists=(),
+    multiaspect=(),
+    pdfs=(),
+    scorers=("niqe",),
+    dpi: float = 150.0,
+    caption: str = DEFAULT_CAPTION,
+    max_pages: int | None = None,
+    bucket_kind: str = "single",
+    base_size: int = 2048,
+    multiple: int = 64,
+    min_scores=(),
+    max_scores=(),
+    phash_distance=None,
+    shard_bytes: int = 256 << 20,
+    max_per_shard: int = 10_000,
+    shuffle_seed: int | None = 0,
+    score_max_side: int = 1024,
+    verbose: bool = True,
+    **scorer_kw,
+) -> dict:
     work = Path(work)
     ingest(work, folders, lists, multiaspect, verbose=verbose)
     if pdfs:
@@ -60,8 +79,16 @@ def default_scorers() -> tuple[str, ...]:
         return ("sharpness",)
 
 
-def build_sample_shards(out, images_dir=None, base_size: int = 128, multiple: int = 32, max_images: int | None = None,
-                        shard_bytes: int = 4 << 20, force: bool = False, verbose: bool = True) -> dict:
+def build_sample_shards(
+    out,
+    images_dir=None,
+    base_size: int = 128,
+    multiple: int = 32,
+    max_images: int | None = None,
+    shard_bytes: int = 4 << 20,
+    force: bool = False,
+    verbose: bool = True,
+) -> dict:
     """The embedded data set as shards under ``out/train`` and ``out/val`` (offline, a minute or so)."""
     from pid.data.sample_set import build_sample_set
 
@@ -75,7 +102,16 @@ def build_sample_shards(out, images_dir=None, base_size: int = 128, multiple: in
     scorers = default_scorers()
     result = {}
     for split in ("train", "val"):
-        result[split] = build(out / "work" / split, out / split, folders=[images_dir / split], scorers=scorers,
-                              bucket_kind="single", base_size=base_size, multiple=multiple, shard_bytes=shard_bytes,
-                              score_max_side=512, verbose=verbose)
+        result[split] = build(
+            out / "work" / split,
+            out / split,
+            folders=[images_dir / split],
+            scorers=scorers,
+            bucket_kind="single",
+            base_size=base_size,
+            multiple=multiple,
+            shard_bytes=shard_bytes,
+            score_max_side=512,
+            verbose=verbose,
+        )
     return result["train"]

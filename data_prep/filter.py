@@ -26,7 +26,9 @@ def dhash(path: str, size: int = 8) -> int:
     """Difference hash: sign of horizontal gradients of a (size+1)×size greyscale thumbnail."""
     with Image.open(path) as im:
         im.draft("L", (64, 64))
-        g = np.asarray(ImageOps.exif_transpose(im).convert("L").resize((size + 1, size), Image.BILINEAR), dtype=np.int16)
+        g = np.asarray(
+            ImageOps.exif_transpose(im).convert("L").resize((size + 1, size), Image.BILINEAR), dtype=np.int16
+        )
     bits = (g[:, 1:] > g[:, :-1]).ravel()
     return int("".join("1" if b else "0" for b in bits), 2)
 
@@ -39,11 +41,21 @@ def parse_thresholds(items) -> dict[str, float]:
     return out
 
 
-def filter_records(work, buckets: BucketSet | None = None, min_scores=(), max_scores=(),
-                   phash_distance: int | None = None, verbose: bool = True) -> dict:
+def filter_records(
+    work,
+    buckets: BucketSet | None = None,
+    min_scores=(),
+    max_scores=(),
+    phash_distance: int | None = None,
+    verbose: bool = True,
+) -> dict:
     work = Path(work)
     src = work / "scored.jsonl"
-    records = read_jsonl(src) if src.is_file() else read_jsonl(work / "ingest.jsonl") + read_jsonl(work / "pdf.jsonl")
+    records = (
+        read_jsonl(src)
+        if src.is_file()
+        else read_jsonl(work / "ingest.jsonl") + read_jsonl(work / "pdf.jsonl")
+    )
     buckets = buckets or make_buckets("single")
     lo, hi = parse_thresholds(min_scores), parse_thresholds(max_scores)
     kept, drops, seen, hashes, unscored = [], [], {}, [], 0
@@ -54,15 +66,23 @@ def filter_records(work, buckets: BucketSet | None = None, min_scores=(), max_sc
         seen[r["sha256"]] = r["key"]
         if phash_distance is not None:
             h = dhash(r["path"])
-            near = next((k for k, h2 in hashes if bin(h ^ h2).count("1") <= phash_distance), None)
+            near = next((k for k, h2 in hashes if (h ^ h2).bit_count() <= phash_distance), None)
             if near is not None:
-                drops.append(dropped(r["path"], "filter", "near_duplicate", f"dHash within {phash_distance} of {near}"))
+                drops.append(
+                    dropped(r["path"], "filter", "near_duplicate", f"dHash within {phash_distance} of {near}")
+                )
                 continue
             hashes.append((r["key"], h))
         b = buckets.assign(r["width"], r["height"])
         if b is None:
-            drops.append(dropped(r["path"], "filter", "too_small",
-                                 f"{r['width']}x{r['height']} fits no bucket (smallest {buckets.min_area_bucket.label}); never upsampled"))
+            drops.append(
+                dropped(
+                    r["path"],
+                    "filter",
+                    "too_small",
+                    f"{r['width']}x{r['height']} fits no bucket (smallest {buckets.min_area_bucket.label}); never upsampled",
+                )
+            )
             continue
         bad = None
         for name, th in lo.items():

@@ -97,7 +97,12 @@ def multiaspect_candidates(root: Path, missing: list[dict]) -> Iterator[tuple]:
             if cap.is_file():
                 d = json.loads(cap.read_text(encoding="utf-8"))
                 caps = captions_from(d)
-                meta = {k: v for k, v in d.items() if isinstance(v, (int, float, str)) and k not in ("prompt", "prompt_medium", "prompt_short")}
+                meta = {
+                    k: v
+                    for k, v in d.items()
+                    if isinstance(v, (int, float, str))
+                    and k not in ("prompt", "prompt_medium", "prompt_short")
+                }
             yield p, safe_key(f"ma4k/{p.stem}"), "multiaspect", caps, meta
         return
     json_dir = root / "data_jsons" if (root / "data_jsons").is_dir() else root
@@ -115,13 +120,21 @@ def multiaspect_candidates(root: Path, missing: list[dict]) -> Iterator[tuple]:
                 hits = sorted((root / "image").glob(f"{uid}.*")) if (root / "image").is_dir() else []
                 p = hits[0] if hits else None
             if p is None or not p.is_file():
-                missing.append(dropped(rec.get("image_url", f"{js.name}#{idx}"), "ingest", "not_downloaded",
-                                       f"no local image for {js.name} record {idx}"))
+                missing.append(
+                    dropped(
+                        rec.get("image_url", f"{js.name}#{idx}"),
+                        "ingest",
+                        "not_downloaded",
+                        f"no local image for {js.name} record {idx}",
+                    )
+                )
                 continue
             yield p, safe_key(f"ma4k/{uid}"), "multiaspect", captions_from(rec), meta
 
 
-def ingest(work, folders=(), lists=(), multiaspect=(), max_pixels: int | None = None, verbose: bool = True) -> dict:
+def ingest(
+    work, folders=(), lists=(), multiaspect=(), max_pixels: int | None = None, verbose: bool = True
+) -> dict:
     """Probe every candidate; write ``W/ingest.jsonl`` and ``W/ingest.dropped.jsonl``."""
     from pid.data.transforms import DEFAULT_MAX_PIXELS
 

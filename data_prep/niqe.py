@@ -21,7 +21,9 @@ from PIL import Image
 
 PATCH = 96
 _GAMMA = np.arange(0.2, 10, 0.001)
-_R_GAM = scipy.special.gamma(2.0 / _GAMMA) ** 2 / (scipy.special.gamma(1.0 / _GAMMA) * scipy.special.gamma(3.0 / _GAMMA))
+_R_GAM = scipy.special.gamma(2.0 / _GAMMA) ** 2 / (
+    scipy.special.gamma(1.0 / _GAMMA) * scipy.special.gamma(3.0 / _GAMMA)
+)
 
 
 def params_path() -> Path:
@@ -99,7 +101,9 @@ def niqe(luma: np.ndarray) -> float:
     if h < 2 * PATCH + 1 or w < 2 * PATCH + 1:
         raise ValueError(f"NIQE needs at least {2 * PATCH + 1} px per side, got {w}x{h}")
     img = luma[: h - h % PATCH, : w - w % PATCH].astype(np.float32)
-    half = np.asarray(Image.fromarray(img, mode="F").resize((img.shape[1] // 2, img.shape[0] // 2), Image.BICUBIC))
+    half = np.asarray(
+        Image.fromarray(img, mode="F").resize((img.shape[1] // 2, img.shape[0] // 2), Image.BICUBIC)
+    )
     feats = np.hstack([_features(mscn(img), PATCH), _features(mscn(half), PATCH // 2)])
     mu, cov = pristine_model()
     d = feats.mean(axis=0) - mu

@@ -32,8 +32,11 @@ def conversion_needed(fmt: str | None, mode: str, orientation: int) -> str | Non
     if fmt not in KEEP_FORMATS:
         why.append(f"format {fmt}")
     if mode not in KEEP_MODES:
-        why.append({"CMYK": "cmyk->rgb", "I;16": "16bit->8bit", "I": "32bit->8bit", "P": "palette->rgb"}.get(
-            mode, f"{mode.lower()}->rgb"))
+        why.append(
+            {"CMYK": "cmyk->rgb", "I;16": "16bit->8bit", "I": "32bit->8bit", "P": "palette->rgb"}.get(
+                mode, f"{mode.lower()}->rgb"
+            )
+        )
     if orientation != 1:
         why.append(f"exif-orientation {orientation}->upright")
     return ", ".join(why) or None
@@ -55,7 +58,7 @@ def probe_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXE
         raise Rejected("decompression_bomb", str(e)) from e
     except UnidentifiedImageError as e:
         raise Rejected("not_an_image", f"{e}") from e
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise Rejected("unreadable", f"{type(e).__name__}: {e}") from e
     with im:
         w0, h0 = im.size
@@ -66,8 +69,12 @@ def probe_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXE
         width, height = oriented_size(im)
         try:
             im.load()
-        except Exception as e:  # noqa: BLE001 - PIL: OSError 'image file is truncated', SyntaxError, …
-            reason = "truncated" if "truncat" in str(e).lower() or isinstance(e, (OSError, EOFError)) else "unreadable"
+        except Exception as e:
+            reason = (
+                "truncated"
+                if "truncat" in str(e).lower() or isinstance(e, (OSError, EOFError))
+                else "unreadable"
+            )
             raise Rejected(reason, f"{type(e).__name__}: {e}") from e
         has_alpha = "A" in im.mode or (im.mode == "P" and "transparency" in im.info)
     return {

@@ -11,7 +11,9 @@ def bar(iterable, desc: str, total: int | None = None, enabled: bool = True):
     return tqdm(iterable, desc=desc, total=total, unit="img", disable=not enabled, leave=False)
 
 
-def summary(title: str, kept: int, dropped: list[dict], extra: dict | None = None, enabled: bool = True) -> None:
+def summary(
+    title: str, kept: int, dropped: list[dict], extra: dict | None = None, enabled: bool = True
+) -> None:
     """Print kept/dropped counts per reason as a table."""
     if not enabled:
         return

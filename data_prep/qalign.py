@@ -19,7 +19,9 @@ import numpy as np
 
 LEVELS = ("excellent", "good", "fair", "poor", "bad")
 LEVEL_WEIGHTS = (5.0, 4.0, 3.0, 2.0, 1.0)
-PROMPT = "USER: How would you rate the quality of this image?\n<|image|>\nASSISTANT: The quality of the image is"
+PROMPT = (
+    "USER: How would you rate the quality of this image?\n<|image|>\nASSISTANT: The quality of the image is"
+)
 
 
 def expected_level(logits) -> np.ndarray:
@@ -49,8 +51,14 @@ class QAlignScorer:
     name = "qalign"
     higher_is_better = True
 
-    def __init__(self, path: str | None, device: str | None = None, batch_size: int = 8,
-                 trust_remote_code: bool = False, dtype: str = "float16"):
+    def __init__(
+        self,
+        path: str | None,
+        device: str | None = None,
+        batch_size: int = 8,
+        trust_remote_code: bool = False,
+        dtype: str = "float16",
+    ):
         self.path, self.batch_size, self.trust_remote_code = path, batch_size, trust_remote_code
         self.device, self.dtype = device, dtype
         self._model = None
@@ -82,7 +90,7 @@ class QAlignScorer:
         p = self._check_path()
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, self.dtype) if self.device != "cpu" else torch.float32
-        kw = dict(trust_remote_code=self.trust_remote_code, local_files_only=True)
+        kw = {"trust_remote_code": self.trust_remote_code, "local_files_only": True}
         self._model = AutoModelForCausalLM.from_pretrained(p, torch_dtype=dtype, **kw).to(self.device).eval()
         self._tok = AutoTokenizer.from_pretrained(p, **kw)
         self._proc = None if hasattr(self._model, "score") else AutoImageProcessor.from_pretrained(p, **kw)
@@ -103,6 +111,8 @@ class QAlignScorer:
                 mean = tuple(int(255 * m) for m in getattr(self._proc, "image_mean", (0.5, 0.5, 0.5)))
                 pix = self._proc([_square(im, mean) for im in batch], return_tensors="pt")["pixel_values"]
                 ids = self._tok([PROMPT] * len(batch), return_tensors="pt", padding=True).input_ids
-                logits = self._model(input_ids=ids.to(self.device), images=pix.to(self.device, self._model.dtype)).logits
+                logits = self._model(
+                    input_ids=ids.to(self.device), images=pix.to(self.device, self._model.dtype)
+                ).logits
                 out += expected_level(logits[:, -1, self._level_ids].float().cpu().numpy()).tolist()
         return out

@@ -45,8 +45,15 @@ def _open(path: Path):
         return None, ("broken_pdf", f"{type(e).__name__}: {e}")
 
 
-def render_pdfs(work, inputs, dpi: float = 150.0, caption: str = DEFAULT_CAPTION, max_pages: int | None = None,
-                blank_std: float = 1.0, verbose: bool = True) -> dict:
+def render_pdfs(
+    work,
+    inputs,
+    dpi: float = 150.0,
+    caption: str = DEFAULT_CAPTION,
+    max_pages: int | None = None,
+    blank_std: float = 1.0,
+    verbose: bool = True,
+) -> dict:
     work = Path(work)
     out_dir = work / "pdf_pages"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,10 +78,19 @@ def render_pdfs(work, inputs, dpi: float = 150.0, caption: str = DEFAULT_CAPTION
                         bitmap = doc[page].render(scale=dpi / 72.0, fill_color=(255, 255, 255, 255))
                         rgb = np.asarray(bitmap.to_pil().convert("RGB"), dtype=np.uint8)
                     except Exception as e:  # noqa: BLE001
-                        drops.append(dropped(f"{path}#page={page + 1}", "render_pdfs", "render_failed", f"{type(e).__name__}: {e}"))
+                        drops.append(
+                            dropped(
+                                f"{path}#page={page + 1}",
+                                "render_pdfs",
+                                "render_failed",
+                                f"{type(e).__name__}: {e}",
+                            )
+                        )
                         continue
                     if rgb.size == 0 or float(rgb.std()) < blank_std:
-                        drops.append(dropped(f"{path}#page={page + 1}", "render_pdfs", "empty_page", "blank page"))
+                        drops.append(
+                            dropped(f"{path}#page={page + 1}", "render_pdfs", "empty_page", "blank page")
+                        )
                         continue
                     tmp = png.with_name(png.name + ".tmp")
                     Image.fromarray(rgb).save(tmp, format="PNG", compress_level=6)

@@ -46,7 +46,9 @@ def _hist_png(values, path: Path, title: str, xlabel: str, bins: int = 30) -> No
 def write_report(out: Path, kept: list[dict], dropped: list[dict], shards: list[dict], extra: dict) -> dict:
     out = Path(out)
     reasons = Counter(d["reason"] for d in dropped)
-    converted = [{"key": r["key"], "path": r["path"], "convert": r["convert"]} for r in kept if r.get("convert")]
+    converted = [
+        {"key": r["key"], "path": r["path"], "convert": r["convert"]} for r in kept if r.get("convert")
+    ]
     score_names = sorted({k for r in kept for k, v in r.get("scores", {}).items() if v is not None})
     report = {
         "kept": len(kept),
@@ -63,17 +65,35 @@ def write_report(out: Path, kept: list[dict], dropped: list[dict], shards: list[
     tmp = out / "report.json.tmp"
     tmp.write_text(json.dumps(report, indent=1, sort_keys=True))
     os.replace(tmp, out / "report.json")
-    _hist_png([math.log2(r["width"] / r["height"]) for r in kept], out / "hist_aspect.png", "aspect", "log2(W/H)")
+    _hist_png(
+        [math.log2(r["width"] / r["height"]) for r in kept], out / "hist_aspect.png", "aspect", "log2(W/H)"
+    )
     _hist_png([r["width"] * r["height"] / 1e6 for r in kept], out / "hist_size.png", "size", "megapixels")
     for name in score_names:
-        _hist_png([r["scores"].get(name) for r in kept], out / f"hist_score_{name}.png", f"score {name}", name)
-    lines = [f"# Shard build report\n", f"- kept: **{len(kept)}** in {len(shards)} shards "
-             f"({report['bytes'] / 1e6:.1f} MB)", f"- dropped: **{len(dropped)}**", "",
-             "| dropped reason | count |", "|---|---:|"]
+        _hist_png(
+            [r["scores"].get(name) for r in kept], out / f"hist_score_{name}.png", f"score {name}", name
+        )
+    lines = [
+        "# Shard build report\n",
+        f"- kept: **{len(kept)}** in {len(shards)} shards ({report['bytes'] / 1e6:.1f} MB)",
+        f"- dropped: **{len(dropped)}**",
+        "",
+        "| dropped reason | count |",
+        "|---|---:|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in sorted(reasons.items())]
-    lines += ["", "| bucket | images |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in report["by_bucket"].items()]
-    lines += ["", "## Dropped inputs", ""] + [f"- `{d['path']}` ({d['stage']}): **{d['reason']}** {d['detail']}" for d in dropped]
-    lines += ["", "## Converted (kept, re-encoded as RGB PNG)", ""] + [f"- `{c['path']}`: {c['convert']}" for c in converted]
-    lines += ["", "Histograms: " + ", ".join(f"![{p.stem}]({p.name})" for p in sorted(out.glob("hist_*.png")))]
+    lines += ["", "| bucket | images |", "|---|---:|"] + [
+        f"| {k} | {v} |" for k, v in report["by_bucket"].items()
+    ]
+    lines += ["", "## Dropped inputs", ""] + [
+        f"- `{d['path']}` ({d['stage']}): **{d['reason']}** {d['detail']}" for d in dropped
+    ]
+    lines += ["", "## Converted (kept, re-encoded as RGB PNG)", ""] + [
+        f"- `{c['path']}`: {c['convert']}" for c in converted
+    ]
+    lines += [
+        "",
+        "Histograms: " + ", ".join(f"![{p.stem}]({p.name})" for p in sorted(out.glob("hist_*.png"))),
+    ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return report

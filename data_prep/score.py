@@ -28,8 +28,15 @@ def load_for_scoring(path: str, max_side: int) -> Image.Image:
         return im.copy()
 
 
-def score(work, scorers=("niqe",), inputs=None, max_side: int = 1024, batch_size: int = 8,
-          verbose: bool = True, **scorer_kw) -> dict:
+def score(
+    work,
+    scorers=("niqe",),
+    inputs=None,
+    max_side: int = 1024,
+    batch_size: int = 8,
+    verbose: bool = True,
+    **scorer_kw,
+) -> dict:
     work = Path(work)
     inputs = [Path(p) for p in inputs] if inputs else [work / "ingest.jsonl", work / "pdf.jsonl"]
     records = [r for p in inputs for r in read_jsonl(p)]
@@ -39,8 +46,13 @@ def score(work, scorers=("niqe",), inputs=None, max_side: int = 1024, batch_size
     drops = []
     for name in scorers:
         fn = make_scorer(name, batch_size=batch_size, **scorer_kw)
-        todo = [r for r in records if name not in r["scores"]]
-        for i in bar(range(0, len(todo), batch_size), f"score {name}", total=math.ceil(len(todo) / batch_size), enabled=verbose):
+        todo = [r for r in records if name not in r["scores"] and not r.get("_unreadable")]
+        for i in bar(
+            range(0, len(todo), batch_size),
+            f"score {name}",
+            total=math.ceil(len(todo) / batch_size),
+            enabled=verbose,
+        ):
             chunk, images = [], []
             for r in todo[i : i + batch_size]:
                 try:
@@ -48,9 +60,12 @@ def score(work, scorers=("niqe",), inputs=None, max_side: int = 1024, batch_size
                     chunk.append(r)
                 except Exception as e:  # noqa: BLE001 - file changed since ingest
                     drops.append(dropped(r["path"], "score", "unreadable", f"{type(e).__name__}: {e}"))
-                    r["scores"][name] = None
+                    r["_unreadable"] = True
             for r, s in zip(chunk, fn(images) if images else []):
-                r["scores"][name] = None if s is None or (isinstance(s, float) and math.isnan(s)) else float(s)
+                r["scores"][name] = (
+                    None if s is None or (isinstance(s, float) and math.isnan(s)) else float(s)
+                )
+    records = [r for r in records if not r.get("_unreadable")]  # dropped above, with a reason
     write_jsonl(work / "scored.jsonl", records)
     write_dropped(work, "score", drops)
     stats = {}

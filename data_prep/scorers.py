@@ -46,8 +46,12 @@ def make_scorer(name: str, **kw):
     if name == "qalign":
         from data_prep.qalign import QAlignScorer
 
-        return QAlignScorer(kw.get("qalign_path"), kw.get("device"), kw.get("batch_size", 8),
-                            kw.get("trust_remote_code", False))
+        return QAlignScorer(
+            kw.get("qalign_path"),
+            kw.get("device"),
+            kw.get("batch_size", 8),
+            kw.get("trust_remote_code", False),
+        )
     if name == "brisque":
         raise RuntimeError(
             "BRISQUE is not available offline here: the 'brisque' wheel needs opencv-python-headless and "

@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import os
-import random
 import signal
 from collections import Counter
 from pathlib import Path
@@ -86,8 +85,17 @@ def _members(group: list[dict], shard: str, metas: list[dict]):
         yield f"{r['key']}.txt", caption.encode()
 
 
-def write_shards(work, out, shard_bytes: int = 256 << 20, max_per_shard: int = 10_000, shuffle_seed: int | None = None,
-                 prefix: str = "shard", split_name: str | None = None, verbose: bool = True, extra: dict | None = None) -> dict:
+def write_shards(
+    work,
+    out,
+    shard_bytes: int = 256 << 20,
+    max_per_shard: int = 10_000,
+    shuffle_seed: int | None = None,
+    prefix: str = "shard",
+    split_name: str | None = None,
+    verbose: bool = True,
+    extra: dict | None = None,
+) -> dict:
     work, out = Path(work), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = read_jsonl(work / "filtered.jsonl")
@@ -101,7 +109,9 @@ def write_shards(work, out, shard_bytes: int = 256 << 20, max_per_shard: int = 1
     fingerprint = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     old = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else {}
     if old.get("fingerprint") != fingerprint:  # different inputs: start over
-        for p in list(out.glob(f"{prefix}-*.tar")) + list(out.glob(f"{prefix}-*.jsonl")) + [out / "shards.json"]:
+        for p in (
+            list(out.glob(f"{prefix}-*.tar")) + list(out.glob(f"{prefix}-*.jsonl")) + [out / "shards.json"]
+        ):
             p.unlink(missing_ok=True)
         tmp = out / "plan.json.tmp"
         tmp.write_text(json.dumps({"fingerprint": fingerprint, "shards": names, **plan}, sort_keys=True))
@@ -129,16 +139,41 @@ def write_shards(work, out, shard_bytes: int = 256 << 20, max_per_shard: int = 1
                 failed.append(f"{name}: {e}")
                 raise
             written += 1
-        shard_rows.append({"file": tar.name, "count": len(group), "bytes": tar.stat().st_size,
-                           "buckets": dict(sorted(Counter(r.get("bucket") for r in group).items()))})
+        shard_rows.append(
+            {
+                "file": tar.name,
+                "count": len(group),
+                "bytes": tar.stat().st_size,
+                "buckets": dict(sorted(Counter(r.get("bucket") for r in group).items())),
+            }
+        )
     write_jsonl(out / "manifest.jsonl", [m for name in names for m in read_jsonl(out / f"{name}.jsonl")])
-    index = {"format": FORMAT, "fingerprint": fingerprint, "count": len(records), "shards": shard_rows,
-             "buckets": dict(sorted(Counter(r.get("bucket") for r in records).items())), **(extra or {})}
+    index = {
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "count": len(records),
+        "shards": shard_rows,
+        "buckets": dict(sorted(Counter(r.get("bucket") for r in records).items())),
+        **(extra or {}),
+    }
     tmp = out / "shards.json.tmp"
     tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
     os.replace(tmp, out / "shards.json")
     drops = read_all_dropped(work)
-    report = write_report(out, records, drops, shard_rows, {"resumed_shards": resumed, "written_shards": written})
-    summary("write-shards", len(records), drops, {"shards": len(names), "written": written, "resumed": resumed,
-                                                  "converted": len(report["converted"]), "out": out}, verbose)
+    report = write_report(
+        out, records, drops, shard_rows, {"resumed_shards": resumed, "written_shards": written}
+    )
+    summary(
+        "write-shards",
+        len(records),
+        drops,
+        {
+            "shards": len(names),
+            "written": written,
+            "resumed": resumed,
+            "converted": len(report["converted"]),
+            "out": out,
+        },
+        verbose,
+    )
     return index

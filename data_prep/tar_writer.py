@@ -20,8 +20,11 @@ def _info(name: str, size: int) -> tarfile.TarInfo:
     return ti
 
 
-def write_tar_atomic(path: str | os.PathLike, members: Iterable[tuple[str, bytes]],
-                     on_member: Callable[[int], None] | None = None) -> int:
+def write_tar_atomic(
+    path: str | os.PathLike,
+    members: Iterable[tuple[str, bytes]],
+    on_member: Callable[[int], None] | None = None,
+) -> int:
     """Write ``(name, data)`` members to ``path`` atomically; returns the tar's size in bytes."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")

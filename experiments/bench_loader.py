@@ -68,6 +68,7 @@ def run(repeats: int) -> dict:
         files = make_inputs(Path(tmp))
         for setting, buckets in (("square 2048²", make_buckets("square", 2048, 64)),
                                  ("SPEC buckets @2048", make_buckets("single", 2048, 64))):  # fmt: skip
+
             def ours(data, rng, buckets=buckets):
                 return bucket_crop(data, buckets, rng, hflip=False)[0]
 
@@ -95,20 +96,32 @@ def main() -> None:
     payload = {
         "what": "2K crops from ~4K JPEGs, samples/s per worker (1 process, 1 thread), best of repeats",
         "inputs": [f"{w}x{h}" for w, h in SIZES],
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "pillow": Image.__version__},  # fmt: skip
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "pillow": Image.__version__,
+        },
         "results": results,
     }
     (out / "loader.json").write_text(json.dumps(payload, indent=1))
-    lines = ["# Loader throughput: 2K crops from ~4K JPEGs (samples/s per worker)", "",
-             f"Inputs: {', '.join(payload['inputs'])} (JPEG q92). Pillow {Image.__version__}.", "",
-             "| target | naive PIL open + resize + crop | ours (draft + box resize) | speed-up |", "|---|---:|---:|---:|"]
+    lines = [
+        "# Loader throughput: 2K crops from ~4K JPEGs (samples/s per worker)",
+        "",
+        f"Inputs: {', '.join(payload['inputs'])} (JPEG q92). Pillow {Image.__version__}.",
+        "",
+        "| target | naive PIL open + resize + crop | ours (draft + box resize) | speed-up |",
+        "|---|---:|---:|---:|",
+    ]
     for setting, r in results.items():
-        lines.append(f"| {setting} | {r['naive_samples_per_s']:.2f} | {r['ours_samples_per_s']:.2f} | {r['speedup']:.2f}× |")
+        lines.append(
+            f"| {setting} | {r['naive_samples_per_s']:.2f} | {r['ours_samples_per_s']:.2f} | {r['speedup']:.2f}× |"
+        )
     (out / "loader.md").write_text("\n".join(lines) + "\n")
     for setting, r in results.items():
-        print(f"{setting:>20}: naive {r['naive_samples_per_s']:.2f}/s  ours {r['ours_samples_per_s']:.2f}/s  "
-              f"ratio {r['speedup']:.2f}x")
+        print(
+            f"{setting:>20}: naive {r['naive_samples_per_s']:.2f}/s  ours {r['ours_samples_per_s']:.2f}/s  "
+            f"ratio {r['speedup']:.2f}x"
+        )
     print(f"wrote {out / 'loader.json'} and {out / 'loader.md'}")
 
 

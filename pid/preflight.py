@@ -40,8 +40,8 @@ def check_latent_geometry(cfg: DictConfig) -> None:
     if isinstance(crop, int) and crop % (int(sr) * int(down)):
         raise PiDConfigError(
             f"data.crop_size={crop} with sr_scale={sr} gives a {crop / int(sr):g}-pixel low-res image, "
-            f"which is not a multiple of latent {name}'s down factor {down}: use a crop size that is a multiple of "
-            f"{int(sr) * int(down)}")
+            f"which is not a multiple of latent {name}'s down factor {down}: use a crop size that is a "
+            f"multiple of {int(sr) * int(down)}")
 
 
 def _present(value) -> bool:
@@ -73,3 +73,19 @@ def check_required_weights(cfg: DictConfig) -> None:
             f"This experiment needs weights that are not on disk:\n{lines}\n"
             f"Set them on the command line, e.g.  make train exp=<name> {overrides}",
             config_key=missing[0].split()[0])
+
+
+def check_mandatory_values(cfg: DictConfig) -> None:
+    """Keys left as ``???`` in the config must be set on the command line."""
+    from pid.utils.errors import PiDConfigError
+
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+    if missing:
+        raise PiDConfigError("These config keys must be set: " + ", ".join(missing)
+                             + "  (e.g. " + " ".join(f"{k}=..." for k in missing) + ")")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """All checks that need nothing but the config."""
+    check_required_weights(cfg)
+    check_mandatory_values(cfg)

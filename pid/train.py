@@ -11,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pid.preflight import check_required_weights
+from pid.preflight import check_config
 from pid.utils.errors import MissingWeightsError, PiDConfigError
 
 log = logging.getLogger("pid.train")
@@ -70,11 +70,16 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        check_required_weights(cfg)
+        check_config(cfg)
         metrics = train(cfg)
     except (MissingWeightsError, PiDConfigError) as err:
         log.error("%s", err)
         sys.exit(2)
+    except Exception as err:  # Hydra's instantiate wraps errors raised while building a part
+        if isinstance(err.__cause__, (MissingWeightsError, PiDConfigError)):
+            log.error("%s", err.__cause__)
+            sys.exit(2)
+        raise
     value = metrics.get(cfg.get("optimized_metric") or "")
     return value
 

@@ -41,6 +41,7 @@ def tiny_train_overrides(root: Path, out: Path, *extra: str) -> list[str]:
     """The quickstart at 64 px on the tiny image folder, writing under ``out``."""
     return [
         "experiment=quickstart",
+        "data=sample_images",
         f"data.root={root}",
         "data.crop_size=64",
         "data.batch_size=2",

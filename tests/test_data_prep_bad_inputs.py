@@ -3,7 +3,6 @@ reason, every good one (including awkward-but-valid files, converted) in the sha
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import tarfile
@@ -28,11 +27,22 @@ def _photo(name: str, w: int = 80, h: int = 64) -> np.ndarray:
 
 def _bomb_png(path: Path, side: int = 100_000) -> None:
     """A valid PNG header claiming side × side pixels (10 G px) with a tiny body."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +108,19 @@ def _read_shards(out: Path) -> dict[str, dict]:
 
 def test_bad_inputs_are_reported_and_good_ones_sharded(bad_folder, tmp_path):
     img, pdf, good, bad = bad_folder
-    index = build(tmp_path / "work", tmp_path / "out", folders=[img], pdfs=[pdf], scorers=("sharpness",),
-                  dpi=72, bucket_kind="single", base_size=SIDE, multiple=32, shard_bytes=20_000, verbose=False)
+    index = build(
+        tmp_path / "work",
+        tmp_path / "out",
+        folders=[img],
+        pdfs=[pdf],
+        scorers=("sharpness",),
+        dpi=72,
+        bucket_kind="single",
+        base_size=SIDE,
+        multiple=32,
+        shard_bytes=20_000,
+        verbose=False,
+    )
     out = tmp_path / "out"
     report = json.loads((out / "report.json").read_text())
     by_stem = {Path(d["path"]).stem: d["reason"] for d in report["dropped_inputs"]}
@@ -119,7 +140,13 @@ def test_bad_inputs_are_reported_and_good_ones_sharded(bad_folder, tmp_path):
     for stem, word in good.items():
         if word is not None:
             assert word in converted[stem], (stem, converted)
-    for name in ("hist_aspect.png", "hist_size.png", "hist_score_sharpness.png", "report.md", "manifest.jsonl"):
+    for name in (
+        "hist_aspect.png",
+        "hist_size.png",
+        "hist_score_sharpness.png",
+        "report.md",
+        "manifest.jsonl",
+    ):
         assert (out / name).is_file(), name
 
     # bytes kept as they are when possible; awkward inputs became upright 8-bit RGB PNGs
@@ -178,10 +205,21 @@ def test_qalign_needs_a_local_path_and_an_explicit_remote_code_flag(tmp_path):
     np.testing.assert_allclose(expected_level(np.zeros(5)), 3.0)
 
 
+def _niqe_model_installed() -> bool:
+    from data_prep.niqe import params_path
+
+    try:
+        return params_path().is_file()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not _niqe_model_installed(), reason="needs the wheel absolutely-not-scikit-video (NIQE model)")
 def test_niqe_matches_reference_and_ranks_blur_worse():
-    from data_prep.niqe import niqe
     import skimage.data as sd
     from scipy.ndimage import gaussian_filter
+
+    from data_prep.niqe import niqe
 
     cam = sd.camera().astype(np.float32)
     sharp, blurred = niqe(cam), niqe(gaussian_filter(cam, 3))
@@ -213,7 +251,9 @@ def test_multiaspect_layouts(tmp_path):
     (dl / "image").mkdir(parents=True)
     (dl / "caption").mkdir()
     Image.fromarray(_photo("rocket")).save(dl / "image" / "u1.jpg")
-    (dl / "caption" / "u1.json").write_text(json.dumps({"prompt": "L", "prompt_medium": "M", "prompt_short": "S"}))
+    (dl / "caption" / "u1.json").write_text(
+        json.dumps({"prompt": "L", "prompt_medium": "M", "prompt_short": "S"})
+    )
     ingest(tmp_path / "w2", multiaspect=[dl], verbose=False)
     (row,) = read_jsonl(tmp_path / "w2" / "ingest.jsonl")
     assert row["captions"] == {"long": "L", "medium": "M", "short": "S"}

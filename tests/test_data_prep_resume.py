@@ -24,7 +24,9 @@ def _work(tmp_path: Path) -> Path:
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i, name in enumerate(["astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "coins"]):
-        a = np.asarray(Image.fromarray(getattr(sd, name)()).convert("RGB").resize((64 + 8 * i, 64), Image.BICUBIC))
+        a = np.asarray(
+            Image.fromarray(getattr(sd, name)()).convert("RGB").resize((64 + 8 * i, 64), Image.BICUBIC)
+        )
         Image.fromarray(a).save(folder / f"{name}.{'jpg' if i % 2 else 'png'}")
         (folder / f"{name}.txt").write_text(f"a photo: {name}")
     work = tmp_path / "work"
@@ -34,21 +36,34 @@ def _work(tmp_path: Path) -> Path:
 
 
 def _tree(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.suffix in (".tar", ".jsonl") or p.name == "shards.json"}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(out.iterdir())
+        if p.suffix in (".tar", ".jsonl") or p.name == "shards.json"
+    }
 
 
 def test_killed_shard_writing_resumes_to_identical_shards(tmp_path):
     work = _work(tmp_path)
-    kw = dict(shard_bytes=1, max_per_shard=1, shuffle_seed=0, verbose=False)  # one sample per shard: 7 shards
+    kw = {
+        "shard_bytes": 1,
+        "max_per_shard": 1,
+        "shuffle_seed": 0,
+        "verbose": False,
+    }  # one sample per shard: 7 shards
     write_shards(work, tmp_path / "ref", **kw)
     ref = _tree(tmp_path / "ref")
     assert len([k for k in ref if k.endswith(".tar")]) == 7
 
     out = tmp_path / "killed"
-    code = (f"from data_prep.shards import write_shards; write_shards({str(work)!r}, {str(out)!r}, "
-            "shard_bytes=1, max_per_shard=1, shuffle_seed=0, verbose=False)")
+    code = (
+        f"from data_prep.shards import write_shards; write_shards({str(work)!r}, {str(out)!r}, "
+        "shard_bytes=1, max_per_shard=1, shuffle_seed=0, verbose=False)"
+    )
     env = {**os.environ, KILL_ENV: "3", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, cwd=ROOT, capture_output=True, timeout=120
+    )
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     tars = sorted(p.name for p in out.glob("*.tar"))
     assert tars == [f"shard-{i:06d}.tar" for i in range(3)]  # finished shards only …
@@ -87,13 +102,17 @@ def test_cli_stages_in_order(tmp_path):
 
     index = json.loads((out / "shards.json").read_text())
     assert index["count"] == 7 and len(index["shards"]) >= 2
-    assert all(r["scores"]["sharpness"] > 0 for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines()))
+    assert all(
+        r["scores"]["sharpness"] > 0
+        for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())
+    )
 
 
 def test_sample_shards_build_offline(tmp_path):
     from data_prep.build import build_sample_shards, sample_complete
 
-    index = build_sample_shards(tmp_path / "sample_shards", images_dir=tmp_path / "sample_images", max_images=6,
-                                verbose=False)
+    index = build_sample_shards(
+        tmp_path / "sample_shards", images_dir=tmp_path / "sample_images", max_images=6, verbose=False
+    )
     assert sample_complete(tmp_path / "sample_shards") and index["count"] >= 3
     assert set(index["buckets"]) <= {"128x128", "128x96", "96x128", "160x96", "96x160"}

@@ -35,9 +35,21 @@ def shards(tmp_path_factory) -> Path:
     for i, (w, h) in enumerate(SIZES):
         a = np.asarray(Image.fromarray(src).resize((w, h), Image.BICUBIC))
         Image.fromarray(a).save(folder / f"img{i:02d}.{'jpg' if i % 2 else 'png'}")
-        (folder / f"img{i:02d}.json").write_text(json.dumps({"prompt": f"long {i}", "prompt_short": f"short {i}"}))
-    build(root / "work", root / "train", folders=[folder], scorers=(), bucket_kind="single", base_size=BASE,
-          multiple=MULT, shard_bytes=10**9, max_per_shard=3, verbose=False)
+        (folder / f"img{i:02d}.json").write_text(
+            json.dumps({"prompt": f"long {i}", "prompt_short": f"short {i}"})
+        )
+    build(
+        root / "work",
+        root / "train",
+        folders=[folder],
+        scorers=(),
+        bucket_kind="single",
+        base_size=BASE,
+        multiple=MULT,
+        shard_bytes=10**9,
+        max_per_shard=3,
+        verbose=False,
+    )
     # one extra shard with a corrupt sample, a sample without an image and one good sample
     good = (folder / "img00.png").read_bytes()
     write_tar_atomic(root / "train" / "shard-999999.tar", [
@@ -56,8 +68,16 @@ def _sizes(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def test_two_workers_one_shape_per_batch_spec_buckets_no_upsampling(shards):
-    dm = ShardDataModule(root=str(shards), crop_size=BASE, batch_size=2, num_workers=2, buckets={"multiple": MULT},
-                         steps_per_epoch=10, shuffle_buffer=4, persistent_workers=False)
+    dm = ShardDataModule(
+        root=str(shards),
+        crop_size=BASE,
+        batch_size=2,
+        num_workers=2,
+        buckets={"multiple": MULT},
+        steps_per_epoch=10,
+        shuffle_buffer=4,
+        persistent_workers=False,
+    )
     dm.setup("fit")
     allowed = {(b.height, b.width) for b in single_level(BASE, MULT)}
     assert len(allowed) == 5
@@ -103,8 +123,15 @@ def test_equal_steps_on_every_rank_and_exact_split(shards):
 
 
 def test_resampled_mode_and_resume_state(shards):
-    dm = ShardDataModule(root=str(shards), crop_size=BASE, batch_size=2, num_workers=0, buckets={"multiple": MULT},
-                         mode="resampled", steps_per_epoch=3)
+    dm = ShardDataModule(
+        root=str(shards),
+        crop_size=BASE,
+        batch_size=2,
+        num_workers=0,
+        buckets={"multiple": MULT},
+        mode="resampled",
+        steps_per_epoch=3,
+    )
     dm.setup("fit")
     assert len(list(dm.train_dataloader())) == 3
     dm.load_state_dict({"global_step": 41})
@@ -112,8 +139,16 @@ def test_resampled_mode_and_resume_state(shards):
 
 
 def test_validation_crops_are_fixed_and_square(shards):
-    dm = ShardDataModule(root=str(shards), val_shards=str(shards / "train"), crop_size=BASE, batch_size=4,
-                         num_workers=0, buckets={"multiple": MULT}, steps_per_epoch=1, val_crops_per_image=2)
+    dm = ShardDataModule(
+        root=str(shards),
+        val_shards=str(shards / "train"),
+        crop_size=BASE,
+        batch_size=4,
+        num_workers=0,
+        buckets={"multiple": MULT},
+        steps_per_epoch=1,
+        val_crops_per_image=2,
+    )
     dm.setup("validate")
     a = [b["image"] for b in dm.val_dataloader()]
     b = [b["image"] for b in dm.val_dataloader()]
@@ -125,14 +160,19 @@ def test_validation_crops_are_fixed_and_square(shards):
 
 
 def test_sample_shards_config_is_a_drop_in_for_the_quickstart(tmp_path):
-    from hydra.utils import instantiate
-
     from conftest import compose_train
+    from hydra.utils import instantiate
 
     cfg = compose_train(["experiment=quickstart", "data=sample_shards", f"paths.data_dir={tmp_path}",
                          "paths.output_dir=/tmp/out"])  # fmt: skip
     dm = instantiate(cfg.data, _convert_="all")
     assert isinstance(dm, ShardDataModule)
     assert dm.hparams.crop_size == 128 and dm.hparams.batch_size == 8
-    assert {(b.width, b.height) for b in dm.bucket_set()} == {(128, 128), (128, 96), (96, 128), (160, 96), (96, 160)}
+    assert {(b.width, b.height) for b in dm.bucket_set()} == {
+        (128, 128),
+        (128, 96),
+        (96, 128),
+        (160, 96),
+        (96, 160),
+    }
     assert dm.root == tmp_path / "sample_images"  # where the embedded latent is fitted

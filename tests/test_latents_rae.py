@@ -224,3 +224,83 @@ def test_missing_weights_name_the_key_and_files(name, tmp_path):
     cause = err.value.__cause__
     assert isinstance(cause, MissingWeightsError) and cause.config_key == "latent.stats_path"
     assert "python -m pid.latents.stats" in str(cause)
+
+
+def _timm_to_hf(state: dict, encoder: str) -> dict:
+    """timm ViT weights written in the Hugging Face layouts (Dinov2WithRegistersModel / SiglipModel)."""
+    out = {}
+    if encoder == "dinov2":
+        cls_pos = 0.1 * torch.randn_like(state["cls_token"])  # HF adds the CLS position; folded back on load
+        out["embeddings.cls_token"] = state["cls_token"] - cls_pos
+        out["embeddings.position_embeddings"] = torch.cat([cls_pos, state["pos_embed"]], dim=1)
+        out["embeddings.register_tokens"] = state["reg_token"]
+        out["embeddings.mask_token"] = torch.zeros(1, state["cls_token"].shape[-1])
+        pre, pe, final = "encoder.layer.", "embeddings.patch_embeddings.projection", "layernorm"
+        names = {
+            "norm1": "norm1",
+            "norm2": "norm2",
+            "mlp.fc1": "mlp.fc1",
+            "mlp.fc2": "mlp.fc2",
+            "attn.proj": "attention.output.dense",
+        }
+        q, k, v = "attention.attention.query", "attention.attention.key", "attention.attention.value"
+    else:
+        out["vision_model.embeddings.position_embedding.weight"] = state["pos_embed"][0]
+        pre, pe, final = "encoder.layers.", "embeddings.patch_embedding", "post_layernorm"
+        names = {
+            "norm1": "layer_norm1",
+            "norm2": "layer_norm2",
+            "mlp.fc1": "mlp.fc1",
+            "mlp.fc2": "mlp.fc2",
+            "attn.proj": "self_attn.out_proj",
+        }
+        q, k, v = "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"
+    body = {
+        f"{pe}.weight": state["patch_embed.proj.weight"],
+        f"{pe}.bias": state["patch_embed.proj.bias"],
+        f"{final}.weight": state["norm.weight"],
+        f"{final}.bias": state["norm.bias"],
+    }
+    depth = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("blocks."))
+    for i in range(depth):
+        for a, b in names.items():
+            for s in ("weight", "bias"):
+                body[f"{pre}{i}.{b}.{s}"] = state[f"blocks.{i}.{a}.{s}"]
+        if encoder == "dinov2":
+            body[f"{pre}{i}.layer_scale1.lambda1"] = state[f"blocks.{i}.ls1.gamma"]
+            body[f"{pre}{i}.layer_scale2.lambda1"] = state[f"blocks.{i}.ls2.gamma"]
+        for s in ("weight", "bias"):
+            for name, part in zip((q, k, v), state[f"blocks.{i}.attn.qkv.{s}"].chunk(3)):
+                body[f"{pre}{i}.{name}.{s}"] = part
+    prefix = "" if encoder == "dinov2" else "vision_model."
+    out.update({prefix + key: val for key, val in body.items()})
+    if encoder == "siglip2":
+        out["text_model.embeddings.token_embedding.weight"] = torch.zeros(4, 8)  # a full SiglipModel file
+    return out
+
+
+@pytest.mark.parametrize("name,encoder", [("rae_dinov2", "dinov2"), ("rae_siglip2", "siglip2")])
+def test_local_weights_timm_file_and_hugging_face_folder_give_the_same_latent(name, encoder, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    arch = {"dinov2": "vit_base_patch14_reg4_dinov2", "siglip2": "vit_so400m_patch14_siglip_224"}[encoder]
+    torch.manual_seed(1)
+    model = timm.create_model(arch, pretrained=False, num_classes=0, **TINY_ENCODER)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "timm.safetensors"))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    save_file(
+        {k: v.contiguous() for k, v in _timm_to_hf(state, encoder).items()},
+        str(tmp_path / "hf" / "model.safetensors"),
+    )
+    lq = torch.rand(1, 3, 32, 48) * 2 - 1
+    latents = []
+    for path in (tmp_path / "timm.safetensors", tmp_path / "hf"):
+        latents.append(tiny_rae(name, f"latent.path={path}", "latent.require_weights=true").encode(lq))
+    torch.testing.assert_close(latents[0], latents[1], atol=1e-5, rtol=1e-5)
+    # the tokens before the affine-free final norm come from these weights, not from a random init
+    assert not torch.allclose(latents[0], tiny_rae(name).encode(lq), atol=1e-3)

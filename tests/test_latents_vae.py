@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from conftest import compose_train
 from pid.latents.vae import DiffusersVAELatent, tiny_vae_config
-from pid.utils.errors import MissingWeightsError
+from pid.utils.errors import MissingWeightsError, PiDConfigError
 
 # latent config → (diffusers class, raw VAE channels, channels/down as PiD sees them)
 VAES = {
@@ -94,11 +94,16 @@ def test_load_from_local_folder_in_bf16_and_tiled_decode(tmp_path):
     )
     latent = instantiate(cfg.latent)
     assert next(latent.vae.parameters()).dtype == torch.bfloat16
-    z = latent.encode(torch.rand(1, 3, 64, 64) * 2 - 1)
-    assert z.dtype == torch.float32 and z.shape == (1, 16, 8, 8)
-    assert latent.vae.use_tiling and latent.vae.tile_latent_min_size == 4
+    assert latent.encode(torch.rand(1, 3, 16, 16) * 2 - 1).dtype == torch.float32  # fp32 latents
+    latent.vae.float()  # (bf16 convolutions are slow on CPU)
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    z = latent.encode(x)  # encoding is never tiled: the exact latent
+    assert z.shape == (1, 16, 8, 8)
+    assert latent.vae.use_tiling and latent.vae.tile_latent_min_size == 4  # 8×8 latent: overlapping 4×4 tiles
     out = latent.decode(z)
     assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+    with pytest.raises(PiDConfigError, match="tile_size=20"):
+        latent.set_tiling(20)
 
 
 def test_geometry_mismatch_is_reported():
@@ -116,3 +121,33 @@ def test_missing_weights_name_the_key_and_files(name, tmp_path):
         assert isinstance(cause, MissingWeightsError) and cause.config_key == "latent.path"
         assert "latent.path" in str(cause) and "config.json" in str(cause)
         assert path is None or "does-not-exist" in str(cause)
+
+
+def test_flux2_single_file_with_a_local_config(tmp_path):
+    from safetensors.torch import save_file
+
+    vae = tiny_vae("AutoencoderKLFlux2", 32)
+    vae.save_config(tmp_path / "config")
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(tmp_path / "ae.safetensors"))
+    cfg = compose_train(
+        [
+            "latent=flux2",
+            f"latent.path={tmp_path}/ae.safetensors",
+            "latent.dtype=float32",
+            f"latent.single_file_config={tmp_path}/config",
+            "paths.output_dir=/tmp/out",
+        ]
+    )
+    latent = instantiate(cfg.latent)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(latent.shift, vae.bn.running_mean)
+    reference = DiffusersVAELatent(
+        vae=vae,
+        channels=128,
+        down_factor=16,
+        vae_class="AutoencoderKLFlux2",
+        packing=2,
+        bn_stats=True,
+        dtype="float32",
+    )
+    torch.testing.assert_close(latent.encode(x), reference.encode(x))

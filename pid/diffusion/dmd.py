@@ -59,7 +59,7 @@ def vsd_weight(x0_student: Tensor, x0_teacher: Tensor, eps: float = 1e-6) -> Ten
 
 @torch.no_grad()
 def vsd_gradient(x0_student: Tensor, x0_teacher: Tensor, x0_fake: Tensor, eps: float = 1e-6) -> Tensor:
-    """The DMD gradient :math:`g = (\\hat x_0^{fake} - \\hat x_0^{teacher})\\, w` in float64 (non-finite → 0)."""
+    """The DMD gradient :math:`g = (\\hat x_0^{fake} - \\hat x_0^{teacher})\\, w`, float64 (non-finite → 0)."""
     g = (x0_fake.double() - x0_teacher.double()) * vsd_weight(x0_student, x0_teacher, eps)
     return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
 
@@ -98,7 +98,7 @@ def gan_generator_loss(fake_logits: Tensor) -> Tensor:
 
 
 def gan_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-    """:math:`\\operatorname{mean}\\,\\mathrm{softplus}(-D(real)) + \\operatorname{mean}\\,\\mathrm{softplus}(D(fake))`."""
+    """Discriminator loss :math:`\\mathrm{mean\\,softplus}(-D(real)) + \\mathrm{mean\\,softplus}(D(fake))`."""
     return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
 
 
@@ -141,7 +141,8 @@ def sample_perturbation_t(
 
 
 def is_student_step(iteration: int, student_every: int) -> bool:
-    """Two time-scale rule: iteration ``i`` (0-based) updates the student iff ``(i + 1) % student_every == 0``,
+    """Two time-scale rule: iteration ``i`` (0-based) updates the student iff
+    ``(i + 1) % student_every == 0``,
     else the critics (fake score and discriminator). ``student_every = 6`` gives 5 critic updates, then 1
     student update — exactly 1 : (student_every − 1) in every window of ``student_every`` iterations."""
     if student_every < 1:

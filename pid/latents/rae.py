@@ -10,9 +10,12 @@
 
 In general an H×W image gives an (H/16)×(W/16) grid: the encoder sees (H/16·14)×(W/16·14) pixels.
 The encoders are built with **timm** (``vit_base_patch14_reg4_dinov2``, ``vit_so400m_patch14_siglip_224``)
-from a local weights file (timm/open_clip safetensors, or the original DINOv2 ``.pth``; timm's
-checkpoint filters convert them) or a ``hf-hub:`` id for users with internet; positions are
-interpolated at run time (``dynamic_img_size``), as the RAE authors' Hugging Face encoder does.
+from local weights: a timm/open_clip file or the original DINOv2 ``.pth`` (timm's checkpoint filters
+convert them), or a Hugging Face folder (``facebook/dinov2-with-registers-base``,
+``google/siglip2-so400m-patch14-224``; converted by :func:`hf_to_timm`); a ``hf-hub:`` id works for
+users with internet. Positions are interpolated at run time (``dynamic_img_size``), as the RAE
+authors' Hugging Face encoder does (timm resamples bicubic with antialiasing: tiny numeric
+differences to HF's interpolation are possible at grids other than the checkpoint's).
 
 Normalisation is per (C, H, W): ``z_n = (z − mean) / √(var + 1e-5)`` with statistics computed by
 ``python -m pid.latents.stats`` (:mod:`pid.latents.stats`) and saved next to the config
@@ -54,8 +57,109 @@ def _local_or_hub(path) -> str | None:
     return None
 
 
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file, or a Hugging Face folder (``model.safetensors``, shards, or ``.bin``)."""
+    from safetensors.torch import load_file
+
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+        if not files:
+            raise MissingWeightsError(
+                "RAE encoder",
+                "latent.path",
+                "model.safetensors (or pytorch_model.bin) in the folder",
+                path=path,
+            )
+        state = {}
+        for f in files:
+            state.update(
+                load_file(str(f))
+                if f.suffix == ".safetensors"
+                else torch.load(str(f), map_location="cpu", weights_only=True)
+            )
+        return state
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def is_hf_layout(state: dict) -> bool:
+    """Keys of Hugging Face ``Dinov2WithRegistersModel`` / ``SiglipVisionModel`` (not timm's, open_clip's)."""
+    return any(
+        k.split("embeddings.", 1)[-1] in ("patch_embeddings.projection.weight", "patch_embedding.weight")
+        for k in state
+        if "embeddings." in k
+    )
+
+
+def hf_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face DINOv2-with-registers / SigLIP vision weights → timm ``VisionTransformer`` names.
+
+    q/k/v are concatenated into ``qkv``; for DINOv2 the CLS position is folded into the CLS token and
+    the registers carry no position (timm's ``no_embed_class``, the same computation as HF's). SigLIP's
+    attention-pooling head and text tower are dropped (PiD uses the patch tokens).
+    """
+    s = {
+        k.removeprefix("dinov2.").removeprefix("vision_model."): v
+        for k, v in state.items()
+        if not k.startswith(("text_model.", "logit_"))
+    }
+    out: dict[str, torch.Tensor] = {}
+    if "embeddings.position_embeddings" in s:  # DINOv2 (with registers)
+        pos = s["embeddings.position_embeddings"]
+        out["cls_token"] = s["embeddings.cls_token"] + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
+        if "embeddings.register_tokens" in s:
+            out["reg_token"] = s["embeddings.register_tokens"]
+        prefix, pe = "encoder.layer.", "embeddings.patch_embeddings.projection"
+        names = {
+            "norm1": "norm1",
+            "norm2": "norm2",
+            "mlp.fc1": "mlp.fc1",
+            "mlp.fc2": "mlp.fc2",
+            "attention.output.dense": "attn.proj",
+            "layer_scale1.lambda1": "ls1.gamma",
+            "layer_scale2.lambda1": "ls2.gamma",
+        }
+        qkv = ("attention.attention.query", "attention.attention.key", "attention.attention.value")
+        final = "layernorm"
+    else:  # SigLIP / SigLIP-2 (fixed resolution)
+        out["pos_embed"] = s["embeddings.position_embedding.weight"][None]
+        prefix, pe = "encoder.layers.", "embeddings.patch_embedding"
+        names = {
+            "layer_norm1": "norm1",
+            "layer_norm2": "norm2",
+            "mlp.fc1": "mlp.fc1",
+            "mlp.fc2": "mlp.fc2",
+            "self_attn.out_proj": "attn.proj",
+        }
+        qkv = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+        final = "post_layernorm"
+    for suffix in ("weight", "bias"):
+        out[f"patch_embed.proj.{suffix}"] = s[f"{pe}.{suffix}"]
+        if f"{final}.{suffix}" in s:
+            out[f"norm.{suffix}"] = s[f"{final}.{suffix}"]
+    depth = 1 + max(int(k[len(prefix) :].split(".")[0]) for k in s if k.startswith(prefix))
+    for i in range(depth):
+        src = f"{prefix}{i}."
+        for a, b in names.items():
+            for suffix in ("weight", "bias", ""):
+                key = f"{src}{a}.{suffix}" if suffix else f"{src}{a}"
+                if key in s:
+                    out[f"blocks.{i}.{b}.{suffix}" if suffix else f"blocks.{i}.{b}"] = s[key]
+        for suffix in ("weight", "bias"):
+            if f"{src}{qkv[0]}.{suffix}" in s:
+                out[f"blocks.{i}.attn.qkv.{suffix}"] = torch.cat([s[f"{src}{n}.{suffix}"] for n in qkv])
+    return out
+
+
 def build_timm_encoder(arch: str, weights: str | None, overrides: dict | None = None) -> nn.Module:
-    """The timm ViT with final LayerNorm without affine; random weights when ``weights`` is None."""
+    """The timm ViT with final LayerNorm without affine; random weights when ``weights`` is None.
+
+    ``weights``: a ``hf-hub:`` id, a timm/open_clip/original-DINOv2 file (timm's checkpoint filter
+    converts it), or Hugging Face weights (a folder with ``config.json`` + ``model.safetensors``, as
+    ``facebook/dinov2-with-registers-base`` and ``google/siglip2-so400m-patch14-224`` ship; converted here).
+    """
     import timm
 
     kwargs = {"num_classes": 0, "dynamic_img_size": True, **(overrides or {})}
@@ -64,7 +168,21 @@ def build_timm_encoder(arch: str, weights: str | None, overrides: dict | None = 
     elif weights.startswith("hf-hub:"):
         model = timm.create_model(weights, pretrained=True, **kwargs)
     else:
-        model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": weights}, **kwargs)
+        path = Path(weights)
+        state = _read_state(path) if path.is_dir() or path.suffix in (".safetensors", ".bin") else None
+        if state is not None and is_hf_layout(state):
+            model = timm.create_model(arch, pretrained=False, **kwargs)
+            missing, _ = model.load_state_dict(hf_to_timm(state), strict=False)
+            missing = [k for k in missing if not k.startswith(("attn_pool.", "head.", "fc_norm."))]
+            if missing:
+                raise PiDConfigError(
+                    f"{weights}: Hugging Face weights do not fit {arch}: missing {missing[:6]}"
+                )
+        else:
+            file = next(iter(sorted(path.glob("*.safetensors"))), path) if path.is_dir() else path
+            model = timm.create_model(
+                arch, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **kwargs
+            )
     norm = model.norm
     model.norm = nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
     return model

@@ -183,13 +183,25 @@ class DiffusersVAELatent(LatentSpace):
                 # offline, diffusers needs the model's config: pass a local folder with config.json
                 kwargs = {"config": str(Path(single_file_config).expanduser())} if single_file_config else {}
                 return cls.from_single_file(where, torch_dtype=torch_dtype, **kwargs)
-            return _flux2_from_original_file(cls, where, torch_dtype)
+            return _flux2_from_file(cls, where, torch_dtype, single_file_config)
         return cls.from_pretrained(where, subfolder=subfolder, torch_dtype=torch_dtype)
 
     def set_tiling(self, tile_size: int = 512, overlap: float = 0.25) -> None:
-        """Decode in overlapping tiles of ``tile_size`` pixels (diffusers' blended tiled decoder)."""
-        self.vae.enable_tiling()
+        """Decode in overlapping tiles of ``tile_size`` pixels (diffusers' blended tiled decoder); encoding
+        stays untiled."""
         vae_down = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        lat = tile_size / vae_down
+        # diffusers' tiles only tile the image exactly when stride and blend are whole latent/pixel counts
+        if (
+            lat != int(lat)
+            or lat * (1 - overlap) != int(lat * (1 - overlap))
+            or lat * overlap != int(lat * overlap)
+        ):
+            raise PiDConfigError(
+                f"latent.tile_size={tile_size}: use a multiple of {int(vae_down / overlap)} pixels "
+                f"(the VAE's {vae_down}× down with {overlap:g} overlap)"
+            )
+        self.vae.enable_tiling()
         self.vae.tile_sample_min_size = int(tile_size)
         self.vae.tile_latent_min_size = int(tile_size) // vae_down
         self.vae.tile_overlap_factor = float(overlap)
@@ -240,18 +252,24 @@ class DiffusersVAELatent(LatentSpace):
         return next(self.vae.parameters()).dtype
 
     def encode_raw(self, images: torch.Tensor) -> torch.Tensor:
-        mean = self.vae.encode(images.to(self._dtype())).latent_dist.mean
+        tiling, self.vae.use_tiling = self.vae.use_tiling, False  # tiles are for decoding only: exact latents
+        try:
+            mean = self.vae.encode(images.to(self._dtype())).latent_dist.mean
+        finally:
+            self.vae.use_tiling = tiling
         return self.pack(mean.float())
 
     def decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(self.unpack(raw).to(self._dtype())).sample.float()
 
 
-def _flux2_from_original_file(cls, path: str, torch_dtype):
-    """FLUX.2 ``ae.safetensors`` (original BFL layout) → ``AutoencoderKLFlux2`` with the default config.
+def _flux2_from_file(cls, path: str, torch_dtype, config_folder: str | None = None):
+    """One FLUX.2 VAE file → ``AutoencoderKLFlux2`` (the default FLUX.2 config, or ``config_folder``'s).
 
-    The encoder/decoder keys follow the LDM VAE layout, which diffusers' converter maps; the
-    batch-norm keys (``bn.*``) keep their names.
+    Accepts diffusers-layout weights and BFL's original ``ae.safetensors`` layout: its encoder/decoder
+    follow the LDM VAE naming that diffusers' converter maps, once the 1×1 ``quant_conv`` /
+    ``post_quant_conv`` (inside the encoder/decoder there) are moved to the top level; the batch-norm
+    statistics (``bn.*``) keep their names.
     """
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
     from safetensors.torch import load_file
@@ -261,10 +279,16 @@ def _flux2_from_original_file(cls, path: str, torch_dtype):
         if path.endswith(".safetensors")
         else torch.load(path, map_location="cpu", weights_only=True)
     )
-    vae = cls()
+    if config_folder:
+        vae = cls.from_config(cls.load_config(str(Path(config_folder).expanduser())))
+    else:
+        vae = cls()
     bn = {k: v for k, v in state.items() if k.startswith("bn.")}
     rest = {k: v for k, v in state.items() if not k.startswith("bn.")}
-    if any(k.startswith("encoder.down.") for k in rest):
+    if any(k.startswith("encoder.down.") for k in rest):  # original layout
+        moved = {"encoder.quant_conv.": "quant_conv.", "decoder.post_quant_conv.": "post_quant_conv."}
+        for old, new in moved.items():
+            rest = {(new + k[len(old) :] if k.startswith(old) else k): v for k, v in rest.items()}
         rest = convert_ldm_vae_checkpoint(rest, dict(vae.config))
     missing, unexpected = vae.load_state_dict({**rest, **bn}, strict=False)
     missing = [k for k in missing if "num_batches_tracked" not in k]

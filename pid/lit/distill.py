@@ -47,27 +47,26 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 STUDENT_INPUTS = ("teacher_forcing", "backward_simulation")
+_TEACHER_FILES = "a pid_decoder.safetensors export or a .ckpt written by `pid.train`"
 
 
 def resolve_teacher_path(value: str | os.PathLike | None, config_key: str = "model.teacher_ckpt") -> Path:
     """A file path, or a glob (newest match wins, e.g. the latest quickstart run's export)."""
     if value in (None, "", "???"):
-        raise MissingWeightsError("PiD teacher", config_key,
-                                  "a pid_decoder.safetensors export or a .ckpt written by `pid.train`",
+        raise MissingWeightsError("PiD teacher", config_key, _TEACHER_FILES,
                                   source="a teacher run, e.g. `make train exp=quickstart`")
     text = str(Path(str(value)).expanduser())
     if glob.has_magic(text):
         matches = sorted(glob.glob(text), key=lambda p: (os.path.getmtime(p), p))
         if not matches:
             raise MissingWeightsError(
-                "PiD teacher", config_key, "a pid_decoder.safetensors export or a .ckpt written by `pid.train`",
+                "PiD teacher", config_key, _TEACHER_FILES,
                 source="a finished teacher run (`make train exp=quickstart` writes "
                        "logs/quickstart/runs/<time>/pid_decoder.safetensors)", path=text)
         return Path(matches[-1])
     path = Path(text)
     if not path.is_file():
-        raise MissingWeightsError("PiD teacher", config_key,
-                                  "a pid_decoder.safetensors export or a .ckpt written by `pid.train`", path=path)
+        raise MissingWeightsError("PiD teacher", config_key, _TEACHER_FILES, path=path)
     return path
 
 
@@ -75,10 +74,10 @@ class DMD2Module(pl.LightningModule):
     """DMD2 distillation.
 
     Args:
-        net: the PiDNet architecture of the teacher (becomes the student; copies become teacher and fake score).
+        net: the teacher's PiDNet architecture (becomes the student; copies become teacher and fake score).
         latent: the frozen latent space (the teacher's embedded latent is loaded from its file when present).
         teacher_ckpt: teacher export/checkpoint, or a glob (newest match).
-        discriminator: partial of `pid.nn.discriminator.FeatureDiscriminator` (in_channels, num_blocks filled in).
+        discriminator: partial of `pid.nn.discriminator.FeatureDiscriminator` (sizes filled in here).
         student_optimizer, fake_score_optimizer, discriminator_optimizer: partials of torch optimisers.
         warmup_steps: {student, fake_score, discriminator}: linear LR warm-up, in updates of that network.
         grad_clip: {student, fake_score, discriminator}: max grad norm (null: no clipping, norm still logged).
@@ -88,10 +87,10 @@ class DMD2Module(pl.LightningModule):
         teacher_cfg: {text, latent} guidance of the real score (DualCFG; text only applies with captions).
         loss_weights: {vsd, dsm}.
         gan: {gen_weight, warmup_steps, r1_weight, r1_alpha}; gen_weight 0 turns the GAN (and D) off.
-        perturb_t: {logit_mean, logit_std, min, max, shift}: re-noising times (shift: resolution shift on/off).
+        perturb_t: {logit_mean, logit_std, min, max, shift}: re-noising times (shift: resolution shift on).
         latent_noise: {sigma_max, prob}: latent noising of the condition (kept on; no latent dropout).
-        time: {shift_base, shift_ref_size} (resolution shift, as the teacher).
-        sampling: student decode defaults {num_steps, sampler, t_list, text_cfg, latent_cfg}; the export carries them.
+        time: {shift_base, shift_ref_size} of the resolution shift; None/missing keys: the teacher run's.
+        sampling: student decode defaults {num_steps, sampler, t_list, text_cfg, latent_cfg} (in the export).
         seed: base seed of the per-iteration generators.
     """
 
@@ -135,11 +134,12 @@ class DMD2Module(pl.LightningModule):
         schedules.student_timesteps(self.t_list)  # validates the list
         self.teacher_cfg = {"text": 1.0, "latent": 1.0, **(teacher_cfg or {})}
         self.loss_weights = {"vsd": 1.0, "dsm": 1.0, **(loss_weights or {})}
-        self.gan = {"gen_weight": 0.05, "warmup_steps": 100, "r1_weight": 200.0, "r1_alpha": 0.1, **(gan or {})}
+        self.gan = {"gen_weight": 0.05, "warmup_steps": 100, "r1_weight": 200.0, "r1_alpha": 0.1,
+                    **(gan or {})}
         self.perturb_t = {"logit_mean": 0.0, "logit_std": 1.0, "min": 0.02, "max": 0.99, "shift": True,
                           **(perturb_t or {})}
         self.latent_noise = {"sigma_max": 0.8, "prob": 0.75, **(latent_noise or {})}
-        self.time = {"shift_base": 6.0, "shift_ref_size": 2048, **(time or {})}
+        self._time_override = dict(time or {})
         self.sampling = {"num_steps": len(self.t_list), "sampler": "sde", "t_list": list(self.t_list),
                          "text_cfg": 1.0, "latent_cfg": 1.0, **(sampling or {})}
         self.warmup_steps = {"student": 0, "fake_score": 0, "discriminator": 0, **(warmup_steps or {})}
@@ -154,6 +154,10 @@ class DMD2Module(pl.LightningModule):
         self.text_encoder = text_encoder.requires_grad_(False).eval() if text_encoder is not None else None
         self.teacher_path = resolve_teacher_path(teacher_ckpt)
         self.teacher_config = self._load_teacher(net, self.teacher_path)
+        teacher_model = (self.teacher_config or {}).get("model") or {}
+        # Time shift of the re-noising times: the teacher's own training setting unless `time` overrides it.
+        self.time = {"shift_base": 6.0, "shift_ref_size": 2048, **(teacher_model.get("time") or {}),
+                     **self._time_override}
         self.net = net  # the student (pid.lit.ema, pid.api.export_decoder and the image grids use `net`)
         self.fake_score = copy.deepcopy(net)
         self.teacher = copy.deepcopy(net).requires_grad_(False).eval()
@@ -191,7 +195,8 @@ class DMD2Module(pl.LightningModule):
         if str(self.trainer.precision) == "16-mixed":
             # The discriminator's optimiser steps outside Lightning (one global step per iteration), which
             # would bypass fp16's gradient scaler.
-            raise PiDConfigError("trainer.precision=16-mixed is not supported for DMD2: use bf16-mixed or 32-true")
+            raise PiDConfigError("trainer.precision=16-mixed is not supported for DMD2: "
+                                 "use bf16-mixed or 32-true")
 
     @property
     def gan_enabled(self) -> bool:
@@ -215,7 +220,8 @@ class DMD2Module(pl.LightningModule):
         b = hq.shape[0]
         sigma = noising.sample_latent_sigma(b, self.latent_noise["sigma_max"], self.latent_noise["prob"],
                                             generator=gen, device=hq.device)
-        z = noising.noise_latent(z, sigma, _randn(z.shape, gen, z), form=getattr(self.latent, "noise_form", "flow"))
+        form = getattr(self.latent, "noise_form", "flow")
+        z = noising.noise_latent(z, sigma, _randn(z.shape, gen, z), form=form)
         y, y_mask = self.encode_text(captions)
         return {"latent": z, "sigma": sigma, "y": y, "y_mask": y_mask}
 
@@ -230,8 +236,8 @@ class DMD2Module(pl.LightningModule):
         from pid.sampling import pid_denoiser
 
         text_scale = self.teacher_cfg["text"] if cond.get("y") is not None else 1.0
-        model = DualCFG(pid_denoiser(self.teacher), text_scale=text_scale, latent_scale=self.teacher_cfg["latent"],
-                        cond=cond)
+        model = DualCFG(pid_denoiser(self.teacher), text_scale=text_scale,
+                        latent_scale=self.teacher_cfg["latent"], cond=cond)
         with torch.no_grad():
             return flow.x0_from_v(x_t, model(x_t, t), t)
 
@@ -270,8 +276,8 @@ class DMD2Module(pl.LightningModule):
     def _perturb(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         b, _, h, w = x0.shape
         p = self.perturb_t
-        t = dmd.sample_perturbation_t(b, p["logit_mean"], p["logit_std"], p["min"], p["max"], self._t_shift(h, w),
-                                      generator=gen).to(x0.device)
+        t = dmd.sample_perturbation_t(b, p["logit_mean"], p["logit_std"], p["min"], p["max"],
+                                      self._t_shift(h, w), generator=gen).to(x0.device)
         return t, _randn(x0.shape, gen, x0)
 
     def student_losses(self, hq, cond, gen, shared, iteration: int) -> tuple[torch.Tensor, dict]:
@@ -288,9 +294,11 @@ class DMD2Module(pl.LightningModule):
         if self.gan_enabled:
             logits = self.discriminator(self.teacher_features(x_t, t, cond))
             gan_g = dmd.gan_generator_loss(logits)
-            weight = dmd.gan_generator_weight(iteration, self.gan["gen_weight"], int(self.gan["warmup_steps"]))
+            weight = dmd.gan_generator_weight(iteration, self.gan["gen_weight"],
+                                              int(self.gan["warmup_steps"]))
             loss = loss + weight * gan_g
-            logs.update(gan_g=gan_g.detach(), gan_weight=torch.tensor(weight), d_fake_student=logits.detach().mean())
+            logs.update(gan_g=gan_g.detach(), gan_weight=torch.tensor(weight),
+                        d_fake_student=logits.detach().mean())
         logs["loss_student"] = loss.detach()
         return loss, logs
 
@@ -349,7 +357,7 @@ class DMD2Module(pl.LightningModule):
                 (opt_d.optimizer if hasattr(opt_d, "optimizer") else opt_d).step()
                 sched_d.step()
         for opt in (opt_s, opt_f, opt_d):
-            opt.zero_grad(set_to_none=True)  # no stale grads (e.g. D's from the generator pass) in checkpoints
+            opt.zero_grad(set_to_none=True)  # no stale grads (D's from the generator pass) in checkpoints
 
         self._last_logs.update({k: float(v) for k, v in logs.items()})
         self._last_logs["student_updates"] = float((iteration + 1) // self.student_every)
@@ -374,7 +382,8 @@ class DMD2Module(pl.LightningModule):
         """Student decode: SDE sampler on the student times (``num_steps`` < 4 subsamples them)."""
         from pid.sampling import decode_latent
 
-        timesteps = schedules.student_timesteps(self.sampling["t_list"], num_steps or self.sampling["num_steps"])
+        steps = num_steps or self.sampling["num_steps"]
+        timesteps = schedules.student_timesteps(self.sampling["t_list"], steps)
         return decode_latent(
             self.net, latent, sigma, sr_scale=self.sr_scale, latent_down=self.latent.down_factor,
             num_steps=len(timesteps) - 1,
@@ -384,8 +393,9 @@ class DMD2Module(pl.LightningModule):
             generator=generator, sampler=sampler or self.sampling["sampler"], timesteps=timesteps)
 
     @torch.no_grad()
-    def decode_teacher(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *, num_steps: int | None = None,
-                       generator: torch.Generator | None = None, captions=None) -> torch.Tensor:
+    def decode_teacher(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *,
+                       num_steps: int | None = None, generator: torch.Generator | None = None,
+                       captions=None) -> torch.Tensor:
         """Teacher decode with the teacher run's own sampling settings (Euler, shifted schedule, CFG)."""
         from pid.sampling import decode_latent
 
@@ -403,7 +413,8 @@ class DMD2Module(pl.LightningModule):
         model_cfg = (self.teacher_config or {}).get("model") or {}
         return int((model_cfg.get("sampling") or {}).get("num_steps", 25))
 
-    def compare_on_heldout(self, datamodule, ema=None, out_dir: str | Path = ".", **options) -> dict[str, float]:
+    def compare_on_heldout(self, datamodule, ema=None, out_dir: str | Path = ".",
+                           **options) -> dict[str, float]:
         """Hook used by `pid.train`: 4-step student vs teacher at 4 steps vs teacher at full steps."""
         from pid.lit.distill_compare import compare_student_teacher
 
@@ -431,7 +442,8 @@ class DMD2Module(pl.LightningModule):
         for key in [k for k in checkpoint["state_dict"] if k.startswith(drop)]:
             del checkpoint["state_dict"][key]
         checkpoint["pid"] = {"format": 1, "config": self.run_config, "sr_scale": self.sr_scale,
-                             "distill": {"teacher": str(self.teacher_path), "student_every": self.student_every}}
+                             "distill": {"teacher": str(self.teacher_path),
+                                         "student_every": self.student_every}}
         for key in ("hyper_parameters", "datamodule_hyper_parameters"):
             if key in checkpoint:
                 checkpoint[key] = _plain(checkpoint[key])

@@ -66,9 +66,9 @@ def score_decodes(images: dict[str, torch.Tensor], extractor=None) -> dict[str, 
     return metrics
 
 
-def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = ".", student_steps: int | None = None,
-                            teacher_steps: int | None = None, seed: int = 0, max_crops: int | None = None,
-                            extractor=None) -> dict[str, float]:
+def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = ".",
+                            student_steps: int | None = None, teacher_steps: int | None = None, seed: int = 0,
+                            max_crops: int | None = None, extractor=None) -> dict[str, float]:
     """Student (EMA weights, SDE, ``student_steps`` = its t list) vs teacher (Euler, its own CFG/shift) at the
     same number of steps vs teacher at ``teacher_steps`` (default: the teacher run's sampling.num_steps)."""
     datamodule.setup("validate")
@@ -84,7 +84,8 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
         f"teacher_{k}step": lambda z, gen: module.decode_teacher(z, 0.0, num_steps=k, generator=gen),
         f"teacher_{full}step": lambda z, gen: module.decode_teacher(z, 0.0, num_steps=full, generator=gen),
     }
-    images = decode_heldout_with(module, datamodule.val_dataloader(), decoders, seed=seed, max_crops=max_crops)
+    loader = datamodule.val_dataloader()
+    images = decode_heldout_with(module, loader, decoders, seed=seed, max_crops=max_crops)
     metrics = score_decodes(images, extractor)
     dist = {name: metrics[f"heldout/{name}_inception_dist"] for name in (*decoders, "baseline")}
     ps = {name: metrics[f"heldout/{name}_psnr"] for name in (*decoders, "baseline")}
@@ -95,7 +96,8 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
     rows = [f"  {name:<18} inception dist {dist[name]:9.3f}   PSNR {ps[name]:6.2f} dB" for name in dist]
     summary = (f"held-out {n} crops {size[0]}x{size[1]} (sr {module.sr_scale}x), Inception feature distance "
                f"(lower is better):\n" + "\n".join(rows) + "\n"
-               f"  -> {k}-step student {'beats' if dist[s] < dist[t_few] else 'does not beat'} the teacher at {k} "
+               f"  -> {k}-step student {'beats' if dist[s] < dist[t_few] else 'does not beat'} "
+               f"the teacher at {k} "
                f"steps; student / teacher@{full} = {metrics['heldout/student_over_teacher_full']:.2f}")
     print(summary, flush=True)
     out_dir = Path(out_dir)

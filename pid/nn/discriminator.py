@@ -50,14 +50,22 @@ class FeatureDiscriminator(nn.Module):
     def __init__(self, in_channels: int, num_blocks: int, feature_blocks: Sequence[int] | None = None,
                  num_conv_layers: int = 2, patch_logits: bool = False):
         super().__init__()
-        blocks = (num_blocks // 2,) if feature_blocks is None else tuple(sorted({int(b) for b in feature_blocks}))
+        if feature_blocks is None:
+            blocks = (num_blocks // 2,)
+        else:
+            blocks = tuple(sorted({int(b) for b in feature_blocks}))
         if not blocks or any(not 0 <= b < num_blocks for b in blocks):
-            raise ValueError(f"feature_blocks {feature_blocks} must be non-empty indices in 0..{num_blocks - 1}")
+            raise ValueError(f"feature_blocks {feature_blocks} must be non-empty indices in "
+                             f"0..{num_blocks - 1}")
         self.feature_blocks = blocks
         self.heads = nn.ModuleList(conv_head(in_channels, num_conv_layers, patch_logits) for _ in blocks)
 
     def forward(self, features: Mapping[int, torch.Tensor] | Iterable[torch.Tensor]) -> torch.Tensor:
-        feats = [features[b] for b in self.feature_blocks] if isinstance(features, Mapping) else list(features)
+        if isinstance(features, Mapping):
+            feats = [features[b] for b in self.feature_blocks]
+        else:
+            feats = list(features)
         if len(feats) != len(self.heads):
-            raise ValueError(f"expected {len(self.heads)} feature maps (blocks {self.feature_blocks}), got {len(feats)}")
+            raise ValueError(f"expected {len(self.heads)} feature maps (blocks {self.feature_blocks}), "
+                             f"got {len(feats)}")
         return torch.cat([head(f.float()) for head, f in zip(self.heads, feats)], dim=1)
