@@ -24,7 +24,9 @@ def build(cfg: DictConfig):
     from hydra.utils import instantiate
 
     from pid.latents.prepare import prepare_latent
+    from pid.lit.compile import compile_net
     from pid.utils.loggers import instantiate_callbacks, instantiate_loggers
+    from pid.utils.run_naming import apply_run_naming, remember_wandb_id
 
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
@@ -33,6 +35,8 @@ def build(cfg: DictConfig):
     latent = prepare_latent(instantiate(cfg.latent), datamodule, cfg)
     text_encoder = instantiate(cfg.text) if cfg.get("text") else None
     model = instantiate(cfg.model, latent=latent, text_encoder=text_encoder, _convert_="all")
+    compile_net(model, cfg.get("compile"))
+    apply_run_naming(cfg)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
@@ -40,17 +44,46 @@ def build(cfg: DictConfig):
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(model.run_config)
+    remember_wandb_id(cfg, loggers)
     return datamodule, model, trainer
+
+
+def write_metrics(metrics: dict, cfg: DictConfig) -> None:
+    """<run folder>/metrics.json: the final metrics and the one a sweeper optimises (rank 0 only)."""
+    import json
+    import os
+    from pathlib import Path
+
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) != 0 or not cfg.train:
+        return
+    key = cfg.get("optimized_metric")
+    out = {"optimized_metric": key, "value": metrics.get(key or ""), "metrics": metrics}
+    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+    Path(cfg.paths.output_dir, "metrics.json").write_text(json.dumps(out, indent=1))
 
 
 def train(cfg: DictConfig) -> dict:
     """Fit one run, export the decoder, compare on held-out crops; returns the final metrics."""
     from pid.lit.ema import find_ema
+    from pid.lit.fault_tolerance import find_preemption
+    from pid.utils.resume import mark_complete, prepare_run
+    from pid.utils.run_naming import save_resolved_config
 
+    # Auto-resume (resume=auto): may point cfg.paths.output_dir at the earlier run of this experiment.
+    ckpt_path = prepare_run(cfg) if cfg.train else cfg.get("ckpt_path")
     datamodule, model, trainer = build(cfg)
+    if trainer.is_global_zero and not trainer.fast_dev_run:
+        save_resolved_config(model.run_config, cfg.paths.output_dir)
     if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    preemption = find_preemption(trainer)
+    if preemption is not None and preemption.preempted:  # checkpoint saved; the re-run finishes the job
+        metrics.update({"run/preempted": 1.0, "run/requeued": float(preemption.requeued),
+                        "run/exit_code": float(0 if preemption.requeued else preemption.exit_code)})
+        return metrics
+    if cfg.train and not trainer.fast_dev_run and trainer.is_global_zero and trainer.state.status == "finished":
+        mark_complete(cfg.paths.output_dir, trainer.global_step)
 
     if cfg.train and not trainer.fast_dev_run and trainer.is_global_zero:
         from pid.api import export_decoder
@@ -80,7 +113,13 @@ def main(cfg: DictConfig) -> float | None:
             log.error("%s", err.__cause__)
             sys.exit(2)
         raise
+    if metrics.get("run/preempted"):
+        log.warning("stopped by a signal after saving a checkpoint: re-run the same command to resume")
+        if int(metrics["run/exit_code"]):
+            sys.exit(int(metrics["run/exit_code"]))
+        return None
     value = metrics.get(cfg.get("optimized_metric") or "")
+    write_metrics(metrics, cfg)
     return value
 
 

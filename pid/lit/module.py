@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from pid.diffusion import flow, losses, noising
+from pid.lit.fault_tolerance import guard_loss
 from pid.lit.pretrained import load_pretrained_net
 from pid.utils.images import downsample, to_signed
 
@@ -140,7 +141,7 @@ class PiDModule(pl.LightningModule):
         terms = self.diffusion_loss(hq, cond, self.sample_t(b, h, w), torch.randn_like(hq))
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, batch_size=b)
         self.log("train/loss", terms["loss"].detach(), prog_bar=True, batch_size=b)
-        return terms["loss"]
+        return guard_loss(self, terms["loss"])  # None (skip the step) for a NaN/Inf loss with NonFiniteGuard
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -1,0 +1,73 @@
+"""No-reference quality that works offline: NIQE (and BRISQUE when the ``brisque`` package runs).
+
+NIQE is ``data_prep.niqe`` (the scikit-video port with the pristine model from the
+``absolutely-not-scikit-video`` wheel). It needs at least 193 px per side; smaller images give NaN and
+the report says why. BRISQUE needs the ``brisque`` package (+ opencv); its availability is reported.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+NIQE_MIN_SIDE = 193
+
+
+def niqe_available() -> tuple[bool, str]:
+    try:
+        from data_prep.niqe import params_path
+
+        return params_path().is_file(), "ok"
+    except Exception as err:  # noqa: BLE001
+        return False, f"unavailable: {err}"
+
+
+def _rgb_uint8(img: torch.Tensor) -> np.ndarray:
+    from pid.utils.images import to_uint8
+
+    x = img if img.dtype == torch.uint8 else to_uint8(img)
+    return x.permute(1, 2, 0).cpu().numpy()
+
+
+def niqe_scores(images: torch.Tensor) -> list[float]:
+    """NIQE per image (lower is better); NaN for images under 193 px on a side."""
+    from data_prep.niqe import luminance, niqe
+
+    out = []
+    for img in images:
+        if min(img.shape[-2:]) < NIQE_MIN_SIDE:
+            out.append(float("nan"))
+            continue
+        try:
+            out.append(float(niqe(luminance(_rgb_uint8(img)))))
+        except Exception:  # noqa: BLE001 - degenerate (flat) images
+            out.append(float("nan"))
+    return out
+
+
+def brisque_available() -> tuple[bool, str]:
+    try:
+        import brisque  # noqa: F401
+    except Exception as err:  # noqa: BLE001
+        return False, f"unavailable ({type(err).__name__}: install `brisque` + opencv-python-headless)"
+    return True, "ok"
+
+
+def brisque_scores(images: torch.Tensor) -> list[float]:
+    from brisque import BRISQUE
+
+    model = BRISQUE(url=False)
+    out = []
+    for img in images:
+        try:
+            out.append(float(model.score(_rgb_uint8(img))))
+        except Exception:  # noqa: BLE001
+            out.append(float("nan"))
+    return out
+
+
+def nanmean(values: list[float]) -> float:
+    v = [x for x in values if not math.isnan(x)]
+    return float(np.mean(v)) if v else float("nan")

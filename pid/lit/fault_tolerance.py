@@ -1,0 +1,259 @@
+"""Runs that survive preemption and bad steps.
+
+* ``AtomicCheckpointIO``: every checkpoint is written to ``<path>.tmp-<pid>``, fsynced, then renamed over
+  the target (``os.replace`` is atomic on POSIX file systems), so a run killed mid-write (SIGKILL, node
+  failure, out of quota) leaves the previous ``last.ckpt`` intact, never a truncated one.
+* ``NonFiniteGuard``: a NaN/Inf loss skips the step (no backward, no weight change) and is counted
+  (``train/nonfinite_skipped``); ``max_consecutive`` bad steps in a row stop the run with a clear
+  message. Under DDP the decision is all-reduced so every rank skips together (no hang).
+  The module asks it through :func:`guard_loss` (PiDModule.training_step does).
+* ``PreemptionHandler``: SIGTERM / SIGUSR1 / SIGUSR2 (what SLURM sends before a time limit or
+  preemption with ``--signal=USR1@90``; submitit uses USR2) set a flag; at the next batch boundary every
+  rank agrees, ``checkpoints/last.ckpt`` is saved (atomically), the SLURM job is requeued
+  (``scontrol requeue``) when running under SLURM, and training stops without the end-of-run export.
+  A handler installed before ours (submitit's, under ``hydra/launcher=slurm``) is called after the save
+  instead, and requeues as usual. Re-running the same command resumes (pid.utils.resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------- atomic saves
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning CheckpointIO whose saves are atomic (tmp file + rename). Remote URLs fall back to Lightning."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO does not take storage_options")
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
+
+
+# ---------------------------------------------------------------------------------------- NaN / Inf
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _any_rank(trainer: pl.Trainer | None, flag: bool) -> bool:
+    if trainer is None or trainer.world_size <= 1:
+        return flag
+    return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
+
+
+class NonFiniteGuard(pl.Callback):
+    """Skip steps whose loss is NaN/Inf; stop after ``max_consecutive`` in a row.
+
+    Args:
+        max_consecutive: bad steps in a row that stop the run (NonFiniteLossError).
+        check_grads: also drop the update when the gradients are non-finite although the loss is not
+            (the gradients are cleared before the optimiser step, so the weights do not change).
+    """
+
+    def __init__(self, max_consecutive: int = 10, check_grads: bool = True):
+        self.max_consecutive = int(max_consecutive)
+        self.check_grads = check_grads
+        self.skipped = 0
+        self.consecutive = 0
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped, "consecutive": self.consecutive}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = int(state.get("skipped", 0))
+        self.consecutive = int(state.get("consecutive", 0))
+
+    def _bad(self, trainer: pl.Trainer, pl_module: pl.LightningModule, what: str) -> None:
+        self.skipped += 1
+        self.consecutive += 1
+        log.warning("non-finite %s at step %d: step skipped (%d in a row, %d in total)", what,
+                    trainer.global_step, self.consecutive, self.skipped)
+        if self.consecutive >= self.max_consecutive:
+            raise NonFiniteLossError(
+                f"{self.consecutive} consecutive training steps had a non-finite {what} (NaN/Inf) at step "
+                f"{trainer.global_step}; stopping. Lower model.optimizer.lr, raise model.warmup_steps, use "
+                f"trainer.precision=32-true or bf16-mixed instead of 16-mixed, check the data, or resume from an "
+                f"earlier checkpoint (callbacks.nonfinite.max_consecutive sets this limit).")
+
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor):
+        """The loss to backpropagate, or None to skip this step (decided on all ranks together)."""
+        bad = _any_rank(trainer, not bool(torch.isfinite(loss.detach()).all()))
+        if bad:
+            self._bad(trainer, pl_module, "loss")
+            return None
+        self.consecutive = 0
+        return loss
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not self.check_grads:
+            return
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        finite = bool(torch.isfinite(torch.stack([g.detach().float().abs().amax() for g in grads])).all())
+        if _any_rank(trainer, not finite):
+            for g in optimizer.param_groups:
+                for p in g["params"]:
+                    p.grad = None  # AdamW skips parameters without gradients: the weights stay as they are
+            self._bad(trainer, pl_module, "gradient")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0 or self.skipped:
+            pl_module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False,
+                          batch_size=1, rank_zero_only=True)
+
+
+def find_guard(trainer: pl.Trainer | None) -> NonFiniteGuard | None:
+    if trainer is None:
+        return None
+    return next((cb for cb in trainer.callbacks if isinstance(cb, NonFiniteGuard)), None)
+
+
+def guard_loss(module: pl.LightningModule, loss: torch.Tensor):
+    """What ``training_step`` should return: the loss, or None when a NonFiniteGuard says skip.
+
+    Without the callback the loss is returned unchanged (the old behaviour)."""
+    trainer = getattr(module, "_trainer", None)
+    guard = find_guard(trainer)
+    return loss if guard is None else guard.check(trainer, module, loss)
+
+
+# ---------------------------------------------------------------------------------------- preemption
+def slurm_job_id() -> str | None:
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array is not None and os.environ.get("SLURM_ARRAY_TASK_ID") is not None:
+        return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+class PreemptionHandler(pl.Callback):
+    """Save ``last.ckpt`` and stop (and requeue on SLURM) on SIGTERM / SIGUSR1.
+
+    Args:
+        signals: signal names to handle.
+        requeue: run ``scontrol requeue <job>`` (rank 0) when under SLURM.
+        exit_code: process exit status after a preemption save when the job was not requeued
+            (pid.train exits with it; 0 when requeued).
+    """
+
+    def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1", "SIGUSR2"), requeue: bool = True,
+                 exit_code: int = 143):
+        self.signals = [getattr(signal, s) if isinstance(s, str) else signal.Signals(s) for s in signals]
+        self.requeue = requeue
+        self.exit_code = exit_code
+        self.received: int | None = None
+        self.preempted = False
+        self.requeued = False
+        self.saved_path: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        # Only set a flag: saving inside a signal handler could interleave with an optimiser step.
+        self.received = signum
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Installed after Lightning's own handlers (registered at fit start), so these take over
+        # SIGTERM (whose Lightning handler would raise SIGTERMException without saving) and SIGUSR1.
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for s in self.signals:
+            try:
+                self._previous[s] = signal.getsignal(s)
+                signal.signal(s, self._handler)
+            except (ValueError, OSError):  # pragma: no cover - platform without this signal
+                pass
+
+    def _foreign_handler(self, signum):
+        """The handler that was installed before ours for ``signum`` unless it is Lightning's or a default."""
+        prev = self._previous.get(signum) if signum is not None else None
+        if not callable(prev) or prev in (signal.default_int_handler,):
+            return None
+        if (getattr(prev, "__module__", "") or "").startswith("lightning") or \
+                type(prev).__module__.startswith("lightning"):
+            return None
+        return prev
+
+    def _restore(self) -> None:
+        for s, h in self._previous.items():
+            try:
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+            except (ValueError, OSError, TypeError):  # pragma: no cover
+                pass
+        self._previous = {}
+
+    def checkpoint_path(self, trainer: pl.Trainer) -> str:
+        ckpt_cb = trainer.checkpoint_callback
+        folder = getattr(ckpt_cb, "dirpath", None) or os.path.join(trainer.default_root_dir, "checkpoints")
+        return os.path.join(folder, "last.ckpt")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not _any_rank(trainer, self.received is not None):
+            return
+        self.preempted = True
+        self.saved_path = self.checkpoint_path(trainer)
+        trainer.save_checkpoint(self.saved_path)  # collective under DDP/FSDP: every rank calls it
+        name = signal.Signals(self.received).name if self.received is not None else "a signal on another rank"
+        log.warning("received %s: saved %s at step %d", name, self.saved_path, trainer.global_step)
+        job = slurm_job_id()
+        chained = self._foreign_handler(self.received)
+        if chained is not None:
+            # e.g. submitit's SIGUSR2 handler (hydra/launcher=slurm): it requeues the job and exits
+            log.warning("passing %s on to %s", name, getattr(chained, "__qualname__", chained))
+            self._restore()
+            chained(self.received, None)
+        elif self.requeue and job is not None and trainer.is_global_zero:
+            result = subprocess.call(["scontrol", "requeue", job])
+            self.requeued = result == 0
+            log.warning("requeued SLURM job %s" if self.requeued else "`scontrol requeue %s` failed", job)
+        elif trainer.is_global_zero:
+            log.warning("re-run the same command to resume from %s", self.saved_path)
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()
+
+
+def find_preemption(trainer: pl.Trainer) -> PreemptionHandler | None:
+    return next((cb for cb in trainer.callbacks if isinstance(cb, PreemptionHandler)), None)

@@ -1,0 +1,112 @@
+"""`make eval` equivalent: pid.evaluate on tiny random checkpoints writes the report with every baseline."""
+
+import csv
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from types import SimpleNamespace
+
+from conftest import CONF_DIR, compose_train
+
+
+def _export(path, cfg, latent_cfg: dict, latent, sampling: dict):
+    """A pid_decoder.safetensors with random tiny weights, as `pid.train` would export it."""
+    from pid.api import export_decoder
+
+    torch.manual_seed(0)
+    net = instantiate(cfg.model.net)
+    run_config = {"model": {"net": OmegaConf.to_container(cfg.model.net, resolve=True), "sampling": sampling,
+                            "time": {"shift_base": 6.0, "shift_ref_size": 2048}},
+                  "latent": latent_cfg, "sr_scale": 4}
+    return export_decoder(SimpleNamespace(net=net, latent=latent, run_config=run_config, sr_scale=4), path)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tiny_image_root):
+    from pid.latents.patch_pca import fit_from_folder
+    from pid.latents.rgb import RGBLatent
+
+    out = tmp_path_factory.mktemp("eval_ckpts")
+    latent = fit_from_folder(tiny_image_root / "train", channels=16, patch=8, downscale=4)
+    latent_path = latent.save(out / "latent.safetensors")
+    pca_cfg = {"_target_": "pid.latents.prepare.embedded_latent", "channels": 16, "down_factor": 8,
+               "path": str(latent_path), "fit_if_missing": False}
+    teacher_cfg = compose_train(["experiment=quickstart", f"latent.path={latent_path}"])
+    teacher = _export(out / "teacher.safetensors", teacher_cfg, pca_cfg, latent, {"num_steps": 2})
+    student = _export(out / "student.safetensors", teacher_cfg, pca_cfg, latent,
+                      {"sampler": "sde", "num_steps": 4, "t_list": [0.999, 0.866, 0.634, 0.342]})
+    sr_cfg = compose_train(["experiment=quickstart_sr"])
+    rgb_cfg = OmegaConf.to_container(sr_cfg.latent)
+    sr = _export(out / "sr.safetensors", sr_cfg, rgb_cfg, RGBLatent(), {"num_steps": 2})
+    return {"teacher": teacher, "student": student, "sr": sr}
+
+
+def test_quickstart_sr_experiment_is_an_rgb_conditioned_pid():
+    cfg = compose_train(["experiment=quickstart_sr"])
+    latent = instantiate(cfg.latent)
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert (latent.channels, latent.down_factor) == (3, 1)
+    assert torch.equal(latent.encode(x), x) and torch.equal(latent.decode(x), x)
+    net = instantiate(cfg.model.net)
+    assert type(net).__name__ == type(instantiate(compose_train(["experiment=quickstart"]).model.net)).__name__
+
+
+def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_root, tmp_path):
+    from pid.evaluate import evaluate
+
+    out = tmp_path / "report"
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[
+            "eval=tiny", f"ckpt={checkpoints['teacher']}", f"student_ckpt={checkpoints['student']}",
+            f"sr_cascade_ckpt={checkpoints['sr']}", f"data.root={tiny_image_root / 'val'}",
+            f"report.out_dir={out}", "methods.upscalers=[{name: RealESRGAN_x4plus, weights: /nonexistent.pth}]",
+            "+clip.model_cfg={embed_dim: 16, vision_cfg: {image_size: 32, layers: 1, width: 32, patch_size: 16, "
+            "head_width: 16}, text_cfg: {context_length: 16, vocab_size: 49408, width: 32, heads: 2, layers: 1}}",
+        ])
+    result = evaluate(cfg)
+    names = [r["name"] for r in result["rows"]]
+    for expected in ("ground_truth", "native_bicubic", "native_lanczos", "sr_cascade@2", "pid_teacher@2",
+                     "pid_student@2", "early_exit_pid@0", "early_exit_pid@0.5", "early_exit_native@0.5"):
+        assert expected in names, names
+    assert [s["name"] for s in result["skipped"]] == ["spandrel:RealESRGAN_x4plus"]
+    md = (out / "results.md").read_text()
+    for label in ("native decode + bicubic", "native decode + Lanczos", "diffusion SR", "PiD teacher",
+                  "PiD student", "spandrel:RealESRGAN_x4plus | skipped", "patch-FID"):
+        assert label in md, label
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == len(names) + 1
+    by = {r["name"]: r for r in result["rows"]}
+    for name in ("native_bicubic", "pid_teacher@2", "sr_cascade@2", "pid_student@2"):
+        r = by[name]
+        for key in ("fid", "kid", "patch_fid", "psnr", "ssim", "clip", "latency_ms", "peak_mem_mb"):
+            assert r[key] == r[key], (name, key)  # not NaN
+        assert r["latency_p10_ms"] <= r["latency_ms"] <= r["latency_p90_ms"]
+    assert by["ground_truth"]["patch_fid"] == pytest.approx(0.0, abs=1e-6)
+    assert by["native_bicubic"]["psnr"] > by["early_exit_native@0.5"]["psnr"]  # noise in the latent hurts
+    assert "not configured" in result["notes"]["lpips"]
+    for f in ("quality_vs_latency.png", "quality_vs_sigma.png", "compare.html"):
+        assert (out / f).stat().st_size > 0
+    page = (out / "compare.html").read_text()
+    assert "type='range'" in page and "crops/000_pid_student_at_2.png" in page
+    assert json.loads((out / "results.json").read_text())["rows"]
+
+
+def test_clip_reported_as_not_configured_and_missing_ckpt_names_key(checkpoints, tiny_image_root, tmp_path):
+    from pid.evaluate import evaluate, resolve_ckpt
+    from pid.utils.errors import MissingWeightsError
+
+    with pytest.raises(MissingWeightsError, match="sr_cascade_ckpt"):
+        resolve_ckpt(str(tmp_path / "none.safetensors"), "sr_cascade_ckpt")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[
+            "eval=tiny", f"ckpt={checkpoints['teacher']}", f"data.root={tiny_image_root / 'val'}",
+            f"report.out_dir={tmp_path}", "methods.early_exit.enabled=false", "latency.enabled=false",
+            "methods.native_lanczos=false", "metrics.fid=false"])
+    result = evaluate(cfg)
+    skipped = {s["name"] for s in result["skipped"]}
+    assert {"sr_cascade", "pid_student@4", "spandrel"} <= skipped
+    assert "not configured" in (tmp_path / "results.md").read_text().split("CLIP")[1]

