@@ -100,11 +100,20 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
+def finish_wandb() -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         check_config(cfg)
-        metrics = train(cfg)
+        try:
+            metrics = train(cfg)
+        finally:
+            finish_wandb()  # each sweep job its own W&B run (Lightning reuses an unfinished one)
     except (MissingWeightsError, PiDConfigError) as err:
         log.error("%s", err)
         sys.exit(2)

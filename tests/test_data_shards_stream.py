@@ -176,3 +176,39 @@ def test_sample_shards_config_is_a_drop_in_for_the_quickstart(tmp_path):
         (96, 160),
     }
     assert dm.root == tmp_path / "sample_images"  # where the embedded latent is fitted
+
+
+def test_native_textured_validation_crops_show_content_and_training_crops_skip_blank(tmp_path):
+    """Half-blank pages: native textured val crops come from the content half; min_std redraws blank
+    training crops."""
+    import random
+
+    import skimage.data as sd
+
+    from pid.data.buckets import make_buckets
+    from pid.data.shard_val import FixedCropShardDataset
+    from pid.data.transforms import bucket_crop
+
+    page = np.full((128, 256, 3), 255, np.uint8)
+    page[:, 128:] = np.asarray(Image.fromarray(sd.astronaut()).resize((128, 128)))
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    Image.fromarray(page).save(folder / "page.png")
+    build(tmp_path / "work", tmp_path / "val", folders=[folder], scorers=(), bucket_kind="single",
+          base_size=64, multiple=16, verbose=False)  # fmt: skip
+
+    textured = FixedCropShardDataset(tmp_path / "val", 64, 3, crop_mode="crop", select="texture")
+    assert len(textured) == 3
+    assert all(int(textured[i]["key"].split(",")[-1]) >= 64 for i in range(3))  # at least half content
+    grid = FixedCropShardDataset(tmp_path / "val", 64, 3, crop_mode="crop", select="grid")
+    assert min(float(grid[i]["image"].float().std()) for i in range(3)) < 1.0  # a blank margin crop
+
+    data = (folder / "page.png").read_bytes()
+    buckets = make_buckets("square", base_size=64, multiple=16)
+    blank = {m: 0 for m in (0.0, 10.0)}
+    for min_std in blank:
+        rng = random.Random(0)
+        for _ in range(40):
+            arr, _, _ = bucket_crop(data, buckets, rng, "crop", hflip=False, min_std=min_std)
+            blank[min_std] += float(arr.std()) < 10.0
+    assert blank[10.0] < blank[0.0]

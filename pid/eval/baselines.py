@@ -150,16 +150,16 @@ def build_methods(cfg, teacher, student=None, sr_decoder=None, device="cpu") -> 
                               label=f"PiD teacher ({n} steps)"))
     if m.student.enabled:
         if student is None:
-            skipped.append(Skipped("pid_student@4", "pid", "not configured: set student_ckpt= (a DMD2 student, "
+            skipped.append(Skipped(f"pid_student@{_as_list(m.student.num_steps)[0]}", "pid", "not configured: set student_ckpt= (a DMD2 student, "
                                    "`make train exp=quickstart_dmd2`)"))
         else:
-            n = int(m.student.num_steps)
-            methods.append(Method(f"pid_student@{n}", "pid", pid_method(student, n), steps=n,
-                                  label=f"PiD student ({n} steps)"))
+            for n in _as_list(m.student.num_steps):
+                methods.append(Method(f"pid_student@{n}", "pid", pid_method(student, n), steps=n,
+                                      label=f"PiD student ({n} steps)"))
     ee = m.early_exit
     if ee.enabled:
         dec, who = (student, "student") if (student is not None and ee.use_student) else (teacher, "teacher")
-        n = int(ee.num_steps or (m.student.num_steps if who == "student" else (m.teacher_steps or [25])[0]))
+        n = int(ee.num_steps or (_as_list(m.student.num_steps)[0] if who == "student" else (m.teacher_steps or [25])[0]))
         for s in ee.sigmas:
             s = float(s)
             methods.append(Method(f"early_exit_pid@{s:g}", "early_exit", pid_method(dec, n), steps=n, sigma=s,
@@ -176,3 +176,10 @@ def _has_spandrel() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _as_list(value) -> list[int]:
+    """``4`` or ``[1, 2, 4]`` → a list of ints."""
+    if isinstance(value, (int, float, str)):
+        return [int(value)]
+    return [int(v) for v in value]
