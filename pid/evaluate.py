@@ -243,7 +243,7 @@ def evaluate(cfg: DictConfig) -> dict:
                "sigma": method.sigma, "decode_s_total": time.perf_counter() - t0, **scorer(out)}
         if cfg.latency.enabled and method.family in cfg.latency.families:
             for size in sizes:
-                zs = _latency_latent(z, size, teacher)
+                zs = _latency_latent(z, size, teacher, int(cfg.latency.batch_size))
                 t = measure(lambda: method.run(zs.to(device), 0.0, torch.Generator().manual_seed(0)), device,
                             int(cfg.latency.warmup), int(cfg.latency.runs))
                 suffix = "" if size is None else f"@{size}"
@@ -283,14 +283,14 @@ def evaluate(cfg: DictConfig) -> dict:
     return {"rows": rows, "skipped": skipped_d, "notes": scorer.notes, "summary": summary, "out_dir": str(out_dir)}
 
 
-def _latency_latent(z: torch.Tensor, size: int | None, decoder) -> torch.Tensor:
-    """A latent of the latency batch size for output ``size`` (None: the evaluation set's own latent)."""
+def _latency_latent(z: torch.Tensor, size: int | None, decoder, batch_size: int = 1) -> torch.Tensor:
+    """A latent of the latency batch size for output ``size`` (None: the evaluation set's first latent)."""
     if size is None:
-        return z[:1].repeat(1, 1, 1, 1)
+        return z[:1].repeat(batch_size, 1, 1, 1)
     cell = decoder.sr_scale * decoder.latent.down_factor
     if size % cell:
         raise PiDConfigError(f"latency.sizes: {size} is not a multiple of {cell} (sr_scale × latent down factor)")
-    return torch.randn(1, z.shape[1], size // cell, size // cell, generator=torch.Generator().manual_seed(0))
+    return torch.randn(batch_size, z.shape[1], size // cell, size // cell, generator=torch.Generator().manual_seed(0))
 
 
 def summarize(rows: list[dict]) -> list[str]:

@@ -33,11 +33,13 @@ def _run(image_root: str, shards: str, out: str) -> None:
         f"data.images_root={image_root}", "data.build_if_missing=false", "data.crop_size=64",
         "data.batch_size=2", "data.num_workers=0", "data.steps_per_epoch=null", "data.buckets.kind=square", "data.buckets.multiple=32",
         "++data.persistent_workers=false",
-        "trainer.max_steps=3", "trainer.devices=2", "+trainer.strategy=ddp", "++trainer.limit_val_batches=0",
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true",
+        "trainer.max_steps=3", "trainer.devices=2", "++trainer.limit_val_batches=0",
         "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.every_n_train_steps=1000",
         "callbacks.image_grid.every_n_steps=0", "compare=false",
         "+callbacks.probe._target_=scaleout_probe.Probe", f"+callbacks.probe.out={out}/probe.jsonl"])
     dm, module, trainer = build(cfg)
+    assert type(trainer.strategy).__name__ == "DDPStrategy", "conf/trainer/ddp.yaml is what runs"
     trainer.fit(module, datamodule=dm)
 
 

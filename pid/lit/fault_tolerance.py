@@ -127,7 +127,8 @@ class NonFiniteGuard(pl.Callback):
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not grads:
             return
-        finite = bool(torch.isfinite(torch.stack([g.detach().float().abs().amax() for g in grads])).all())
+        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2 DTensors: local shard
+        finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(local))).all())
         if _any_rank(trainer, not finite):
             for g in optimizer.param_groups:
                 for p in g["params"]:
