@@ -58,6 +58,11 @@ def test_checkpoint_save_load_gives_identical_decode(tiny_image_root, tmp_path):
         got = decoder.decode(z, sigma, num_steps=3, generator=torch.Generator().manual_seed(7))
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
+    # The embedded latent travels inside the export: it decodes without the latent file.
+    (tmp_path / "latent.safetensors").rename(tmp_path / "latent.moved")
+    got = load_decoder(export).decode(z, sigma, num_steps=3, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
     # EMA weights differ from the raw weights after training, and the export holds the EMA ones.
     raw = module.decode(z, sigma, num_steps=3, generator=torch.Generator().manual_seed(7))
     assert not torch.equal(raw, expected)

@@ -39,6 +39,10 @@ class LatentSpace(nn.Module, ABC):
     shift: torch.Tensor
     scale: torch.Tensor
 
+    #: Small latent spaces whose tensors travel inside training checkpoints and decoder exports
+    #: (so a decoder file is self-contained); large frozen encoders are rebuilt from their config.
+    store_in_checkpoint: bool = False
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("shift", torch.zeros(()))

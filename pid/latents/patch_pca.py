@@ -55,6 +55,7 @@ class PatchPCALatent(LatentSpace):
     basis: torch.Tensor
     mean: torch.Tensor
     eigenvalues: torch.Tensor
+    store_in_checkpoint = True  # 15 KB: exports decode without the latent file
 
     def __init__(self, channels: int = 16, patch: int = 8):
         super().__init__()
