@@ -1,0 +1,1 @@
+"""Data: the offline sample image set, crop datasets and the image-folder DataModule."""

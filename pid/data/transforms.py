@@ -1,0 +1,161 @@
+"""Decoding encoded image bytes to uint8 RGB crops for a bucket, fast and never upsampling.
+
+- ``to_rgb8``: any PIL mode to 8-bit RGB (16-bit greyscale scaled, CMYK converted, palette /
+  alpha composited on white).
+- ``oriented_size``: width × height after EXIF orientation, from the header only.
+- ``bucket_crop``: one random crop of a bucket's size. ``mode="cover"`` resizes the image *down*
+  so it just covers the bucket, then crops; JPEGs are decoded with ``draft`` (DCT-domain
+  1/2, 1/4, 1/8 scaling) when the image is at least twice the needed size, and only the crop's
+  source box is resampled (``Image.resize(box=...)``). ``mode="crop"`` takes a native-resolution
+  crop. Output: (H, W, 3) uint8, upright (EXIF applied).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from pid.data.buckets import Bucket, BucketSet
+
+_ORIENTATION = 0x0112
+_SWAPS = {5, 6, 7, 8}
+DEFAULT_MAX_PIXELS = 80_000_000  # decompression-bomb guard (a 4K image is ~16M pixels)
+
+
+class TooSmallError(ValueError):
+    """The image fits no bucket (it would need upsampling)."""
+
+
+class BombError(ValueError):
+    """The header claims more pixels than ``max_pixels``."""
+
+
+def orientation_of(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(_ORIENTATION, 1) or 1)
+    except Exception:  # noqa: BLE001 - broken EXIF is treated as upright
+        return 1
+
+
+def oriented_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, from the header."""
+    w, h = im.size
+    return (h, w) if orientation_of(im) in _SWAPS else (w, h)
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """EXIF orientation applied; no copy when the image is already upright."""
+    return ImageOps.exif_transpose(im) if orientation_of(im) != 1 else im
+
+
+def to_rgb8(im: Image.Image) -> Image.Image:
+    """8-bit RGB: 16/32-bit greyscale scaled to 0–255, transparency composited onto white."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if im.mode in ("L", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+        return im.convert("RGB")
+    rgba = im.convert("RGBA")  # P, PA, LA, RGBA, La, RGBa …
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open encoded bytes lazily, refusing decompression bombs before any pixel is decoded."""
+    im = Image.open(io.BytesIO(data))
+    if im.size[0] * im.size[1] > max_pixels:
+        raise BombError(f"{im.size[0]}x{im.size[1]} exceeds max_pixels={max_pixels}")
+    return im
+
+
+def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Full decode to an upright (H, W, 3) uint8 array."""
+    im = open_image(data, max_pixels)
+    return np.asarray(to_rgb8(upright(im)), dtype=np.uint8)
+
+
+def _draft(im: Image.Image, need_w: int, need_h: int) -> None:
+    """Ask the JPEG decoder for a reduced image no smaller than need_w × need_h (upright sizes)."""
+    if im.format != "JPEG":
+        return
+    if orientation_of(im) in _SWAPS:
+        need_w, need_h = need_h, need_w
+    if im.size[0] >= 2 * need_w and im.size[1] >= 2 * need_h:
+        im.draft(im.mode if im.mode in ("RGB", "L") else None, (need_w, need_h))
+
+
+def bucket_crop(
+    data: bytes,
+    buckets: BucketSet,
+    rng: random.Random,
+    mode: str = "cover",
+    hflip: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: bool = True,
+    min_std: float = 0.0,
+    max_tries: int = 8,
+) -> tuple[np.ndarray, Bucket, dict]:
+    """A random crop of the image in ``data`` at its bucket's size: ((H, W, 3) uint8, bucket, info).
+
+    In ``crop`` mode, near-blank crops (pixel standard deviation below ``min_std`` on the 0–255 scale,
+    e.g. page margins) are redrawn up to ``max_tries`` times; the last draw is kept.
+
+    Raises ``TooSmallError`` when no bucket fits, ``BombError`` for oversized headers, and PIL's
+    errors for corrupt data (callers skip and count those).
+    """
+    im = open_image(data, max_pixels)
+    width, height = oriented_size(im)
+    bucket = buckets.assign(width, height, rng)
+    if bucket is None:
+        raise TooSmallError(f"{width}x{height} fits no bucket (smallest {buckets.min_area_bucket.label})")
+    bw, bh = bucket.width, bucket.height
+    if mode == "cover":
+        s = max(bw / width, bh / height)  # <= 1: the bucket fits inside the image
+        if draft:
+            _draft(im, math.ceil(width * s), math.ceil(height * s))
+        im = to_rgb8(upright(im))
+        w1, h1 = im.size
+        s1 = max(bw / w1, bh / h1)
+        rw, rh = max(bw, round(w1 * s1)), max(bh, round(h1 * s1))  # the covering size
+        x, y = rng.randint(0, rw - bw), rng.randint(0, rh - bh)
+        fx, fy = w1 / rw, h1 / rh
+        box = (x * fx, y * fy, (x + bw) * fx, (y + bh) * fy)
+        if (w1, h1) == (rw, rh):
+            out = im.crop((x, y, x + bw, y + bh))
+        else:
+            out = im.resize((bw, bh), Image.Resampling.BICUBIC, box=box, reducing_gap=None)
+        info = {"scale": 1 / fx, "offset": (y, x)}
+    elif mode == "crop":
+        im = to_rgb8(upright(im))
+        for _ in range(max(1, max_tries) if min_std > 0 else 1):
+            x, y = rng.randint(0, width - bw), rng.randint(0, height - bh)
+            out = im.crop((x, y, x + bw, y + bh))
+            if min_std <= 0 or float(np.asarray(out, dtype=np.float32).std()) >= min_std:
+                break
+        info = {"scale": 1.0, "offset": (y, x)}
+    else:
+        raise ValueError(f"crop mode must be 'cover' or 'crop', not {mode!r}")
+    arr = np.asarray(out, dtype=np.uint8)
+    if hflip and rng.random() < 0.5:
+        arr = arr[:, ::-1]
+    info.update(source_size=(width, height))
+    return np.ascontiguousarray(arr), bucket, info
+
+
+def naive_resize_crop(data: bytes, bucket: Bucket, rng: random.Random) -> np.ndarray:
+    """The baseline the benchmark compares with: full decode, resize whole image to cover, crop."""
+    im = to_rgb8(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    w, h = im.size
+    s = max(bucket.width / w, bucket.height / h)
+    rw, rh = max(bucket.width, round(w * s)), max(bucket.height, round(h * s))
+    im = im.resize((rw, rh), Image.Resampling.BICUBIC)
+    x, y = rng.randint(0, rw - bucket.width), rng.randint(0, rh - bucket.height)
+    return np.asarray(im.crop((x, y, x + bucket.width, y + bucket.height)), dtype=np.uint8)
