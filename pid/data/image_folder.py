@@ -234,6 +234,8 @@ class FixedCropDataset(_CropDatasetBase):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self.items):
+            raise IndexError(index)
         for attempt in range(len(self.items)):
             i, y, x = self.items[(index + attempt) % len(self.items)]
             if i in self._bad:
