@@ -108,5 +108,6 @@ def test_clip_reported_as_not_configured_and_missing_ckpt_names_key(checkpoints,
             "methods.native_lanczos=false", "metrics.fid=false"])
     result = evaluate(cfg)
     skipped = {s["name"] for s in result["skipped"]}
-    assert {"sr_cascade", "pid_student@4", "spandrel"} <= skipped
+    assert {"sr_cascade", "spandrel"} <= skipped
+    assert any(name.startswith("pid_student@") for name in skipped)
     assert "not configured" in (tmp_path / "results.md").read_text().split("CLIP")[1]

@@ -44,11 +44,12 @@ def test_latent_choice_aligns_the_adapter_for_every_sr_scale(name):
             sr_scale=sr,
         )
         assert adapter.latent_unpatchify == unpack
-        lq = 256 // sr  # the encoder sees the ↓sr image; its latent lands exactly on the 16×16 patch grid
+        p = net["patch_size"]
+        lq = 256 // sr  # the encoder sees the ↓sr image; its latent lands exactly on the patch grid
         z = torch.zeros(1, channels, lq // down, lq // down)
-        aligned = adapter.align(z, (256 // 16, 256 // 16))
-        assert aligned.shape[-2:] == (16, 16)
-        assert float(adapter.ratio) == sr * (down // unpack) / 16
+        aligned = adapter.align(z, (256 // p, 256 // p))
+        assert aligned.shape[-2:] == (256 // p, 256 // p)
+        assert float(adapter.ratio) == sr * (down // unpack) / p
 
 
 @pytest.mark.parametrize(
