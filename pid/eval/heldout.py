@@ -50,12 +50,8 @@ def compare_on_heldout(module, datamodule, ema=None, out_dir: str | Path = ".", 
     """Score both decoders on the validation crops, print one comparison line, write a JSON file."""
     datamodule.setup("validate")
     images = decode_heldout(module, datamodule.val_dataloader(), ema, num_steps, seed, max_crops)
-    extractor = inception_feature_extractor()
+    metrics = score_decodes(images)
     truth = images["truth"]
-    metrics = {}
-    for name in ("pid", "baseline"):
-        metrics[f"heldout/{name}_psnr"] = float(psnr(images[name], truth))
-        metrics[f"heldout/{name}_inception_dist"] = float(inception_feature_distance(images[name], truth, extractor))
     n, size = truth.shape[0], tuple(truth.shape[-2:])
     wins = metrics["heldout/pid_inception_dist"] < metrics["heldout/baseline_inception_dist"]
     line = (f"held-out {n} crops {size[0]}x{size[1]} (sr {module.sr_scale}x): "
@@ -64,9 +60,28 @@ def compare_on_heldout(module, datamodule, ema=None, out_dir: str | Path = ".", 
             f"PiD {metrics['heldout/pid_inception_dist']:.2f} vs native decode + bicubic "
             f"{metrics['heldout/baseline_inception_dist']:.2f} -> {'PiD' if wins else 'native decode + bicubic'} "
             f"has the more correct detail")
-    print(line, flush=True)
+    write_comparison(out_dir, "heldout_comparison.json", truth, metrics, line)
+    return metrics
+
+
+def score_decodes(images: dict[str, torch.Tensor], extractor=None) -> dict[str, float]:
+    """PSNR and Inception feature distance of every entry but "truth" against "truth"."""
+    extractor = extractor if extractor is not None else inception_feature_extractor()
+    truth = images["truth"]
+    metrics = {}
+    for name, pred in images.items():
+        if name != "truth":
+            metrics[f"heldout/{name}_psnr"] = float(psnr(pred, truth))
+            metrics[f"heldout/{name}_inception_dist"] = float(inception_feature_distance(pred, truth, extractor))
+    return metrics
+
+
+def write_comparison(out_dir: str | Path, filename: str, truth: torch.Tensor, metrics: dict, summary: str) -> Path:
+    """Print the summary and write it with the metrics to ``out_dir/filename`` (JSON)."""
+    print(summary, flush=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "heldout_comparison.json").write_text(json.dumps({"crops": n, "size": size, **metrics,
-                                                                 "summary": line}, indent=2))
-    return metrics
+    path = out_dir / filename
+    path.write_text(json.dumps({"crops": truth.shape[0], "size": tuple(truth.shape[-2:]), **metrics,
+                                "summary": summary}, indent=2))
+    return path

@@ -49,15 +49,17 @@ class LatentSpace(nn.Module, ABC):
         self.register_buffer("scale", torch.ones(()))
 
     # --- geometry -----------------------------------------------------------------
+    # Subclasses either override these properties or set ``_channels``, ``_down`` and optionally
+    # ``_noise_form`` / ``_name`` in their constructor.
     @property
-    @abstractmethod
     def channels(self) -> int:
         """Channels of the latent z."""
+        return self._channels
 
     @property
-    @abstractmethod
     def down_factor(self) -> int:
         """Pixels per latent cell along each side (8 for SD3/FLUX VAEs)."""
+        return self._down
 
     @property
     def noise_form(self) -> NoiseForm:
@@ -66,12 +68,12 @@ class LatentSpace(nn.Module, ABC):
         "flow": z̃ = (1−σ)z + σξ (flow-matching LDM latents: FLUX, SD3, RAE);
         "vp":   z̃ = √(1−σ²)z + σξ (SDXL-style latents).
         """
-        return "flow"
+        return getattr(self, "_noise_form", "flow")
 
     @property
     def name(self) -> str:
         """Short identifier used in logs, file names and reports."""
-        return type(self).__name__
+        return getattr(self, "_name", None) or type(self).__name__
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """Shape (C, h, w) of the latent of an image of ``height`` × ``width`` pixels."""

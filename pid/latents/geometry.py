@@ -38,22 +38,6 @@ class LatentGeometry(LatentSpace):
             int(latent_cfg.get("packing") or 1),
         )
 
-    @property
-    def channels(self) -> int:
-        return self._channels
-
-    @property
-    def down_factor(self) -> int:
-        return self._down
-
-    @property
-    def noise_form(self) -> str:
-        return self._noise_form
-
-    @property
-    def name(self) -> str:
-        return self._name
-
     def encode_raw(self, images: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(
             f"{self.name}: only the geometry is loaded; build the latent space to encode images"

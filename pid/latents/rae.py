@@ -303,23 +303,6 @@ class RAELatent(LatentSpace):
             self.decoder.to(getattr(torch, dtype))
         self.freeze()
 
-    # --- geometry ---------------------------------------------------------------------------------
-    @property
-    def channels(self) -> int:
-        return self._channels
-
-    @property
-    def down_factor(self) -> int:
-        return self._down
-
-    @property
-    def noise_form(self) -> str:
-        return self._noise_form
-
-    @property
-    def name(self) -> str:
-        return self._name
-
     def _dtype(self) -> torch.dtype:
         return self.encoder.patch_embed.proj.weight.dtype
 

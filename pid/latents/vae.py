@@ -207,23 +207,6 @@ class DiffusersVAELatent(LatentSpace):
         self.vae.tile_overlap_factor = float(overlap)
         self.tiled_decode = True
 
-    # --- geometry ---------------------------------------------------------------------------------
-    @property
-    def channels(self) -> int:
-        return self._channels
-
-    @property
-    def down_factor(self) -> int:
-        return self._down
-
-    @property
-    def noise_form(self) -> str:
-        return self._noise_form
-
-    @property
-    def name(self) -> str:
-        return self._name
-
     # --- packing (FLUX.2) ------------------------------------------------------------------------
     def pack(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) → (B, C·p², h/p, w/p); channel c·p² + i·p + j holds pixel (i, j) of channel c."""

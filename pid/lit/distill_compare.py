@@ -10,7 +10,6 @@ DMD2 report printed by `pid.train` and written to ``distill_comparison.json``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ from typing import Callable
 import torch
 
 from pid.diffusion import schedules
-from pid.eval.detail import inception_feature_distance, psnr
+from pid.eval.heldout import score_decodes, write_comparison
 from pid.utils.images import to_signed, upsample
 
 log = logging.getLogger(__name__)
@@ -50,21 +49,6 @@ def decode_heldout_with(module, loader, decoders: dict[str, Decoder], seed: int 
     finally:
         module.train(was_training)
     return {k: torch.cat(v)[:max_crops] if max_crops else torch.cat(v) for k, v in out.items()}
-
-
-def score_decodes(images: dict[str, torch.Tensor], extractor=None) -> dict[str, float]:
-    """PSNR and Inception feature distance of every entry but "truth" against "truth"."""
-    from pid.eval.inception import inception_feature_extractor
-
-    extractor = extractor if extractor is not None else inception_feature_extractor()
-    truth = images["truth"]
-    metrics = {}
-    for name, pred in images.items():
-        if name == "truth":
-            continue
-        metrics[f"heldout/{name}_psnr"] = float(psnr(pred, truth))
-        metrics[f"heldout/{name}_inception_dist"] = float(inception_feature_distance(pred, truth, extractor))
-    return metrics
 
 
 def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = ".",
@@ -118,9 +102,5 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
         metrics["heldout/student_over_teacher_sde"] = dist[s] / max(before, 1e-12)
         summary += (f"\n  -> vs the same {k}-step SDE sampler on the teacher (the student before distillation): "
                     f"student / before = {metrics['heldout/student_over_teacher_sde']:.2f}")
-    print(summary, flush=True)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "distill_comparison.json").write_text(json.dumps({"crops": n, "size": size, **metrics,
-                                                                "summary": summary}, indent=2))
+    write_comparison(out_dir, "distill_comparison.json", images["truth"], metrics, summary)
     return metrics
