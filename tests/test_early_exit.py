@@ -162,3 +162,59 @@ def test_decode_api_converts_ve_states(monkeypatch):
     torch.testing.assert_close(seen["latent"], z_ve)
     with pytest.raises(ValueError, match="frame"):
         decoder.decode(z_ve, 0.3, frame="karras")
+
+
+def _tiny_flux_pipeline():
+    """A real diffusers FluxPipeline: FLUX.1's transformer, VAE, CLIP and T5 encoders at a tiny random size,
+    with word-level tokenizers built in memory (no files, no hub)."""
+    transformers = pytest.importorskip("transformers")
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    torch.manual_seed(0)
+    words = ["<pad>", "<unk>", "a", "photo", "of", "red", "cat", "text", "page"]
+
+    def tokenizer(max_length):
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                                    model_max_length=max_length)
+
+    clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(words), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        max_position_embeddings=77, pad_token_id=0, bos_token_id=0, eos_token_id=0))
+    t5 = transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=len(words), d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2, pad_token_id=0))
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8))
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=16, norm_num_groups=4,
+                        layers_per_block=1)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    for module in (clip, t5, transformer, vae):
+        module.eval()  # as from_pretrained leaves them (T5's dropout would make runs differ)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=tokenizer(77),
+                        text_encoder_2=t5, tokenizer_2=tokenizer(16), transformer=transformer)
+
+
+def test_real_flux_pipeline_exits_after_k_steps_with_the_scheduler_sigma():
+    pipe = _tiny_flux_pipeline()
+    calls = []
+    pipe.transformer.register_forward_hook(lambda *_: calls.append(1))
+    kwargs = dict(prompt="a photo of a red cat", height=32, width=48, guidance_scale=3.5,
+                  max_sequence_length=16)
+
+    full = StepCapture([6], stop=False, unpack=lambda x: pipe._unpack_latents(x, 32, 48, pipe.vae_scale_factor))
+    pipe(num_inference_steps=8, callback_on_step_end=full, callback_on_step_end_tensor_inputs=["latents"],
+         output_type="latent", generator=torch.Generator().manual_seed(3), **kwargs)
+    assert len(calls) == 8
+    calls.clear()
+
+    state = run_pipeline_to_step(pipe, exit_after=6, num_inference_steps=8,
+                                 generator=torch.Generator().manual_seed(3), **kwargs)
+    assert len(calls) == 6  # the pipeline stopped: the last 2 steps are PiD's
+    assert state.latent.shape == (1, 16, 4, 6)  # FLUX.1's packed tokens unpacked to the latent grid
+    assert state.frame == "flow" and state.step == 6 and state.num_steps == 8
+    assert state.sigma == pytest.approx(float(pipe.scheduler.sigmas[6])) and 0 < state.sigma < 1
+    torch.testing.assert_close(state.latent, full.states[6].latent)  # same state as the uninterrupted run
