@@ -95,14 +95,20 @@ def _net_and_latent(config: dict, build_latent: bool = True) -> tuple[nn.Module,
     return instantiate(net_cfg), instantiate(latent_cfg)
 
 
-def export_decoder(module, path: str | Path, ema=None) -> Path:
-    """Write the network (EMA weights when an EMA callback is given), small latents and the config."""
+def export_decoder(module, path: str | Path, ema=None, net_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the network (EMA weights when an EMA callback is given), small latents and the config.
+
+    ``net_state``: the network's (EMA) weights gathered already (``pid.lit.ema.averaged_net_state``, which
+    FSDP runs need: there every rank holds a shard); it replaces ``module.net``'s own and the shadow."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in module.net.state_dict().items()}
-    if ema is not None:
+    if net_state is not None:
+        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net_state.items()}
+    else:
+        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in module.net.state_dict().items()}
+    if ema is not None and net_state is None:
         tensors.update({f"net.{k}": v.detach().cpu().to(tensors[f"net.{k}"].dtype).contiguous()
                         for k, v in ema.shadow.items()})
     if getattr(module.latent, "store_in_checkpoint", False):

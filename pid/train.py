@@ -64,7 +64,7 @@ def write_metrics(metrics: dict, cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict:
     """Fit one run, export the decoder, compare on held-out crops; returns the final metrics."""
-    from pid.lit.ema import find_ema
+    from pid.lit.ema import averaged_net_state, find_ema, fsdp_root
     from pid.lit.fault_tolerance import find_preemption
     from pid.utils.resume import mark_complete, prepare_run
     from pid.utils.run_naming import save_resolved_config
@@ -85,12 +85,22 @@ def train(cfg: DictConfig) -> dict:
     if cfg.train and not trainer.fast_dev_run and trainer.is_global_zero and trainer.state.status == "finished":
         mark_complete(cfg.paths.output_dir, trainer.global_step)
 
+    sharded = fsdp_root(trainer) is not None
+    if cfg.train and not trainer.fast_dev_run and sharded:
+        # FSDP: every rank holds a shard; gather the (EMA) weights on all ranks, rank 0 writes them.
+        net_state = averaged_net_state(trainer, model, find_ema(trainer))
+    else:
+        net_state = None
     if cfg.train and not trainer.fast_dev_run and trainer.is_global_zero:
         from pid.api import export_decoder
 
-        path = export_decoder(model, f"{cfg.paths.output_dir}/pid_decoder.safetensors", ema=find_ema(trainer))
+        path = export_decoder(model, f"{cfg.paths.output_dir}/pid_decoder.safetensors", ema=find_ema(trainer),
+                              net_state=net_state)
         log.info("exported the decoder (EMA weights) to %s", path)
-        if cfg.compare:
+        if cfg.compare and sharded:
+            log.info("held-out comparison skipped under FSDP (the model is sharded across ranks): "
+                     "`make eval ckpt=%s`", path)
+        elif cfg.compare:
             from pid.eval.heldout import compare_on_heldout
 
             kwargs = dict(ema=find_ema(trainer), out_dir=cfg.paths.output_dir, **(cfg.get("compare_options") or {}))

@@ -4,6 +4,11 @@ Only ``pl_module.net`` is averaged (frozen encoders are never copied). The shado
 in float32 on the module's device, swapped in for validation and sampling, stored in checkpoints
 under ``checkpoint["ema"]`` and restored on resume. With ``warmup`` the effective decay is
 min(decay, (1 + n) / (10 + n)) after n updates, so early averages are not dominated by the init.
+
+Under FSDP (``use_orig_params``) each rank's parameters are views of its own shard, so each rank keeps
+the shadow of its shard (the average is element-wise: no communication per update). Checkpoints and
+exports need the whole average: :meth:`EMA.full_shadow` gathers it (all ranks must call it), and a
+resumed run scatters the saved full shadow back into shards. Names are the unwrapped module's names.
 """
 
 from __future__ import annotations
@@ -13,6 +18,32 @@ from typing import Any, Iterator
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
+
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_name(name: str) -> str:
+    """A parameter name without FSDP / activation-checkpointing / torch.compile wrapper segments."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def fsdp_root(trainer: pl.Trainer | None) -> nn.Module | None:
+    """The FSDP-wrapped root module when the trainer shards with FSDP, else None."""
+    if trainer is None:
+        return None
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    strategy = getattr(trainer, "strategy", None)
+    return strategy.model if isinstance(strategy, FSDPStrategy) else None
+
+
+def _summon(root: nn.Module, writeback: bool):
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return FSDP.summon_full_params(root, writeback=writeback, rank0_only=False, offload_to_cpu=False)
 
 
 class EMA(pl.Callback):
@@ -35,18 +66,47 @@ class EMA(pl.Callback):
     def _tracked(pl_module: pl.LightningModule) -> Iterator[tuple[str, torch.Tensor]]:
         for name, p in pl_module.net.named_parameters():
             if p.requires_grad:
-                yield name, p
+                yield clean_name(name), p
 
     def _init_shadow(self, pl_module: pl.LightningModule) -> None:
         self.shadow = {n: p.detach().float().clone() for n, p in self._tracked(pl_module)}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending is not None:
-            self.shadow = {k: v.to(pl_module.device) for k, v in self._pending["shadow"].items()}
+            self._load_full_shadow(trainer, pl_module, self._pending["shadow"])
             self.num_updates = int(self._pending["num_updates"])
             self._pending = None
         elif not self.shadow:
             self._init_shadow(pl_module)
+
+    @torch.no_grad()
+    def _load_full_shadow(self, trainer, pl_module, full: dict[str, torch.Tensor]) -> None:
+        root = fsdp_root(trainer)
+        if root is None:
+            self.shadow = {k: v.to(pl_module.device).float() for k, v in full.items()}
+            return
+        # FSDP: write the full average into the parameters, keep each rank's shard of it, restore the weights.
+        with _summon(root, writeback=True):
+            raw = {n: p.detach().clone() for n, p in self._tracked(pl_module)}
+            for n, p in self._tracked(pl_module):
+                p.copy_(full[n].to(p.device, p.dtype))
+        self._init_shadow(pl_module)
+        with _summon(root, writeback=True):
+            for n, p in self._tracked(pl_module):
+                p.copy_(raw[n])
+
+    @torch.no_grad()
+    def full_shadow(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+        """The shadow as whole tensors on the CPU; under FSDP gathered from all ranks (call it on every rank)."""
+        root = fsdp_root(trainer)
+        if root is None or not self.shadow:
+            return {k: v.detach().cpu() for k, v in self.shadow.items()}
+        self._swap(pl_module)  # this rank's shard of the average into the parameters …
+        try:
+            with _summon(root, writeback=False):  # … gathered
+                return {n: p.detach().float().cpu().clone() for n, p in self._tracked(pl_module)}
+        finally:
+            self._swap(pl_module)
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -94,7 +154,7 @@ class EMA(pl.Callback):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        shadow = {k: v.detach().cpu() for k, v in self.shadow.items()}
+        shadow = self.full_shadow(trainer, pl_module)
         if self._swapped:
             # Saved during validation: the model holds the EMA weights and the shadow the raw ones.
             state = checkpoint["state_dict"]
@@ -110,3 +170,24 @@ class EMA(pl.Callback):
 
 def find_ema(trainer: pl.Trainer) -> EMA | None:
     return next((cb for cb in trainer.callbacks if isinstance(cb, EMA)), None)
+
+
+@torch.no_grad()
+def averaged_net_state(trainer: pl.Trainer | None, pl_module: pl.LightningModule,
+                       ema: EMA | None = None) -> dict[str, torch.Tensor]:
+    """``pl_module.net``'s state dict (EMA weights when ``ema`` is given) as whole CPU tensors with the
+    unwrapped names; under FSDP gathered from all ranks (call it on every rank)."""
+    net = pl_module.net
+    root = fsdp_root(trainer)
+    if root is None:
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    else:
+        with _summon(root, writeback=False):
+            state = {clean_name(k): p.detach().cpu().clone() for k, p in net.named_parameters()}
+        for mod_name, mod in net.named_modules():
+            for b_name, buf in mod._buffers.items():
+                if buf is not None and b_name not in mod._non_persistent_buffers_set:
+                    state[clean_name(f"{mod_name}.{b_name}" if mod_name else b_name)] = buf.detach().cpu().clone()
+    if ema is not None:
+        state.update({k: v.to(state[k].dtype) for k, v in ema.full_shadow(trainer, pl_module).items()})
+    return state

@@ -64,10 +64,18 @@ class SigmaAwareGate(nn.Module):
             raise ValueError(f"gate mode must be one of {GATE_MODES}, got {mode!r}")
         self.mode = mode
         self.content_proj = nn.Linear(2 * dim, dim if mode == "per_token_per_channel" else 1)
-        self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha_init)))
+        # Shape (1,), not a scalar: FSDP cannot shard 0-d parameters. Scalar ones (the official
+        # checkpoints, older exports) load through _load_from_state_dict.
+        self.log_alpha = nn.Parameter(torch.full((1,), math.log(alpha_init)))
         nn.init.trunc_normal_(self.content_proj.weight, std=weight_std)
         nn.init.constant_(self.content_proj.bias, bias_init)
         self.last_mean: torch.Tensor | None = None  # mean gate of the last call, for logging
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "log_alpha"
+        if key in state_dict and state_dict[key].ndim == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def alpha(self) -> torch.Tensor:

@@ -1,0 +1,151 @@
+"""The EMA under FSDP (2 CPU processes, gloo): each rank averages its own shard, and the gathered average —
+what checkpoints and the export get — equals the EMA of the same training without sharding; a saved full
+shadow is scattered back into shards on resume without touching the weights.
+
+torch's FSDP runs on CPU with ``device_id=cpu`` (Lightning's FSDPStrategy refuses CPU accelerators), so the
+module is wrapped here as Lightning wraps it: the LightningModule-like holder is the root, every MM-DiT /
+PiT block its own FSDP unit with activation checkpointing, ``use_orig_params=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+STEPS, LR, DECAY = 3, 0.05, 0.5
+
+
+class _Holder(nn.Module):
+    """Stands in for the LightningModule: the EMA reads ``.net`` and ``.device``."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, x, t, cond):
+        return self.net(x, t, **cond)
+
+
+def _tiny_net(image_root: str, out: str):
+    sys.path.insert(0, str(HERE))
+    from conftest import compose_train, tiny_train_overrides
+    from hydra.utils import instantiate
+
+    cfg = compose_train(tiny_train_overrides(Path(image_root), Path(out)))
+    torch.manual_seed(0)
+    return instantiate(cfg.model.net)
+
+
+def _batch(step: int, rank: int, n: int = 2):
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    x = torch.randn(n, 3, 64, 64, generator=g)
+    cond = {"latent": torch.randn(n, 16, 2, 2, generator=g), "sigma": torch.zeros(n)}
+    return x, torch.rand(n, generator=g), cond
+
+
+def _train(module, forward, ema, trainer, rank: int, world: int):
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=LR)
+    for step in range(1, STEPS + 1):
+        # each rank its own half of the global batch; the unsharded reference sees both halves
+        parts = [_batch(step, r) for r in ([rank] if world > 1 else [0, 1])]
+        x = torch.cat([p[0] for p in parts])
+        t = torch.cat([p[1] for p in parts])
+        cond = {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]}
+        opt.zero_grad()
+        (forward(x, t, cond) - x).square().mean().backward()  # the final layer starts at zero: a target moves it
+        opt.step()
+        trainer.global_step = step
+        ema.on_train_batch_end(trainer, module, None, None, 0)
+
+
+def _worker(rank: int, world: int, port: int, image_root: str, out: str):
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from pid.lit.ema import EMA, averaged_net_state
+    from pid.nn.blocks import MMDiTBlock, PiTBlock
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        holder = _Holder(_tiny_net(image_root, out))
+        blocks = {MMDiTBlock, PiTBlock}
+        root = FSDP(holder, auto_wrap_policy=ModuleWrapPolicy(blocks), use_orig_params=True,
+                    device_id=torch.device("cpu"))
+        apply_activation_checkpointing(root, check_fn=lambda m: isinstance(m, tuple(blocks)))
+        strategy = FSDPStrategy()
+        strategy.model = root
+        trainer = SimpleNamespace(strategy=strategy, global_step=0)
+        ema = EMA(decay=DECAY, warmup=False)
+        ema.on_fit_start(trainer, holder)
+        _train(holder, root, ema, trainer, rank, world)
+
+        shadow = ema.full_shadow(trainer, holder)  # collective
+        export = averaged_net_state(trainer, holder, ema)  # collective
+        raw = averaged_net_state(trainer, holder, None)
+
+        resumed = EMA(decay=DECAY, warmup=False)
+        resumed.on_load_checkpoint(trainer, holder, {"ema": {"shadow": shadow, "num_updates": STEPS}})
+        resumed.on_fit_start(trainer, holder)  # scatter the full shadow into this rank's shards
+        again = resumed.full_shadow(trainer, holder)
+        raw_after = averaged_net_state(trainer, holder, None)
+        local = {n: tuple(v.shape) for n, v in ema.shadow.items()}
+        if rank == 0:
+            torch.save({"shadow": shadow, "export": export, "raw": raw, "again": again, "raw_after": raw_after,
+                        "local_shapes": local}, Path(out) / "fsdp.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_fsdp_ema_gathers_whole_and_matches_unsharded_training(tiny_image_root, tmp_path):
+    from pid.lit.ema import EMA, averaged_net_state
+
+    mp.start_processes(_worker, args=(2, _free_port(), str(tiny_image_root), str(tmp_path)), nprocs=2,
+                       start_method="spawn")
+    got = torch.load(tmp_path / "fsdp.pt", weights_only=True)
+
+    holder = _Holder(_tiny_net(str(tiny_image_root), str(tmp_path)))  # the same init, unsharded
+    trainer = SimpleNamespace(global_step=0)
+    ema = EMA(decay=DECAY, warmup=False)
+    ema.on_fit_start(trainer, holder)
+    _train(holder, holder, ema, trainer, 0, 1)
+    want_shadow, want_export = ema.full_shadow(None, holder), averaged_net_state(None, holder, ema)
+
+    assert any(len(s) == 1 and s != tuple(want_shadow[n].shape) for n, s in got["local_shapes"].items()), \
+        "rank 0 really held shards (flat views) of the parameters"
+    assert got["shadow"].keys() == want_shadow.keys()
+    for n, v in want_shadow.items():
+        torch.testing.assert_close(got["shadow"][n], v, atol=2e-5, rtol=1e-4, msg=n)
+        torch.testing.assert_close(got["again"][n], got["shadow"][n], atol=0, rtol=0, msg=n)  # resume: exact
+    assert got["export"].keys() == want_export.keys() == holder.net.state_dict().keys()
+    for n, v in want_export.items():
+        torch.testing.assert_close(got["export"][n], v, atol=2e-5, rtol=1e-4, msg=n)
+    for n, v in got["raw"].items():
+        torch.testing.assert_close(got["raw_after"][n], v, atol=0, rtol=0, msg=n)  # weights untouched
+    moved = [n for n in want_shadow if not torch.equal(got["shadow"][n], got["raw"][n].float())]
+    assert moved, "after 3 steps at decay 0.5 the average differs from the weights"
