@@ -58,18 +58,24 @@ def test_quickstart_sr_experiment_is_an_rgb_conditioned_pid():
 def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_root, tmp_path):
     from pid.evaluate import evaluate
 
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(0)  # Real-ESRGAN's architecture (RRDBNet) at a tiny random size, loaded back by spandrel
+    torch.save(ESRGAN(num_filters=8, num_blocks=1, scale=4).state_dict(), tmp_path / "tiny_esrgan.pth")
     out = tmp_path / "report"
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("eval", overrides=[
             "eval=tiny", f"ckpt={checkpoints['teacher']}", f"student_ckpt={checkpoints['student']}",
             f"sr_cascade_ckpt={checkpoints['sr']}", f"data.root={tiny_image_root / 'val'}",
-            f"report.out_dir={out}", "methods.upscalers=[{name: RealESRGAN_x4plus, weights: /nonexistent.pth}]",
+            f"report.out_dir={out}", "methods.upscalers=[{name: RealESRGAN_x4plus, weights: /nonexistent.pth}, "
+            f"{{name: tiny_esrgan, weights: {tmp_path / 'tiny_esrgan.pth'}}}]",
             "+clip.model_cfg={embed_dim: 16, vision_cfg: {image_size: 32, layers: 1, width: 32, patch_size: 16, "
             "head_width: 16}, text_cfg: {context_length: 16, vocab_size: 49408, width: 32, heads: 2, layers: 1}}",
         ])
     result = evaluate(cfg)
     names = [r["name"] for r in result["rows"]]
-    for expected in ("ground_truth", "native_bicubic", "native_lanczos", "sr_cascade@2", "pid_teacher@2",
+    for expected in ("ground_truth", "native_bicubic", "native_lanczos", "sr_cascade@2", "spandrel:tiny_esrgan",
+                     "pid_teacher@2",
                      "pid_student@2", "early_exit_pid@0", "early_exit_pid@0.5", "early_exit_native@0.5"):
         assert expected in names, names
     assert [s["name"] for s in result["skipped"]] == ["spandrel:RealESRGAN_x4plus"]
@@ -80,7 +86,7 @@ def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == len(names) + 1
     by = {r["name"]: r for r in result["rows"]}
-    for name in ("native_bicubic", "pid_teacher@2", "sr_cascade@2", "pid_student@2"):
+    for name in ("native_bicubic", "pid_teacher@2", "sr_cascade@2", "spandrel:tiny_esrgan", "pid_student@2"):
         r = by[name]
         for key in ("fid", "kid", "patch_fid", "psnr", "ssim", "clip", "latency_ms", "peak_mem_mb"):
             assert r[key] == r[key], (name, key)  # not NaN
