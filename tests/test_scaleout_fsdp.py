@@ -1,10 +1,14 @@
-"""The EMA under FSDP (2 CPU processes, gloo): each rank averages its own shard, and the gathered average —
-what checkpoints and the export get — equals the EMA of the same training without sharding; a saved full
-shadow is scattered back into shards on resume without touching the weights.
+"""FSDP on 2 CPU processes (gloo).
 
-torch's FSDP runs on CPU with ``device_id=cpu`` (Lightning's FSDPStrategy refuses CPU accelerators), so the
-module is wrapped here as Lightning wraps it: the LightningModule-like holder is the root, every MM-DiT /
-PiT block its own FSDP unit with activation checkpointing, ``use_orig_params=True``.
+1. The EMA alone: each rank averages its own shard, and the gathered average — what checkpoints and the
+   export get — equals the EMA of the same training without sharding; a saved full shadow is scattered
+   back into shards on resume without touching the weights. The module is wrapped as Lightning wraps it
+   (the LightningModule-like holder is the root, every MM-DiT / PiT block its own unit with activation
+   checkpointing, ``use_orig_params=True``).
+2. `pid.train` with ``trainer=fsdp`` (``trainer.strategy.allow_cpu=true``: torch's FSDP needs
+   ``device_id=cpu`` there, which Lightning's strategy does not pass) against the same run with
+   ``trainer=ddp``: gradient clipping, checkpoints, image grids and the export all work, and the exported
+   EMA weights and the checkpoints agree.
 """
 
 from __future__ import annotations
@@ -149,3 +153,49 @@ def test_fsdp_ema_gathers_whole_and_matches_unsharded_training(tiny_image_root, 
         torch.testing.assert_close(got["raw_after"][n], v, atol=0, rtol=0, msg=n)  # weights untouched
     moved = [n for n in want_shadow if not torch.equal(got["shadow"][n], got["raw"][n].float())]
     assert moved, "after 3 steps at decay 0.5 the average differs from the weights"
+
+
+def _train_run(image_root: str, out: str, trainer: str) -> None:
+    sys.path.insert(0, str(HERE))
+    from conftest import compose_train, tiny_train_overrides
+
+    from pid.train import train
+
+    torch.set_num_threads(1)
+    extra = ["trainer.strategy.allow_cpu=true"] if trainer == "fsdp" else []
+    train(compose_train(tiny_train_overrides(
+        Path(image_root), Path(out), f"trainer={trainer}", "trainer.accelerator=cpu", *extra,
+        "trainer.precision=32-true", "trainer.devices=2", "trainer.max_steps=4", "++trainer.limit_val_batches=0",
+        "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.every_n_train_steps=2",
+        "callbacks.image_grid.every_n_steps=2", "callbacks.ema.decay=0.5", "compare=false", "resume=never")))
+
+
+@pytest.mark.slow
+def test_pid_train_under_fsdp_matches_ddp(tiny_image_root, tmp_path):
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{HERE.parent}{os.pathsep}{HERE}"}
+    for run in ("ddp", "fsdp"):
+        proc = subprocess.run([sys.executable, __file__, str(tiny_image_root), str(tmp_path / run), run],
+                              cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, "\n".join(ln for ln in (proc.stdout + proc.stderr).splitlines()
+                                              if not ln.startswith("[rank1]"))[-5000:]
+    ddp, fsdp = (load_file(str(tmp_path / run / "pid_decoder.safetensors")) for run in ("ddp", "fsdp"))
+    assert ddp.keys() == fsdp.keys()
+    for k, v in ddp.items():
+        torch.testing.assert_close(fsdp[k], v, atol=1e-6, rtol=1e-5, msg=k)
+    ckpts = [torch.load(tmp_path / run / "checkpoints" / "step_0000004.ckpt", map_location="cpu", weights_only=True)
+             for run in ("ddp", "fsdp")]
+    for part in (("state_dict",), ("ema", "shadow")):
+        a, b = (c[part[0]] if len(part) == 1 else c[part[0]][part[1]] for c in ckpts)
+        assert a.keys() == b.keys() and len(a) > 10
+        for k, v in a.items():
+            torch.testing.assert_close(b[k], v, atol=1e-6, rtol=1e-5, msg=k)
+    assert ckpts[1]["global_step"] == 4 and ckpts[1]["optimizer_states"]
+    assert (tmp_path / "fsdp" / "grids" / "step_0000004.png").is_file()
+
+
+if __name__ == "__main__":
+    _train_run(*sys.argv[1:4])

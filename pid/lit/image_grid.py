@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from pid.lit.ema import find_ema
+from pid.lit.ema import find_ema, fsdp_root
 from pid.utils.images import to_signed, to_uint8, upsample
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class ImageGrid(pl.Callback):
         return self._batch
 
     @torch.no_grad()
-    def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
+    def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, save: bool = True) -> Path | None:
         images = self._fixed_batch(trainer)
         if images is None:
             return None
@@ -66,6 +66,8 @@ class ImageGrid(pl.Callback):
                 decoded = pl_module.decode(z, 0.0, num_steps=self.num_steps, generator=generator)
         finally:
             pl_module.train(was_training)
+        if not save:
+            return None
         grid = comparison_grid(baseline.cpu(), decoded.float().cpu(), hq.cpu())
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"step_{trainer.global_step:07d}.png"
@@ -76,14 +78,19 @@ class ImageGrid(pl.Callback):
                                  step=trainer.global_step)
         return path
 
+    @staticmethod
+    def _renders(trainer: pl.Trainer) -> bool:
+        """Rank 0 renders; under FSDP every rank decodes (its forward gathers the shards), rank 0 saves."""
+        return trainer.is_global_zero or fsdp_root(trainer) is not None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and trainer.is_global_zero:
-            self.render(trainer, pl_module)
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and self._renders(trainer):
+            self.render(trainer, pl_module, save=trainer.is_global_zero)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero and not trainer.fast_dev_run:
-            path = self.render(trainer, pl_module)
+        if self._renders(trainer) and not trainer.fast_dev_run:
+            path = self.render(trainer, pl_module, save=trainer.is_global_zero)
             if path is not None:
                 log.info("image grid (native decode + bicubic | PiD | ground truth): %s", path)
 

@@ -179,6 +179,16 @@ class PiDModule(pl.LightningModule):
             generator=generator, sampler=sampler)
 
     # ------------------------------------------------------------------ optimisation
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        from pid.lit.ema import fsdp_root
+
+        root = fsdp_root(self.trainer)
+        if root is not None and gradient_clip_val:
+            # FSDP: the norm over all shards (Lightning's FSDP precision plugin refuses norm clipping).
+            root.clip_grad_norm_(float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]
         if not params:

@@ -21,6 +21,14 @@ import time
 import lightning.pytorch as pl
 import torch
 
+from pid.lit.ema import clean_name, fsdp_root
+
+
+def _part(name: str) -> str:
+    """The top-level part of the network a parameter belongs to (``patch_blocks``, ``adapter``, …)."""
+    parts = clean_name(name).split(".")
+    return parts[1] if parts[0] == "net" and len(parts) > 2 else parts[0]
+
 
 class TrainingMonitor(pl.Callback):
     def __init__(self, every_n_steps: int | None = None, grad_norms: bool = True, gates: bool = True,
@@ -71,11 +79,18 @@ class TrainingMonitor(pl.Callback):
         for name, p in pl_module.named_parameters():
             if p.grad is None:
                 continue
-            parts = name.split(".")
-            part = parts[1] if parts[0] == "net" and len(parts) > 2 else parts[0]
+            part = _part(name)
             g = p.grad.detach()
             g = g.to_local() if hasattr(g, "to_local") else g  # FSDP2 DTensor: the local shard
             sq[part] = sq.get(part, 0) + g.float().pow(2).sum()
+        if fsdp_root(trainer) is not None and torch.distributed.is_initialized():
+            # FSDP: each rank holds a shard of every gradient; the squares add up across ranks. Every rank
+            # sums the same parts (a part absent here is a zero), so the collective lines up.
+            parts = sorted({_part(n) for n, p in pl_module.named_parameters() if p.requires_grad})
+            device = next(pl_module.parameters()).device
+            vec = torch.stack([torch.as_tensor(sq.get(k, 0.0), dtype=torch.float32, device=device) for k in parts])
+            torch.distributed.all_reduce(vec)
+            sq = {k: v for k, v in zip(parts, vec) if float(v) > 0}
         if sq:
             total = torch.stack(list(sq.values())).sum()
             self._grad = {f"grad_norm/{k}": float(v.sqrt()) for k, v in sq.items()}

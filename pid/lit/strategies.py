@@ -15,18 +15,23 @@ def _classes(names: Iterable[str]) -> set[type]:
 
 
 def fsdp(block_classes: Iterable[str] = ("pid.nn.blocks.MMDiTBlock", "pid.nn.blocks.PiTBlock"),
+         unit_classes: Iterable[str] = ("pid.nn.pid_net.PiDNet", "pid.nn.discriminator.FeatureDiscriminator"),
          activation_checkpointing: bool = True, sharding_strategy: str = "FULL_SHARD",
-         state_dict_type: str = "full", cpu_offload: bool = False, **kwargs):
+         state_dict_type: str = "full", cpu_offload: bool = False, allow_cpu: bool = False, **kwargs):
     """Lightning ``FSDPStrategy`` that wraps (and, with ``activation_checkpointing``, recomputes) each
-    transformer block. ``state_dict_type: full`` keeps single-file checkpoints that load with
+    transformer block, and makes each network (``unit_classes``: PiD nets, the DMD2 discriminator) an FSDP
+    unit of its own, so calling it outside the training forward (sampling, image grids) gathers its
+    weights. ``state_dict_type: full`` keeps single-file checkpoints that load with
     ``torch.load(weights_only=True)`` and export like DDP ones; ``sharded`` saves a folder per checkpoint
     (faster at the paper size, but ``pid.api`` cannot read it directly). ``use_orig_params`` keeps the
-    parameter names the EMA callback and the optimiser groups rely on."""
-    from lightning.pytorch.strategies import FSDPStrategy
+    parameter names the EMA callback and the optimiser groups rely on.
 
+    ``allow_cpu``: FSDP on CPU processes with gloo (``trainer.accelerator=cpu``), for tests and debugging
+    without a GPU; Lightning's own FSDPStrategy accepts only CUDA."""
     blocks = _classes(block_classes)
-    return FSDPStrategy(
-        auto_wrap_policy=blocks,
+    cls = _cpu_fsdp_strategy() if allow_cpu else _fsdp_strategy()
+    return cls(
+        auto_wrap_policy=blocks | _classes(unit_classes),
         activation_checkpointing_policy=blocks if activation_checkpointing else None,
         sharding_strategy=sharding_strategy,
         state_dict_type=state_dict_type,
@@ -34,3 +39,29 @@ def fsdp(block_classes: Iterable[str] = ("pid.nn.blocks.MMDiTBlock", "pid.nn.blo
         use_orig_params=True,
         **kwargs,
     )
+
+
+def _fsdp_strategy():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return FSDPStrategy
+
+
+def _cpu_fsdp_strategy():
+    import torch
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    class CPUFSDPStrategy(FSDPStrategy):
+        """FSDPStrategy that also runs on CPU: the module is wrapped here with ``device_id=cpu`` (torch's FSDP
+        needs it without an accelerator); Lightning then treats it as wrapped by the user."""
+
+        def _setup_model(self, model):
+            if self.root_device.type == "cpu" and not any(
+                    isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+                model = FullyShardedDataParallel(
+                    module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
+                    sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs)
+            return super()._setup_model(model)
+
+    return CPUFSDPStrategy
