@@ -192,6 +192,13 @@ class DMD2Module(pl.LightningModule):
         return self
 
     def on_fit_start(self) -> None:
+        from pid.lit.ema import fsdp_root
+
+        if fsdp_root(self.trainer) is not None:
+            # Manual backward inside FSDP's root forward leaves the frozen teacher's FSDP units out of
+            # the post-backward reset, and the first checkpoint fails; stop before any work is done.
+            raise PiDConfigError("DMD2 distillation does not run under trainer=fsdp yet: use trainer=ddp "
+                                 "(with bf16-mixed: student, fake score and teacher are each one copy per GPU)")
         if str(self.trainer.precision) == "16-mixed":
             # The discriminator's optimiser steps outside Lightning (one global step per iteration), which
             # would bypass fp16's gradient scaler.
