@@ -192,13 +192,6 @@ class DMD2Module(pl.LightningModule):
         return self
 
     def on_fit_start(self) -> None:
-        from pid.lit.ema import fsdp_root
-
-        if fsdp_root(self.trainer) is not None:
-            # Manual backward inside FSDP's root forward leaves the frozen teacher's FSDP units out of
-            # the post-backward reset, and the first checkpoint fails; stop before any work is done.
-            raise PiDConfigError("DMD2 distillation does not run under trainer=fsdp yet: use trainer=ddp "
-                                 "(with bf16-mixed: student, fake score and teacher are each one copy per GPU)")
         if str(self.trainer.precision) == "16-mixed":
             # The discriminator's optimiser steps outside Lightning (one global step per iteration), which
             # would bypass fp16's gradient scaler.
@@ -350,6 +343,7 @@ class DMD2Module(pl.LightningModule):
         else:
             loss, logs = self.critic_losses(hq, cond, gen, shared)
         self.manual_backward(loss)
+        self._finish_fsdp_backward()
 
         if student_phase:
             logs["grad_norm/student"] = self._clip(self.net, "student")
@@ -373,13 +367,42 @@ class DMD2Module(pl.LightningModule):
             self.log(f"train/{k}", v, prog_bar=k in ("vsd", "dsm"), on_step=True, on_epoch=False,
                      batch_size=hq.shape[0])
 
+    def _finish_fsdp_backward(self) -> None:
+        """Under FSDP, end the backward as FSDP's root would (reshard, reset every unit's state).
+
+        FSDP queues that step from the pre-backward hook of the root's *output*; with manual optimisation
+        the backward runs inside the root's forward (Lightning's training_step), so nothing queues it and
+        the next checkpoint or forward finds units still in their backward state."""
+        from pid.lit.ema import fsdp_root
+
+        root = fsdp_root(self.trainer)
+        if root is None:
+            return
+        from torch.distributed.fsdp._runtime_utils import _post_backward_final_callback
+
+        _post_backward_final_callback(root, root)
+
     def _clip(self, module: nn.Module, name: str) -> float:
+        """Clip ``module``'s gradients to ``grad_clip[name]`` and return their norm (before clipping).
+
+        Under FSDP each rank holds a shard of every gradient: the squares are summed over all ranks
+        (every rank takes part, also one whose shard of this module is empty)."""
+        from pid.lit.ema import fsdp_root
+
         params = [p for p in module.parameters() if p.grad is not None]
-        if not params:
-            return 0.0
         max_norm = self.grad_clip.get(name)
         max_norm = float("inf") if max_norm in (None, 0) else float(max_norm)
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if fsdp_root(self.trainer) is None:
+            return float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        sq = torch.zeros((), device=self.device, dtype=torch.float32)
+        for p in params:
+            sq = sq + p.grad.detach().float().square().sum()
+        torch.distributed.all_reduce(sq)
+        total = float(sq.sqrt())
+        if total > max_norm:
+            for p in params:
+                p.grad.mul_(max_norm / (total + 1e-6))
+        return total
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
