@@ -83,13 +83,15 @@ class EMA(pl.Callback):
     def _load_full_shadow(self, trainer, pl_module, full: dict[str, torch.Tensor]) -> None:
         root = fsdp_root(trainer)
         if root is None:
-            self.shadow = {k: v.to(pl_module.device).float() for k, v in full.items()}
+            shapes = {n: p.shape for n, p in self._tracked(pl_module)}
+            # reshape: checkpoints from before a parameter changed shape (a 0-d one became (1,))
+            self.shadow = {k: v.to(pl_module.device).float().reshape(shapes.get(k, v.shape)) for k, v in full.items()}
             return
         # FSDP: write the full average into the parameters, keep each rank's shard of it, restore the weights.
         with _summon(root, writeback=True):
             raw = {n: p.detach().clone() for n, p in self._tracked(pl_module)}
             for n, p in self._tracked(pl_module):
-                p.copy_(full[n].to(p.device, p.dtype))
+                p.copy_(full[n].to(p.device, p.dtype).reshape(p.shape))
         self._init_shadow(pl_module)
         with _summon(root, writeback=True):
             for n, p in self._tracked(pl_module):
