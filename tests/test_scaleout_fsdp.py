@@ -185,7 +185,8 @@ def _launch_runs(image_root, tmp_path: Path, *extra: str) -> None:
                                                if not ln.startswith("[rank1]"))[-5000:]
 
 
-def _assert_runs_agree(tmp_path: Path, parts: tuple[str, ...]) -> dict:
+def _assert_runs_agree(tmp_path: Path, parts: tuple[str, ...]) -> list[dict]:
+    """Exports and step-4 checkpoints of the DDP and FSDP runs agree; ``parts`` trained; returns both checkpoints."""
     from safetensors.torch import load_file
 
     ddp, fsdp = (load_file(str(tmp_path / run / "pid_decoder.safetensors")) for run in ("ddp", "fsdp"))
@@ -203,13 +204,13 @@ def _assert_runs_agree(tmp_path: Path, parts: tuple[str, ...]) -> dict:
     for part in parts:  # every trained network took steps between the two checkpoints
         assert any(not torch.equal(first[k], b[k]) for k in b if k.startswith(part + ".")), part
     assert ckpts[1]["global_step"] == 4 and len(ckpts[1]["optimizer_states"]) == len(ckpts[0]["optimizer_states"])
-    return {"ckpts": ckpts}
+    return ckpts
 
 
 @pytest.mark.slow
 def test_pid_train_under_fsdp_matches_ddp(tiny_image_root, tmp_path):
     _launch_runs(tiny_image_root, tmp_path)
-    ckpts = _assert_runs_agree(tmp_path, ("net",))["ckpts"]
+    ckpts = _assert_runs_agree(tmp_path, ("net",))
     a, b = (c["ema"]["shadow"] for c in ckpts)
     assert a.keys() == b.keys() and len(a) > 10
     for k, v in a.items():
