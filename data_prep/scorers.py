@@ -19,17 +19,22 @@ from data_prep.brisque import brisque
 from data_prep.niqe import luminance, niqe
 
 
+def _per_image(score, images) -> list[float]:
+    """``score(rgb uint8 array)`` for each PIL image; NaN where the measure is undefined (ValueError)."""
+    out = []
+    for im in images:
+        try:
+            out.append(float(score(np.asarray(im.convert("RGB")))))
+        except ValueError:
+            out.append(math.nan)
+    return out
+
+
 class NiqeScorer:
     name, higher_is_better = "niqe", False
 
     def __call__(self, images) -> list[float]:
-        out = []
-        for im in images:
-            try:
-                out.append(niqe(luminance(np.asarray(im.convert("RGB")))))
-            except ValueError:  # too small for 96-px patches
-                out.append(math.nan)
-        return out
+        return _per_image(lambda rgb: niqe(luminance(rgb)), images)  # NaN: under 193 px
 
 
 class BrisqueScorer:
@@ -41,13 +46,7 @@ class BrisqueScorer:
         model_dir()  # fail now, with the install command, rather than per image
 
     def __call__(self, images) -> list[float]:
-        out = []
-        for im in images:
-            try:
-                out.append(brisque(np.asarray(im.convert("RGB"))))
-            except ValueError:  # too small, or flat
-                out.append(math.nan)
-        return out
+        return _per_image(brisque, images)  # NaN: under 16 px
 
 
 class SharpnessScorer:

@@ -64,7 +64,8 @@ def write_metrics(metrics: dict, cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict:
     """Fit one run, export the decoder, compare on held-out crops; returns the final metrics."""
-    from pid.lit.ema import averaged_net_state, find_ema, fsdp_root
+    from pid.lit.ema import averaged_net_state, find_ema
+    from pid.lit.strategies import fsdp_root
     from pid.lit.fault_tolerance import find_preemption
     from pid.utils.resume import mark_complete, prepare_run
     from pid.utils.run_naming import save_resolved_config

@@ -373,7 +373,7 @@ class DMD2Module(pl.LightningModule):
         FSDP queues that step from the pre-backward hook of the root's *output*; with manual optimisation
         the backward runs inside the root's forward (Lightning's training_step), so nothing queues it and
         the next checkpoint or forward finds units still in their backward state."""
-        from pid.lit.ema import fsdp_root
+        from pid.lit.strategies import fsdp_root
 
         root = fsdp_root(self.trainer)
         if root is None:
@@ -387,7 +387,7 @@ class DMD2Module(pl.LightningModule):
 
         Under FSDP each rank holds a shard of every gradient: the squares are summed over all ranks
         (every rank takes part, also one whose shard of this module is empty)."""
-        from pid.lit.ema import fsdp_root
+        from pid.lit.strategies import fsdp_root
 
         params = [p for p in module.parameters() if p.grad is not None]
         max_norm = self.grad_clip.get(name)

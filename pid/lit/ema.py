@@ -18,33 +18,8 @@ from typing import Any, Iterator
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
 
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def clean_name(name: str) -> str:
-    """A parameter name without FSDP / activation-checkpointing / torch.compile wrapper segments."""
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
-
-
-def fsdp_root(trainer: pl.Trainer | None) -> nn.Module | None:
-    """The FSDP-wrapped root module when the trainer shards with FSDP, else None."""
-    if trainer is None:
-        return None
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    strategy = getattr(trainer, "strategy", None)
-    return strategy.model if isinstance(strategy, FSDPStrategy) else None
-
-
-def _summon(root: nn.Module, writeback: bool):
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    return FSDP.summon_full_params(root, writeback=writeback, rank0_only=False, offload_to_cpu=False)
-
+from pid.lit.strategies import clean_name, fsdp_root, summon_full_params
 
 class EMA(pl.Callback):
     def __init__(self, decay: float = 0.9999, warmup: bool = True, update_every_n_steps: int = 1,
@@ -88,12 +63,12 @@ class EMA(pl.Callback):
             self.shadow = {k: v.to(pl_module.device).float().reshape(shapes.get(k, v.shape)) for k, v in full.items()}
             return
         # FSDP: write the full average into the parameters, keep each rank's shard of it, restore the weights.
-        with _summon(root, writeback=True):
+        with summon_full_params(root, writeback=True):
             raw = {n: p.detach().clone() for n, p in self._tracked(pl_module)}
             for n, p in self._tracked(pl_module):
                 p.copy_(full[n].to(p.device, p.dtype).reshape(p.shape))
         self._init_shadow(pl_module)
-        with _summon(root, writeback=True):
+        with summon_full_params(root, writeback=True):
             for n, p in self._tracked(pl_module):
                 p.copy_(raw[n])
 
@@ -105,7 +80,7 @@ class EMA(pl.Callback):
             return {k: v.detach().cpu() for k, v in self.shadow.items()}
         self._swap(pl_module)  # this rank's shard of the average into the parameters …
         try:
-            with _summon(root, writeback=False):  # … gathered
+            with summon_full_params(root, writeback=False):  # … gathered
                 return {n: p.detach().float().cpu().clone() for n, p in self._tracked(pl_module)}
         finally:
             self._swap(pl_module)
@@ -181,15 +156,13 @@ def averaged_net_state(trainer: pl.Trainer | None, pl_module: pl.LightningModule
     unwrapped names; under FSDP gathered from all ranks (call it on every rank)."""
     net = pl_module.net
     root = fsdp_root(trainer)
-    if root is None:
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    else:
-        with _summon(root, writeback=False):
+    with ema.averaged(pl_module) if ema is not None else contextlib.nullcontext():
+        if root is None:
+            return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        with summon_full_params(root, writeback=False):
             state = {clean_name(k): p.detach().cpu().clone() for k, p in net.named_parameters()}
-        for mod_name, mod in net.named_modules():
-            for b_name, buf in mod._buffers.items():
-                if buf is not None and b_name not in mod._non_persistent_buffers_set:
-                    state[clean_name(f"{mod_name}.{b_name}" if mod_name else b_name)] = buf.detach().cpu().clone()
-    if ema is not None:
-        state.update({k: v.to(state[k].dtype) for k, v in ema.full_shadow(trainer, pl_module).items()})
+    for mod_name, mod in net.named_modules():  # buffers are not sharded
+        for b_name, buf in mod._buffers.items():
+            if buf is not None and b_name not in mod._non_persistent_buffers_set:
+                state[clean_name(f"{mod_name}.{b_name}" if mod_name else b_name)] = buf.detach().cpu().clone()
     return state

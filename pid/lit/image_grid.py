@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from pid.lit.ema import find_ema, fsdp_root
+from pid.lit.ema import find_ema
+from pid.lit.strategies import fsdp_root
 from pid.utils.images import to_signed, to_uint8, upsample
 
 log = logging.getLogger(__name__)

@@ -180,7 +180,7 @@ class PiDModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        from pid.lit.ema import fsdp_root
+        from pid.lit.strategies import fsdp_root
 
         root = fsdp_root(self.trainer)
         if root is not None and gradient_clip_val:

@@ -21,7 +21,7 @@ import time
 import lightning.pytorch as pl
 import torch
 
-from pid.lit.ema import clean_name, fsdp_root
+from pid.lit.strategies import clean_name, fsdp_root
 
 
 def _part(name: str) -> str:

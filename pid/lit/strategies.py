@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Iterable
 
+from torch import nn
+
 
 def _classes(names: Iterable[str]) -> set[type]:
     out = set()
@@ -65,3 +67,31 @@ def _cpu_fsdp_strategy():
             return super()._setup_model(model)
 
     return CPUFSDPStrategy
+
+
+# ---------------------------------------------------------------- helpers for code that runs under FSDP
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_name(name: str) -> str:
+    """A parameter name without FSDP / activation-checkpointing / torch.compile wrapper segments."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def fsdp_root(trainer) -> nn.Module | None:
+    """The FSDP-wrapped root module when the trainer shards with FSDP, else None."""
+    if trainer is None:
+        return None
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    strategy = getattr(trainer, "strategy", None)
+    return strategy.model if isinstance(strategy, FSDPStrategy) else None
+
+
+def summon_full_params(root: nn.Module, writeback: bool):
+    """All of ``root``'s parameters whole on every rank, inside the context (a collective)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return FSDP.summon_full_params(root, writeback=writeback, rank0_only=False, offload_to_cpu=False)
