@@ -39,8 +39,8 @@ def build(cfg: DictConfig):
     apply_run_naming(cfg)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
 
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(model.run_config)

@@ -27,6 +27,22 @@ def test_fast_dev_run(tiny_image_root, tmp_path):
     assert (tmp_path / "latent.safetensors").is_file(), "the embedded latent is fitted and saved on first use"
 
 
+def test_training_without_a_logger_leaves_out_the_callbacks_that_only_log(tiny_image_root, tmp_path):
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from pid.train import build
+
+    cfg = compose_train(tiny_train_overrides(
+        tiny_image_root, tmp_path, "logger=none", "trainer.max_steps=2", "++trainer.limit_val_batches=0",
+        "callbacks.image_grid.every_n_steps=0", "callbacks.model_checkpoint.every_n_train_steps=100",
+        "compare=false"))
+    datamodule, module, trainer = build(cfg)
+    assert trainer.logger is None
+    assert not any(isinstance(cb, LearningRateMonitor) for cb in trainer.callbacks)
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 2
+
+
 @pytest.mark.slow
 def test_checkpoint_save_load_gives_identical_decode(tiny_image_root, tmp_path):
     from pid.api import load_decoder

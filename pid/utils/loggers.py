@@ -36,5 +36,17 @@ def instantiate_loggers(cfg: DictConfig | None) -> list:
     return loggers
 
 
-def instantiate_callbacks(cfg: DictConfig | None) -> list:
-    return [instantiate(cb) for cb in (cfg or {}).values() if isinstance(cb, DictConfig) and "_target_" in cb]
+_NEEDS_A_LOGGER = ("lightning.pytorch.callbacks.LearningRateMonitor",)
+
+
+def instantiate_callbacks(cfg: DictConfig | None, has_logger: bool = True) -> list:
+    """The configured callbacks; without a logger (``logger=none``) those that only log are left out."""
+    callbacks = []
+    for name, cb in (cfg or {}).items():
+        if not (isinstance(cb, DictConfig) and "_target_" in cb):
+            continue
+        if not has_logger and cb._target_ in _NEEDS_A_LOGGER:
+            log.info("callbacks.%s (%s) left out: no logger is configured", name, cb._target_)
+            continue
+        callbacks.append(instantiate(cb))
+    return callbacks
