@@ -128,8 +128,15 @@ class Scorer:
             h, w = truth.shape[-2:]
             self.positions = crop_positions(h, w, self.patch, int(m.patch.per_image), len(truth), int(m.patch.seed))
             self.ref = self._features(truth)
+            n_patch, dim = self.ref["patch"].shape
+            if n_patch < dim:
+                self.notes["patch_kid"] = (
+                    f"patch-FID is estimated from {n_patch} patches, fewer than the {dim} Inception dimensions: "
+                    "its bias is large and can differ between methods. patch-KID (unbiased MMD², Bińkowski "
+                    "et al. 2018) on the same patches is reported beside it; where the two disagree, the sample "
+                    "is too small to call. Raise data.max_images / metrics.patch.per_image for a tighter FID")
         else:
-            for k in ("fid", "kid", "patch_fid", "psnr", "ssim", "lpips"):
+            for k in ("fid", "kid", "patch_fid", "patch_kid", "psnr", "ssim", "lpips"):
                 self.notes[k] = "no ground truth (data.kind=latents)"
         self.lpips = None
         if m.lpips_backbone:
@@ -166,7 +173,8 @@ class Scorer:
         from pid.eval.noref import brisque_scores, nanmean, niqe_scores
 
         nan = float("nan")
-        r = {k: nan for k in ("fid", "kid", "patch_fid", "psnr", "ssim", "lpips", "niqe", "brisque", "clip")}
+        r = {k: nan for k in ("fid", "kid", "patch_fid", "patch_kid", "psnr", "ssim", "lpips", "niqe", "brisque",
+                              "clip")}
         if self.truth is not None:
             f = self._features(images)
             if "whole" in f:
@@ -175,6 +183,10 @@ class Scorer:
                                         int(self.cfg.metrics.kid.subset_size))
                 r["kid"], r["kid_std"] = kid[0] * 1e3, kid[1] * 1e3
             r["patch_fid"] = fid_from_features(f["patch"], self.ref["patch"])
+            # patch-KID: the unbiased MMD² on the same patches (FID's bias at small N differs by method)
+            pkid = kid_from_features(f["patch"], self.ref["patch"], int(self.cfg.metrics.kid.subsets),
+                                     int(self.cfg.metrics.kid.subset_size))
+            r["patch_kid"], r["patch_kid_std"] = pkid[0] * 1e3, pkid[1] * 1e3
             if self.cfg.metrics.fidelity:
                 r["psnr"] = float(psnr(images, self.truth))
                 r["ssim"] = ssim(images, self.truth)
@@ -257,14 +269,15 @@ def evaluate(cfg: DictConfig) -> dict:
         rows.append(row)
         images[method.name], labels[method.name] = out, method.label
         log.info("%-24s %s", method.name, "  ".join(f"{k}={row[k]:.3g}" for k in
-                                                     ("patch_fid", "fid", "psnr", "niqe", "latency_ms")
+                                                     ("patch_fid", "patch_kid", "fid", "psnr", "niqe",
+                                                      "latency_ms")
                                                      if isinstance(row.get(k), float) and not math.isnan(row[k])))
 
     summary = summarize(rows)
     header = (f"# PiD evaluation\n\nteacher `{teacher_path}`; student `{cfg.student_ckpt}`; SR cascade "
               f"`{cfg.sr_cascade_ckpt}`\n\n{len(z)} images, output "
               f"{tuple(images[next(iter(images))].shape[-2:])}, sr_scale {teacher.sr_scale}, device {device}, "
-              f"patch-FID on {cfg.metrics.patch.per_image} seeded {cfg.metrics.patch.size}² crops per image "
+              f"patch-FID/KID on {cfg.metrics.patch.per_image} seeded {cfg.metrics.patch.size}² crops per image "
               f"(seed {cfg.metrics.patch.seed}); latency: median of {cfg.latency.runs} runs after "
               f"{cfg.latency.warmup} warm-up, batch {cfg.latency.batch_size}.\n\n" + "\n".join(f"**{s}**" for s in summary))
     skipped_d = [{"name": s.name, "family": s.family, "reason": s.reason} for s in skipped]
@@ -294,16 +307,17 @@ def _latency_latent(z: torch.Tensor, size: int | None, decoder, batch_size: int 
 
 
 def summarize(rows: list[dict]) -> list[str]:
-    """The closing lines: PiD vs native + bicubic on patch-FID, speed vs the diffusion-SR cascade."""
+    """The closing lines: PiD vs native + bicubic on patch-FID and patch-KID, speed vs the diffusion-SR cascade."""
     by = {r["name"]: r for r in rows}
     pid_rows = [r for r in rows if r["family"] == "pid"]
     pid = next((r for r in pid_rows if r["name"].startswith("pid_student")), pid_rows[0] if pid_rows else None)
     out = []
     base = by.get("native_bicubic")
-    if pid and base and not math.isnan(pid.get("patch_fid", float("nan"))):
-        better = pid["patch_fid"] < base["patch_fid"]
-        out.append(f"patch-FID: {pid['label']} {pid['patch_fid']:.2f} vs native decode + bicubic "
-                   f"{base['patch_fid']:.2f} → {'PiD wins' if better else 'native + bicubic wins'}")
+    for key, name, fmt in (("patch_fid", "patch-FID", ".2f"), ("patch_kid", "patch-KID×1e3", ".1f")):
+        if pid and base and not math.isnan(pid.get(key, float("nan"))):
+            better = pid[key] < base[key]
+            out.append(f"{name}: {pid['label']} {pid[key]:{fmt}} vs native decode + bicubic "
+                       f"{base[key]:{fmt}} → {'PiD wins' if better else 'native + bicubic wins'}")
     sr = next((r for r in rows if r["name"].startswith("sr_cascade")), None)
     if pid and sr and pid.get("latency_ms") and sr.get("latency_ms"):
         out.append(f"speed: {pid['label']} {pid['latency_ms']:.1f} ms vs {sr['label']} {sr['latency_ms']:.1f} ms → "

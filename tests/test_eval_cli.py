@@ -81,19 +81,21 @@ def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_
     assert [s["name"] for s in result["skipped"]] == ["spandrel:RealESRGAN_x4plus"]
     md = (out / "results.md").read_text()
     for label in ("native decode + bicubic", "native decode + Lanczos", "diffusion SR", "PiD teacher",
-                  "PiD student", "spandrel:RealESRGAN_x4plus | skipped", "patch-FID"):
+                  "PiD student", "spandrel:RealESRGAN_x4plus | skipped", "patch-FID", "patch-KID"):
         assert label in md, label
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == len(names) + 1
     by = {r["name"]: r for r in result["rows"]}
     for name in ("native_bicubic", "pid_teacher@2", "sr_cascade@2", "spandrel:tiny_esrgan", "pid_student@2"):
         r = by[name]
-        for key in ("fid", "kid", "patch_fid", "psnr", "ssim", "clip", "latency_ms", "peak_mem_mb"):
+        for key in ("fid", "kid", "patch_fid", "patch_kid", "psnr", "ssim", "clip", "latency_ms", "peak_mem_mb"):
             assert r[key] == r[key], (name, key)  # not NaN
         assert r["latency_p10_ms"] <= r["latency_ms"] <= r["latency_p90_ms"]
     assert by["ground_truth"]["patch_fid"] == pytest.approx(0.0, abs=1e-6)
     assert by["native_bicubic"]["psnr"] > by["early_exit_native@0.5"]["psnr"]  # noise in the latent hurts
     assert "not configured" in result["notes"]["lpips"]
+    assert "fewer than the 2048 Inception dimensions" in result["notes"]["patch_kid"]  # a few tiny crops
+    assert [s.split(":")[0] for s in result["summary"]] == ["patch-FID", "patch-KID×1e3", "speed"]
     for f in ("quality_vs_latency.png", "quality_vs_sigma.png", "compare.html"):
         assert (out / f).stat().st_size > 0
     page = (out / "compare.html").read_text()
