@@ -115,7 +115,7 @@ class Scorer:
         from pid.eval.clip_score import build_clip_scorer
         from pid.eval.inception import inception_feature_extractor
         from pid.eval.metrics import crop_positions
-        from pid.eval.noref import brisque_available, niqe_available
+        from pid.eval.noref import brisque_available, niqe_available, qalign_scorer
 
         self.cfg, self.truth, self.captions, self.device = cfg, truth, captions, device
         self.notes: dict[str, str] = {}
@@ -153,6 +153,9 @@ class Scorer:
             self.notes["brisque"] = brisque_available()[1]
         elif not m.brisque:
             self.notes["brisque"] = "off"
+        self.qalign = qalign_scorer(m.get("qalign"), device)
+        if self.qalign is None:
+            self.notes["qalign"] = "not configured (metrics.qalign.path=DIR: a local q-future/one-align snapshot)"
         self.clip = build_clip_scorer(cfg.clip.model_name, cfg.clip.pretrained,
                                       OmegaConf.to_container(cfg.clip.model_cfg) if cfg.clip.model_cfg else None,
                                       device=device)
@@ -170,11 +173,11 @@ class Scorer:
     def __call__(self, images: torch.Tensor) -> dict:
         from pid.eval.detail import psnr
         from pid.eval.metrics import fid_from_features, kid_from_features, ssim
-        from pid.eval.noref import brisque_scores, nanmean, niqe_scores
+        from pid.eval.noref import brisque_scores, nanmean, niqe_scores, qalign_scores
 
         nan = float("nan")
         r = {k: nan for k in ("fid", "kid", "patch_fid", "patch_kid", "psnr", "ssim", "lpips", "niqe", "brisque",
-                              "clip")}
+                              "qalign", "clip")}
         if self.truth is not None:
             f = self._features(images)
             if "whole" in f:
@@ -198,6 +201,8 @@ class Scorer:
                 self.notes["niqe"] = "needs outputs ≥193 px (data.crop_size)"
         if self.brisque:
             r["brisque"] = nanmean(brisque_scores(images))
+        if self.qalign is not None:
+            r["qalign"] = nanmean(qalign_scores(self.qalign, images))
         if self.clip is not None:
             r["clip"] = self.clip(images.to(self.device), self.captions)
         return r

@@ -119,3 +119,21 @@ def test_clip_reported_as_not_configured_and_missing_ckpt_names_key(checkpoints,
     assert {"sr_cascade", "spandrel"} <= skipped
     assert any(name.startswith("pid_student@") for name in skipped)
     assert "not configured" in (tmp_path / "results.md").read_text().split("CLIP")[1]
+    assert "metrics.qalign.path" in result["notes"]["qalign"] and "Q-Align" in (tmp_path / "results.md").read_text()
+
+
+def test_qalign_in_eval_names_its_config_keys(tmp_path):
+    import json as _json
+
+    from pid.eval.noref import qalign_scorer
+    from pid.utils.errors import MissingWeightsError, PiDConfigError
+
+    assert qalign_scorer({"path": None}, "cpu") is None
+    with pytest.raises(MissingWeightsError, match="metrics.qalign.path") as err:
+        qalign_scorer({"path": str(tmp_path / "absent")}, "cpu")
+    assert err.value.config_key == "metrics.qalign.path"
+    (tmp_path / "one-align").mkdir()
+    (tmp_path / "one-align" / "config.json").write_text(_json.dumps({"auto_map": {"AutoModelForCausalLM": "x.Y"}}))
+    with pytest.raises(PiDConfigError, match="metrics.qalign.trust_remote_code=true"):
+        qalign_scorer({"path": str(tmp_path / "one-align")}, "cpu")
+    assert qalign_scorer({"path": str(tmp_path / "one-align"), "trust_remote_code": True}, "cpu") is not None

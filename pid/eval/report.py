@@ -23,7 +23,7 @@ COLUMNS = [
     ("fid", "FID↓", ".2f"), ("kid", "KID×1e3↓", ".2f"), ("patch_fid", "patch-FID↓", ".2f"),
     ("patch_kid", "patch-KID×1e3↓", ".1f"),
     ("psnr", "PSNR↑", ".2f"), ("ssim", "SSIM↑", ".4f"), ("lpips", "LPIPS↓", ".4f"),
-    ("niqe", "NIQE↓", ".2f"), ("brisque", "BRISQUE↓", ".2f"), ("clip", "CLIP↑", ".2f"),
+    ("niqe", "NIQE↓", ".2f"), ("brisque", "BRISQUE↓", ".2f"), ("qalign", "Q-Align↑", ".2f"), ("clip", "CLIP↑", ".2f"),
     ("latency_ms", "latency ms (median)", ".1f"), ("latency_spread", "p10–p90 ms", None),
     ("peak_mem_mb", "peak MB", ".0f"),
 ]
