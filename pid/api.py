@@ -99,18 +99,16 @@ def export_decoder(module, path: str | Path, ema=None, net_state: dict[str, torc
     """Write the network (EMA weights when an EMA callback is given), small latents and the config.
 
     ``net_state``: the network's (EMA) weights gathered already (``pid.lit.ema.averaged_net_state``, which
-    FSDP runs need: there every rank holds a shard); it replaces ``module.net``'s own and the shadow."""
+    FSDP runs need: there every rank holds a shard); without it the state is taken here the same way."""
     from safetensors.torch import save_file
+
+    from pid.lit.ema import averaged_net_state
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if net_state is not None:
-        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net_state.items()}
-    else:
-        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in module.net.state_dict().items()}
-    if ema is not None and net_state is None:
-        tensors.update({f"net.{k}": v.detach().cpu().to(tensors[f"net.{k}"].dtype).contiguous()
-                        for k, v in ema.shadow.items()})
+    if net_state is None:
+        net_state = averaged_net_state(None, module, ema)
+    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net_state.items()}
     if getattr(module.latent, "store_in_checkpoint", False):
         tensors.update({f"latent.{k}": v.detach().cpu().contiguous() for k, v in module.latent.state_dict().items()})
     meta = {"format": EXPORT_FORMAT, "config": json.dumps(module.run_config or {}),
