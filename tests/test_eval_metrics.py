@@ -71,3 +71,13 @@ def test_lanczos_cascade_upsamples_and_keeps_flat_images():
     out = lanczos_upsample(flat, 4)
     assert out.shape == (2, 3, 32, 24)
     assert (out - 0.2).abs().max() < 1 / 127.5 + 1e-6
+
+
+def test_kid_equals_torchmetrics_polynomial_mmd_on_the_whole_set():
+    from torchmetrics.image.kid import poly_mmd
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(40, 16, generator=g, dtype=torch.float64)
+    b = torch.randn(40, 16, generator=g, dtype=torch.float64) + 0.3
+    ours, spread = kid_from_features(a, b, subsets=1, subset_size=40)
+    assert ours == pytest.approx(float(poly_mmd(a, b)), rel=1e-12) and spread == 0.0
