@@ -312,7 +312,8 @@ def _latency_latent(z: torch.Tensor, size: int | None, decoder, batch_size: int 
 
 
 def summarize(rows: list[dict]) -> list[str]:
-    """The closing lines: PiD vs native + bicubic on patch-FID and patch-KID, speed vs the diffusion-SR cascade."""
+    """The closing lines: PiD vs native + bicubic on patch-FID and on patch-KID; speed vs the diffusion-SR
+    cascade."""
     by = {r["name"]: r for r in rows}
     pid_rows = [r for r in rows if r["family"] == "pid"]
     pid = next((r for r in pid_rows if r["name"].startswith("pid_student")), pid_rows[0] if pid_rows else None)

@@ -166,7 +166,7 @@ try:
 except CheckpointWriteError as err:
     print(err)
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"could not write checkpoint {path}" in out.stdout and "MiB free on" in out.stdout, out.stdout
     assert "the previous last.ckpt is kept" in out.stdout and "paths.log_dir=" in out.stdout
