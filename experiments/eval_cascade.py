@@ -1,5 +1,5 @@
 """Cascade comparison: PiD (student at 4 steps, teacher at N) vs native decode + bicubic / Lanczos /
-diffusion SR (same backbone class, same steps) / external upscalers, on FID, patch-FID, fidelity,
+diffusion SR (same backbone class, same steps) / external upscalers, on FID, patch-FID, patch-KID, fidelity,
 no-reference quality, CLIP score, latency and memory. Writes results.md/.csv, plots and compare.html.
 
     python experiments/eval_cascade.py ckpt=PATH sr_cascade_ckpt=PATH [student_ckpt=PATH] [eval=quickstart] [...]
