@@ -50,7 +50,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_eval_set(cfg: DictConfig, decoder) -> dict:
-    """{"truth": (N,3,H,W) [-1,1] or None, "z": (N,C,h,w), "sigma": float, "captions": [...]}."""
+    """{"truth": (N,3,H,W) [-1,1] or None, "z": (N,C,h,w), "sigma": float, "captions": [...], "keys": [...]}."""
     from pid.utils.images import downsample, to_signed
 
     d = cfg.data
@@ -62,7 +62,8 @@ def load_eval_set(cfg: DictConfig, decoder) -> dict:
         cap_file = Path(str(d.latents)).with_suffix(".json")
         caps = json.loads(cap_file.read_text()) if cap_file.is_file() else [d.default_caption] * len(z)
         n = min(len(z), d.max_images or len(z))
-        return {"truth": None, "z": z[:n].float(), "sigma": float(sigma or 0.0), "captions": list(caps)[:n]}
+        return {"truth": None, "z": z[:n].float(), "sigma": float(sigma or 0.0), "captions": list(caps)[:n],
+                "keys": [f"latent_{i}" for i in range(n)]}
     if d.crop_size % (sr * decoder.latent.down_factor):
         raise PiDConfigError(f"data.crop_size={d.crop_size} must be a multiple of sr_scale × latent down factor "
                              f"= {sr * decoder.latent.down_factor}")
@@ -87,7 +88,7 @@ def load_eval_set(cfg: DictConfig, decoder) -> dict:
     z = torch.cat([decoder.encode(downsample(truth[i:i + d.batch_size], sr)).cpu()
                    for i in range(0, n, d.batch_size)])
     captions = [it.get("caption") or d.default_caption for it in items]
-    return {"truth": truth, "z": z.float(), "sigma": 0.0, "captions": captions}
+    return {"truth": truth, "z": z.float(), "sigma": 0.0, "captions": captions, "keys": [it["key"] for it in items]}
 
 
 # --- decoding -------------------------------------------------------------------------------------------
@@ -111,13 +112,15 @@ def decode_all(method, z: torch.Tensor, base_sigma: float, xi: torch.Tensor, for
 class Scorer:
     """Every configured metric of one output set against the ground truth (features of the truth cached)."""
 
-    def __init__(self, cfg: DictConfig, truth: torch.Tensor | None, captions: list[str], device):
+    def __init__(self, cfg: DictConfig, truth: torch.Tensor | None, captions: list[str], device,
+                 groups: dict[str, torch.Tensor] | None = None):
         from pid.eval.clip_score import build_clip_scorer
         from pid.eval.inception import inception_feature_extractor
         from pid.eval.metrics import crop_positions
         from pid.eval.noref import brisque_available, niqe_available, qalign_scorer
 
         self.cfg, self.truth, self.captions, self.device = cfg, truth, captions, device
+        self.groups = groups or {}
         self.notes: dict[str, str] = {}
         m = cfg.metrics
         self.extractor = inception_feature_extractor(m.inception_weights).to(device)
@@ -208,6 +211,21 @@ class Scorer:
         return r
 
 
+    def by_group(self, images: torch.Tensor) -> dict[str, dict]:
+        """Fidelity (PSNR, SSIM, LPIPS when configured) per group of ``data.groups``: {group: {n, psnr, ...}}."""
+        from pid.eval.detail import psnr
+        from pid.eval.metrics import ssim
+
+        if self.truth is None or not self.cfg.metrics.fidelity:
+            return {}
+        out = {}
+        for name, mask in self.groups.items():
+            pred, gt = images[mask], self.truth[mask]
+            out[name] = {"n": int(mask.sum()), "psnr": float(psnr(pred, gt)), "ssim": ssim(pred, gt)}
+            if self.lpips is not None:
+                out[name]["lpips"] = self.lpips(pred, gt)
+        return out
+
 # --- the run ---------------------------------------------------------------------------------------------
 def evaluate(cfg: DictConfig) -> dict:
     from tqdm.auto import tqdm
@@ -242,7 +260,10 @@ def evaluate(cfg: DictConfig) -> dict:
     log.info("methods: %s | skipped: %s", ", ".join(m.name for m in methods),
              ", ".join(f"{s.name} ({s.reason})" for s in skipped) or "none")
 
-    scorer = Scorer(cfg, truth, data["captions"], device)
+    from pid.eval.metrics import group_masks
+
+    scorer = Scorer(cfg, truth, data["captions"], device,
+                    groups=group_masks(data["keys"], OmegaConf.to_container(cfg.data.get("groups") or {})))
     xi = torch.randn(z.shape, generator=torch.Generator().manual_seed(cfg.seed + 1))
     images, labels, rows = {}, {}, []
     if truth is not None:
@@ -258,6 +279,8 @@ def evaluate(cfg: DictConfig) -> dict:
                          device, int(cfg.seed))
         row = {"name": method.name, "family": method.family, "label": method.label, "steps": method.steps,
                "sigma": method.sigma, "decode_s_total": time.perf_counter() - t0, **scorer(out)}
+        if scorer.groups:
+            row["by_group"] = scorer.by_group(out)
         if cfg.latency.enabled and method.family in cfg.latency.families:
             for size in sizes:
                 zs = _latency_latent(z, size, teacher, int(cfg.latency.batch_size))

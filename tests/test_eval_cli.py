@@ -69,6 +69,7 @@ def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_
             f"sr_cascade_ckpt={checkpoints['sr']}", f"data.root={tiny_image_root / 'val'}",
             f"report.out_dir={out}", "methods.upscalers=[{name: RealESRGAN_x4plus, weights: /nonexistent.pth}, "
             f"{{name: tiny_esrgan, weights: {tmp_path / 'tiny_esrgan.pth'}}}]",
+            "+data.groups.space=hubble*",
             "+clip.model_cfg={embed_dim: 16, vision_cfg: {image_size: 32, layers: 1, width: 32, patch_size: 16, "
             "head_width: 16}, text_cfg: {context_length: 16, vocab_size: 49408, width: 32, heads: 2, layers: 1}}",
         ])
@@ -94,6 +95,11 @@ def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_
     assert by["ground_truth"]["patch_fid"] == pytest.approx(0.0, abs=1e-6)
     assert by["native_bicubic"]["psnr"] > by["early_exit_native@0.5"]["psnr"]  # noise in the latent hurts
     assert "not configured" in result["notes"]["lpips"]
+    for name in ("native_bicubic", "pid_student@2"):  # one group holding every crop: the set's own fidelity
+        group = by[name]["by_group"]["space"]
+        assert set(by[name]["by_group"]) == {"space"}  # text_pages matches no crop here: left out
+        assert group["psnr"] == pytest.approx(by[name]["psnr"]) and group["ssim"] == pytest.approx(by[name]["ssim"])
+    assert "Fidelity by group" in md and f"space (n={by['native_bicubic']['by_group']['space']['n']})" in md
     assert "fewer than the 2048 Inception dimensions" in result["notes"]["patch_kid"]  # a few tiny crops
     assert [s.split(":")[0] for s in result["summary"]] == ["patch-FID", "patch-KID×1e3", "speed"]
     for f in ("quality_vs_latency.png", "quality_vs_sigma.png", "compare.html"):

@@ -81,3 +81,14 @@ def test_kid_equals_torchmetrics_polynomial_mmd_on_the_whole_set():
     b = torch.randn(40, 16, generator=g, dtype=torch.float64) + 0.3
     ours, spread = kid_from_features(a, b, subsets=1, subset_size=40)
     assert ours == pytest.approx(float(poly_mmd(a, b)), rel=1e-12) and spread == 0.0
+
+
+def test_group_masks_match_file_stems_first_pattern_wins_and_collect_the_rest():
+    from pid.eval.metrics import group_masks
+
+    keys = ["pdf_manual_p3@0,64", "skimage_coffee@32,0", "pdf_nettle_p7@0,0", "photo_pdf_like@0,0"]
+    masks = group_masks(keys, {"text_pages": "pdf_*", "also_pdf": "pdf_nettle*", "none": "zzz*"})
+    assert list(masks) == ["text_pages", "other"]
+    assert masks["text_pages"].tolist() == [True, False, True, False]
+    assert masks["other"].tolist() == [False, True, False, True]
+    assert group_masks(keys, {}) == {} and group_masks(keys, {"none": "zzz*"}) == {}

@@ -19,7 +19,7 @@ from pid.eval.detail import inception_features, psnr, to_uint8
 from pid.eval.frechet import frechet_distance
 
 __all__ = ["crop_positions", "take_crops", "fid_from_features", "kid_from_features", "ssim", "psnr",
-           "LPIPSMetric", "inception_features"]
+           "LPIPSMetric", "inception_features", "group_masks"]
 
 
 def crop_positions(height: int, width: int, patch: int, per_image: int, num_images: int,
@@ -121,3 +121,22 @@ class LPIPSMetric:
 
 def uint8(images: torch.Tensor) -> torch.Tensor:
     return to_uint8(images)
+
+
+def group_masks(keys: list[str], patterns: dict[str, str] | None) -> dict[str, torch.Tensor]:
+    """Boolean masks over the evaluation set per named group (``fnmatch`` on the crop key, whose part
+    before ``@`` is the file stem), plus ``other`` for the crops no pattern matches; empty groups are left out.
+    A crop matching several patterns goes to the first."""
+    from fnmatch import fnmatch
+
+    stems = [k.split("@")[0] for k in keys]
+    taken = torch.zeros(len(keys), dtype=torch.bool)
+    out = {}
+    for name, pattern in (patterns or {}).items():
+        mask = torch.tensor([fnmatch(s, str(pattern)) for s in stems], dtype=torch.bool) & ~taken
+        taken |= mask
+        if mask.any():
+            out[str(name)] = mask
+    if out and (~taken).any():
+        out["other"] = ~taken
+    return out

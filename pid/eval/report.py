@@ -38,6 +38,22 @@ def _fmt(value, spec, notes: dict, key: str) -> str:
     return format(value, spec)
 
 
+def _group_table(rows: list[dict]) -> list[str]:
+    """Markdown lines of the fidelity-by-group table (``row["by_group"]``, see ``data.groups``); [] if none."""
+    grouped = [r for r in rows if r.get("by_group")]
+    if not grouped:
+        return []
+    groups = list(grouped[0]["by_group"])
+    has_lpips = any("lpips" in g for r in grouped for g in r["by_group"].values())
+    metrics = [("psnr", "PSNR↑", ".2f"), ("ssim", "SSIM↑", ".4f")] + ([("lpips", "LPIPS↓", ".4f")] if has_lpips else [])
+    head = ["method"] + [f"{g} (n={grouped[0]['by_group'][g]['n']}) {label}" for g in groups for _, label, _ in metrics]
+    md = ["", "Fidelity by group (`data.groups`):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in grouped:
+        cells = [format(r["by_group"].get(g, {}).get(k, float("nan")), spec) for g in groups for k, _, spec in metrics]
+        md.append("| " + " | ".join([r["label"], *cells]) + " |")
+    return md
+
+
 def write_tables(rows: list[dict], skipped: list[dict], notes: dict, out_dir: Path, header: str) -> tuple[Path, Path]:
     """Markdown + CSV + JSON. ``notes`` maps a metric key to the text shown instead of a number
     (e.g. ``{"clip": "not configured"}``)."""
@@ -47,6 +63,7 @@ def write_tables(rows: list[dict], skipped: list[dict], notes: dict, out_dir: Pa
         md.append("| " + " | ".join(_fmt(r.get(k), s, notes, k) for k, _, s in COLUMNS) + " |")
     for s in skipped:
         md.append(f"| {s['name']} | skipped: {s['reason']} |" + " |" * (len(COLUMNS) - 2))
+    md += _group_table(rows)
     if notes:
         md += ["", "Notes:"] + [f"- **{k}**: {v}" for k, v in notes.items()]
     md_path = out_dir / "results.md"
