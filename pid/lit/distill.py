@@ -387,18 +387,14 @@ class DMD2Module(pl.LightningModule):
 
         Under FSDP each rank holds a shard of every gradient: the squares are summed over all ranks
         (every rank takes part, also one whose shard of this module is empty)."""
-        from pid.lit.strategies import fsdp_root
+        from pid.lit.strategies import fsdp_root, grad_square_sums
 
         params = [p for p in module.parameters() if p.grad is not None]
         max_norm = self.grad_clip.get(name)
         max_norm = float("inf") if max_norm in (None, 0) else float(max_norm)
         if fsdp_root(self.trainer) is None:
             return float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
-        sq = torch.zeros((), device=self.device, dtype=torch.float32)
-        for p in params:
-            sq = sq + p.grad.detach().float().square().sum()
-        torch.distributed.all_reduce(sq)
-        total = float(sq.sqrt())
+        total = float(grad_square_sums(self.trainer, {name: params}, self.device)[name].sqrt())
         if total > max_norm:
             for p in params:
                 p.grad.mul_(max_norm / (total + 1e-6))

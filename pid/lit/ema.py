@@ -21,6 +21,7 @@ import torch
 
 from pid.lit.strategies import clean_name, fsdp_root, summon_full_params
 
+
 class EMA(pl.Callback):
     def __init__(self, decay: float = 0.9999, warmup: bool = True, update_every_n_steps: int = 1,
                  start_step: int = 0, swap_for_validation: bool = True):

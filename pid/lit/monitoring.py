@@ -21,7 +21,7 @@ import time
 import lightning.pytorch as pl
 import torch
 
-from pid.lit.strategies import clean_name, fsdp_root
+from pid.lit.strategies import clean_name, fsdp_root, grad_square_sums
 
 
 def _part(name: str) -> str:
@@ -75,22 +75,18 @@ class TrainingMonitor(pl.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not (self.grad_norms and self._due(trainer)):
             return
-        sq: dict[str, torch.Tensor] = {}
+        # FSDP: each rank holds a shard of every gradient; every rank sums the same parts (sorted; a part
+        # without a gradient here is a zero) so that the all-reduce lines up, and parts still zero are dropped.
+        fsdp = fsdp_root(trainer) is not None and torch.distributed.is_initialized()
+        groups: dict[str, list[torch.nn.Parameter]] = {}
         for name, p in pl_module.named_parameters():
-            if p.grad is None:
-                continue
-            part = _part(name)
-            g = p.grad.detach()
-            g = g.to_local() if hasattr(g, "to_local") else g  # FSDP2 DTensor: the local shard
-            sq[part] = sq.get(part, 0) + g.float().pow(2).sum()
-        if fsdp_root(trainer) is not None and torch.distributed.is_initialized():
-            # FSDP: each rank holds a shard of every gradient; the squares add up across ranks. Every rank
-            # sums the same parts (a part absent here is a zero), so the collective lines up.
-            parts = sorted({_part(n) for n, p in pl_module.named_parameters() if p.requires_grad})
-            device = next(pl_module.parameters()).device
-            vec = torch.stack([torch.as_tensor(sq.get(k, 0.0), dtype=torch.float32, device=device) for k in parts])
-            torch.distributed.all_reduce(vec)
-            sq = {k: v for k, v in zip(parts, vec) if float(v) > 0}
+            if p.requires_grad if fsdp else p.grad is not None:
+                groups.setdefault(_part(name), []).append(p)
+        if fsdp:
+            groups = dict(sorted(groups.items()))
+        sq = grad_square_sums(trainer, groups, next(pl_module.parameters()).device)
+        if fsdp:
+            sq = {k: v for k, v in sq.items() if float(v) > 0}
         if sq:
             total = torch.stack(list(sq.values())).sum()
             self._grad = {f"grad_norm/{k}": float(v.sqrt()) for k, v in sq.items()}

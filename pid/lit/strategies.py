@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Iterable
 
+import torch
 from torch import nn
 
 
@@ -95,3 +96,25 @@ def summon_full_params(root: nn.Module, writeback: bool):
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     return FSDP.summon_full_params(root, writeback=writeback, rank0_only=False, offload_to_cpu=False)
+
+
+def grad_square_sums(trainer, groups: dict[str, list[nn.Parameter]], device) -> dict[str, torch.Tensor]:
+    """Σ grad² per named group of parameters (parameters without a gradient count as zero).
+
+    Under FSDP every rank holds a shard of each gradient: the sums are all-reduced in one collective, so
+    every rank must pass the same group names in the same order (an empty group is a zero)."""
+    sums = []
+    for params in groups.values():
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        for p in params:
+            if p.grad is not None:
+                g = p.grad.detach()
+                g = g.to_local() if hasattr(g, "to_local") else g  # FSDP2 DTensor: the local shard
+                total = total + g.float().square().sum()
+        sums.append(total)
+    if not sums:
+        return {}
+    vec = torch.stack(sums)
+    if fsdp_root(trainer) is not None and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(vec)
+    return dict(zip(groups, vec))
