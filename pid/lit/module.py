@@ -13,7 +13,6 @@ this module only composes them. EMA, image grids and held-out comparisons are ca
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
@@ -22,7 +21,9 @@ from torch import nn
 
 from pid.diffusion import flow, losses, noising
 from pid.lit.fault_tolerance import guard_loss
+from pid.lit.lr_schedule import LRFactor
 from pid.lit.pretrained import load_pretrained_net
+from pid.utils.errors import PiDConfigError
 from pid.utils.images import downsample, to_signed
 
 
@@ -36,6 +37,8 @@ class PiDModule(pl.LightningModule):
         text_encoder: a `pid.text` conditioner, or None for caption-free training.
         sr_scale: output size / size of the image the latent encodes.
         warmup_steps: linear learning-rate warm-up.
+        lr_decay: after the warm-up, "constant" (the paper's recipe) or "cosine" down to
+            ``min_lr_ratio`` × lr at the last step (``trainer.max_steps``); short runs gain most from it.
         init_from: checkpoint to start the network from (pretrained PixelDiT prior or a PiD checkpoint).
         latent_noise: {sigma_max, prob} of latent noising (σ enters only through the adapter's gates).
         caption_dropout, latent_dropout: probabilities, for dual classifier-free guidance.
@@ -52,6 +55,8 @@ class PiDModule(pl.LightningModule):
         text_encoder: nn.Module | None = None,
         sr_scale: int = 4,
         warmup_steps: int = 2000,
+        lr_decay: str = "constant",
+        min_lr_ratio: float = 0.0,
         init_from: str | None = None,
         latent_noise: dict | None = None,
         caption_dropout: float = 0.1,
@@ -62,6 +67,8 @@ class PiDModule(pl.LightningModule):
         val_timesteps: Sequence[float] = (0.25, 0.5, 0.75),
     ):
         super().__init__()
+        if lr_decay not in ("constant", "cosine"):
+            raise PiDConfigError(f"model.lr_decay must be 'constant' or 'cosine', got {lr_decay!r}")
         self.save_hyperparameters(ignore=["net", "latent", "text_encoder", "optimizer"])
         self.net = net
         self.latent = latent.requires_grad_(False).eval()
@@ -194,12 +201,10 @@ class PiDModule(pl.LightningModule):
         if not params:
             raise RuntimeError("no trainable parameters: check model.net.freeze_backbone and the adapter config")
         optimizer = self.optimizer_factory(params)
-        warmup = max(int(self.hparams.warmup_steps), 0)
-
-        def warmup_factor(step: int) -> float:
-            return 1.0 if warmup == 0 else min(1.0, (step + 1) / warmup)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor)
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        factor = LRFactor(int(self.hparams.warmup_steps), self.hparams.lr_decay, int(total),
+                          float(self.hparams.min_lr_ratio))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
