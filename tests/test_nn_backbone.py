@@ -75,6 +75,18 @@ def test_fresh_network_predicts_zero():
         assert torch.equal(net(torch.randn(1, 3, 32, 32), torch.rand(1)), torch.zeros(1, 3, 32, 32))
 
 
+def test_x0_prediction_turns_the_clean_image_estimate_into_the_velocity():
+    """prediction="x0": the same weights' output is x̂₀, so v = (x_t − x̂₀)/max(t, t_min) and x_t − t·v = x̂₀."""
+    v_net, x0_net = make(seed=3), make(seed=3, prediction="x0", x0_t_min=0.05)
+    x, t = torch.randn(3, 3, 32, 32), torch.tensor([0.9, 0.3, 0.01])
+    with torch.no_grad():
+        raw, v = v_net(x, t), x0_net(x, t)  # raw = the final layer's output, read as v or as x̂₀
+    assert torch.allclose(x[:2] - t[:2].view(-1, 1, 1, 1) * v[:2], raw[:2], atol=1e-5)
+    assert torch.allclose(v[2], (x[2] - raw[2]) / 0.05, atol=1e-5)  # t below t_min: divided by t_min
+    with pytest.raises(ValueError, match="prediction"):
+        PixelDiT(**tiny_kwargs(prediction="eps"))
+
+
 @pytest.mark.parametrize("hw", [(40, 32), (32, 20), (7, 16)])
 def test_side_not_multiple_of_patch_raises(hw):
     net = make()

@@ -178,7 +178,7 @@ class PiDNet(PixelDiT):
         s = self.pixel_condition(ctx, h)
         if out is not None:
             s = self.adapter.inject_pit(s, out, sigma)
-        v = self.run_pixel_blocks(x, s, ctx.grid)
+        v = self.as_velocity(self.run_pixel_blocks(x, s, ctx.grid), x, t)
         return (v, extras) if return_extras else v
 
     @staticmethod

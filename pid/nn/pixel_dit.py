@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from pid.nn.blocks import FinalLayer, MMDiTBlock, PatchTokenEmbedder, PiTBlock, PixelTokenEmbedder
 from pid.nn.layers import ROPE_MODES, RopeFreqs, TimestepEmbedder, rope_1d, rope_2d
 
+#: What the final layer outputs: the velocity ε − x₀ (PixelDiT, PiD) or the clean image x₀ (JiT).
+PREDICTIONS = ("v", "x0")
+
 # inject(block_idx, tokens) -> tokens, called before patch block `block_idx`
 InjectFn = Callable[[int, torch.Tensor], torch.Tensor]
 
@@ -88,8 +91,12 @@ class PixelDiT(nn.Module):
         use_text_rope: bool = True,
         text_rope_theta: float = 10000.0,
         timestep_scale: float = 1000.0,
+        prediction: str = "v",
+        x0_t_min: float = 0.05,
     ):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if rope_mode not in ROPE_MODES:
             raise ValueError(f"rope_mode must be one of {ROPE_MODES}, got {rope_mode!r}")
         if pixel_depth < 1:
@@ -101,6 +108,8 @@ class PixelDiT(nn.Module):
             )
         self.in_channels = in_channels
         self.out_channels = in_channels
+        self.prediction = prediction
+        self.x0_t_min = float(x0_t_min)
         self.hidden_size = hidden_size
         self.num_groups = num_groups
         self.pixel_hidden_size = pixel_hidden_size
@@ -292,4 +301,17 @@ class PixelDiT(nn.Module):
         """
         ctx = self.embed(x, t, y, y_mask)
         h, _ = self.run_patch_blocks(ctx)
-        return self.run_pixel_blocks(x, self.pixel_condition(ctx, h), ctx.grid)
+        return self.as_velocity(self.run_pixel_blocks(x, self.pixel_condition(ctx, h), ctx.grid), x, t)
+
+    def as_velocity(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network output as the velocity v = ε − x₀ that losses and samplers use.
+
+        "v": the output is v. "x0" (JiT, Li & He 2025, "Back to Basics: Let Denoising Generative
+        Models Denoise"): the output is x̂₀, and since x_t = (1 − t)x₀ + tε,
+        v = (x_t − x̂₀) / max(t, t_min); a clean image is easier for a narrow net to produce than
+        noise-laden v when a patch (p²·3 values) is wider than the token.
+        """
+        if self.prediction == "v":
+            return out
+        t = t.to(out.dtype).view(-1, *([1] * (out.ndim - 1))).expand(out.shape[0], *([1] * (out.ndim - 1)))
+        return (x.to(out.dtype) - out) / t.clamp_min(self.x0_t_min)
