@@ -38,6 +38,7 @@ from torch import nn
 
 from pid.diffusion import dmd, flow, noising, schedules
 from pid.diffusion.guidance import DualCFG
+from pid.lit.lr_schedule import LRFactor
 from pid.lit.module import _plain
 from pid.utils.errors import MissingWeightsError, PiDConfigError
 from pid.utils.images import downsample, to_signed
@@ -85,7 +86,10 @@ class DMD2Module(pl.LightningModule):
         student_input: "teacher_forcing" or "backward_simulation".
         student_t_list: the student's times (0 appended), SPEC: [0.999, 0.866, 0.634, 0.342].
         teacher_cfg: {text, latent} guidance of the real score (DualCFG; text only applies with captions).
-        loss_weights: {vsd, dsm}.
+        loss_weights: {vsd, dsm, consistency}: consistency (0 in the paper's recipe) weighs
+            `dmd.latent_consistency_loss` of the student's x̂₀ against the real image, pooled over
+            ``consistency_pool`` pixels (null: one latent cell, sr_scale × the latent's down factor).
+        consistency_pool: see loss_weights.
         gan: {gen_weight, warmup_steps, r1_weight, r1_alpha}; gen_weight 0 turns the GAN (and D) off.
         perturb_t: {logit_mean, logit_std, min, max, shift}: re-noising times (shift: resolution shift on).
         latent_noise: {sigma_max, prob}: latent noising of the condition (kept on; no latent dropout).
@@ -118,6 +122,7 @@ class DMD2Module(pl.LightningModule):
         time: dict | None = None,
         sampling: dict | None = None,
         seed: int = 0,
+        consistency_pool: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "latent", "text_encoder", "discriminator", "student_optimizer",
@@ -133,7 +138,7 @@ class DMD2Module(pl.LightningModule):
         self.t_list = [float(t) for t in student_t_list]
         schedules.student_timesteps(self.t_list)  # validates the list
         self.teacher_cfg = {"text": 1.0, "latent": 1.0, **(teacher_cfg or {})}
-        self.loss_weights = {"vsd": 1.0, "dsm": 1.0, **(loss_weights or {})}
+        self.loss_weights = {"vsd": 1.0, "dsm": 1.0, "consistency": 0.0, **(loss_weights or {})}
         self.gan = {"gen_weight": 0.05, "warmup_steps": 100, "r1_weight": 200.0, "r1_alpha": 0.1,
                     **(gan or {})}
         self.perturb_t = {"logit_mean": 0.0, "logit_std": 1.0, "min": 0.02, "max": 0.99, "shift": True,
@@ -291,6 +296,11 @@ class DMD2Module(pl.LightningModule):
         vsd = dmd.vsd_loss(x0_s, x0_teacher, x0_fake)
         loss = self.loss_weights["vsd"] * vsd.float()
         logs = {"vsd": vsd.detach(), "student_t": t_s.float().mean()}
+        if self.loss_weights["consistency"]:
+            pool = self.hparams.consistency_pool or self.sr_scale * int(self.latent.down_factor)
+            consistency = dmd.latent_consistency_loss(x0_s, hq, int(pool), cond["sigma"])
+            loss = loss + self.loss_weights["consistency"] * consistency.float()
+            logs["consistency"] = consistency.detach()
         if self.gan_enabled:
             logits = self.discriminator(self.teacher_features(x_t, t, cond))
             gan_g = dmd.gan_generator_loss(logits)
@@ -456,7 +466,7 @@ class DMD2Module(pl.LightningModule):
                 raise PiDConfigError(f"{name} has no trainable parameters")
             optimizer = self.optimizer_factories[name](params)
             warmup = max(int(self.warmup_steps.get(name) or 0), 0)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Warmup(warmup))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LRFactor(warmup))
             out.append({"optimizer": optimizer,
                         "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": f"lr/{name}"}})
         return out
@@ -473,16 +483,6 @@ class DMD2Module(pl.LightningModule):
         for key in ("hyper_parameters", "datamodule_hyper_parameters"):
             if key in checkpoint:
                 checkpoint[key] = _plain(checkpoint[key])
-
-
-class _Warmup:
-    """Picklable linear warm-up factor for LambdaLR."""
-
-    def __init__(self, steps: int):
-        self.steps = steps
-
-    def __call__(self, step: int) -> float:
-        return 1.0 if self.steps <= 0 else min(1.0, (step + 1) / self.steps)
 
 
 def _randn(shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
