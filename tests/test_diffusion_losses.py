@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pid.diffusion import aux_rgb_loss, flow_matching_loss, rgb_to_ycbcr, velocity, ycbcr_charbonnier
+from pid.diffusion import aux_rgb_loss, flow_matching_loss, losses, rgb_to_ycbcr, velocity, ycbcr_charbonnier
 
 
 def test_flow_matching_loss_values_and_reductions():
@@ -83,3 +83,25 @@ def test_aux_rgb_loss_resizes_target_and_backprops():
     pred = torch.zeros(2, 3, 4, 4, requires_grad=True)
     aux_rgb_loss(pred, big, torch.tensor([0.1, 0.4])).backward()
     assert pred.grad is not None and pred.grad.abs().sum() > 0
+
+
+def test_latent_consistency_sees_only_local_means_and_weighs_by_the_latent_noise():
+    g = torch.Generator().manual_seed(0)
+    hq = torch.randn(2, 3, 16, 16, generator=g)
+    detail = torch.randn(2, 3, 16, 16, generator=g)
+    detail = detail - torch.nn.functional.avg_pool2d(detail, 8).repeat_interleave(8, -1).repeat_interleave(8, -2)
+    assert losses.latent_consistency_loss(hq + detail, hq, pool=8) < 1e-12  # other detail, same 8×8 means
+    shifted = hq + torch.tensor([0.5, 0.0]).view(2, 1, 1, 1)
+    assert losses.latent_consistency_loss(shifted, hq, pool=8).item() == pytest.approx(0.125)  # mean of 0.25, 0
+    # w = 1 − σ: a sample with a fully noised latent (σ = 1) contributes nothing
+    assert losses.latent_consistency_loss(shifted, hq, pool=8, sigma=torch.tensor([1.0, 0.0])).item() == 0.0
+    only_first = losses.latent_consistency_loss(shifted, hq, pool=8, sigma=torch.tensor([0.0, 1.0]))
+    assert only_first.item() == pytest.approx(0.25)
+    x0 = shifted.clone().requires_grad_(True)
+    target = hq.clone().requires_grad_(True)
+    losses.latent_consistency_loss(x0, target, pool=4).backward()
+    assert x0.grad[0].abs().sum() > 0 and target.grad is None  # the real image is a constant
+    dropped = losses.latent_consistency_loss(shifted, hq, pool=8, keep=torch.tensor([False, True]))
+    assert dropped.item() == 0.0  # a dropped latent (CFG) fixes nothing
+    with pytest.raises(ValueError, match="pool"):
+        losses.latent_consistency_loss(hq, hq, pool=5)

@@ -80,22 +80,26 @@ def test_backward_simulation_step_is_the_same_on_every_rank(setup):
 
 
 def test_latent_consistency_term_joins_the_student_loss(setup):
-    from pid.diffusion import dmd
+    from pid.diffusion import dmd, losses
     from pid.train import build
 
     root, out, teacher = setup
-    _, module, _ = build(compose_train(distill_overrides(root, out, "lc", teacher, "model.gan.gen_weight=0",
-                                                                  "model.loss_weights.consistency=0")))
+    overrides = distill_overrides(root, out, "lc", teacher, "model.gan.gen_weight=0", "model.loss_weights.consistency=0")
+    _, module, _ = build(compose_train(overrides))
     hq = torch.rand(2, 3, 32, 32) * 2 - 1
     cond = {"latent": torch.randn(2, 16, 1, 1), "sigma": torch.zeros(2), "y": None, "y_mask": None}
-    gen = lambda: (dmd.step_generator(0, 0, 0), dmd.step_generator(0, 0))  # noqa: E731
+
+    def gen():
+        return dmd.step_generator(0, 0, 0), dmd.step_generator(0, 0)
+
     base, logs = module.student_losses(hq, cond, *gen(), iteration=0)
     assert "consistency" not in logs  # weight 0: the paper's recipe
     module.loss_weights["consistency"] = 2.0
     module.hparams.consistency_pool = None  # one latent cell: sr_scale × down factor = 32 px here
     loss, logs = module.student_losses(hq, cond, *gen(), iteration=0)
     x0, _ = module.student_x0(hq, cond, *gen(), with_grad=False)
-    assert logs["consistency"].item() == pytest.approx(dmd.latent_consistency_loss(x0, hq, 32).item(), rel=1e-5)
+    want = losses.latent_consistency_loss(x0, hq, 32, cond["sigma"])
+    assert logs["consistency"].item() == pytest.approx(want.item(), rel=1e-5)
     assert loss.item() == pytest.approx(base.item() + 2.0 * logs["consistency"].item(), rel=1e-5)
 
 

@@ -43,6 +43,26 @@ def test_training_without_a_logger_leaves_out_the_callbacks_that_only_log(tiny_i
     assert trainer.global_step == 2
 
 
+def test_teacher_latent_consistency_term_uses_the_clean_image_estimate(tiny_image_root, tmp_path):
+    from pid.diffusion import flow, losses
+    from pid.train import build
+
+    cfg = compose_train(tiny_train_overrides(tiny_image_root, tmp_path, "model.consistency.weight=3.0",
+                                             "model.consistency.pool=8"))
+    _, module, _ = build(cfg)
+    torch.manual_seed(0)
+    hq = torch.rand(2, 3, 32, 32) * 2 - 1
+    cond = module.training_condition(hq)
+    t, eps = torch.tensor([0.3, 0.9]), torch.randn_like(hq)
+    terms = module.diffusion_loss(hq, cond, t, eps)
+    x_t = flow.interpolate(hq, eps, t)
+    v = module.net(x_t, t, **{k: cond[k] for k in ("latent", "sigma", "latent_keep", "y", "y_mask")})
+    want = 3.0 * losses.latent_consistency_loss(x_t - t.view(-1, 1, 1, 1) * v, hq, 8, cond["sigma"],
+                                                keep=cond["latent_keep"])
+    assert terms["consistency"].item() == pytest.approx(want.item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(terms["flow"].item() + terms["consistency"].item(), rel=1e-5)
+
+
 @pytest.mark.slow
 def test_checkpoint_save_load_gives_identical_decode(tiny_image_root, tmp_path):
     from pid.api import load_decoder

@@ -34,7 +34,6 @@ __all__ = [
     "vsd_gradient",
     "vsd_loss",
     "fake_score_flow_loss",
-    "latent_consistency_loss",
     "gan_generator_loss",
     "gan_discriminator_loss",
     "r1_approx_loss",
@@ -77,28 +76,6 @@ def vsd_loss(x0_student: Tensor, x0_teacher: Tensor, x0_fake: Tensor, eps: float
     grad = vsd_gradient(x0_student, x0_teacher, x0_fake, eps)
     target = (x0_student.detach().double() - grad).detach()
     return 0.5 * F.mse_loss(x0_student.double(), target, reduction="mean")
-
-
-def latent_consistency_loss(x0_student: Tensor, hq: Tensor, pool: int, sigma: Tensor | None = None) -> Tensor:
-    r"""What the latent fixes, held fixed: :math:`\sum_i w_i \operatorname{mean}(P_k \hat x_{0,i} - P_k x_i)^2 / \sum_i w_i`.
-
-    :math:`P_k` is a k×k average pool and :math:`w_i = 1 - \sigma_i` (a noisier latent fixes less). A
-    clean latent determines the image's local means (its latent cells, and below them what the encoder
-    kept), so this term does not pull the student away from the conditional distribution the
-    distribution-matching loss targets; it holds the colours and low frequencies in place where a
-    teacher trained briefly from scratch lets them drift. Not part of the paper's recipe (weight 0 there).
-    """
-    if x0_student.shape != hq.shape:
-        raise ValueError(f"shape mismatch: {tuple(x0_student.shape)} vs {tuple(hq.shape)}")
-    if pool < 1 or x0_student.shape[-1] % pool or x0_student.shape[-2] % pool:
-        raise ValueError(f"pool={pool} must be >= 1 and divide the image size {tuple(x0_student.shape[-2:])}")
-    dtype = compute_dtype(x0_student, hq)
-    diff = F.avg_pool2d(x0_student.to(dtype), pool) - F.avg_pool2d(hq.detach().to(dtype), pool)
-    per_sample = diff.pow(2).flatten(1).mean(1)
-    if sigma is None:
-        return per_sample.mean()
-    w = (1.0 - sigma.to(dtype).reshape(-1)).clamp_min(0.0)
-    return (w * per_sample).sum() / w.sum().clamp_min(1e-6)
 
 
 def fake_score_flow_loss(v_pred: Tensor, x0: Tensor, eps: Tensor) -> Tensor:

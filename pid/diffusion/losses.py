@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ._util import compute_dtype
 
-__all__ = ["flow_matching_loss", "rgb_to_ycbcr", "ycbcr_charbonnier", "aux_rgb_loss"]
+__all__ = ["flow_matching_loss", "rgb_to_ycbcr", "ycbcr_charbonnier", "aux_rgb_loss", "latent_consistency_loss"]
 
 _REDUCTIONS = ("mean", "sum", "none", "per_sample")
 
@@ -119,3 +119,31 @@ def aux_rgb_loss(
         w = w * keep.to(device=pred.device, dtype=dtype).reshape(b)
     denom = w.sum().clamp_min(1e-6) if normalize else torch.tensor(float(b), device=pred.device, dtype=dtype)
     return weight * (per_sample * w).sum() / denom
+
+
+def latent_consistency_loss(x0_pred: Tensor, hq: Tensor, pool: int, sigma: Tensor | None = None,
+                            keep: Tensor | None = None) -> Tensor:
+    r"""What the latent fixes, held fixed: :math:`\sum_i w_i \operatorname{mean}(P_k \hat x_{0,i} - P_k x_i)^2 / \sum_i w_i`.
+
+    :math:`P_k` is a k×k average pool, :math:`\hat x_0` a network's clean-image estimate (a DMD2
+    student's sample, or a teacher's :math:`x_t - t\,\hat v`), :math:`x` the real image, and
+    :math:`w_i = (1 - \sigma_i)\,\mathrm{keep}_i` (a noisier latent fixes less; a dropped latent, nothing).
+    A clean latent determines the image's local means (its latent cells, and below them what the
+    encoder kept), so the term agrees with the conditional distribution the flow and distribution-
+    matching losses target; it gives the colours and low frequencies a direct signal, which a
+    network trained briefly from scratch otherwise gets only roughly right. Not part of the paper's
+    recipe (weight 0 there).
+    """
+    if x0_pred.shape != hq.shape:
+        raise ValueError(f"shape mismatch: {tuple(x0_pred.shape)} vs {tuple(hq.shape)}")
+    if pool < 1 or x0_pred.shape[-1] % pool or x0_pred.shape[-2] % pool:
+        raise ValueError(f"pool={pool} must be >= 1 and divide the image size {tuple(x0_pred.shape[-2:])}")
+    dtype = compute_dtype(x0_pred, hq)
+    diff = F.avg_pool2d(x0_pred.to(dtype), pool) - F.avg_pool2d(hq.detach().to(dtype), pool)
+    per_sample = diff.pow(2).flatten(1).mean(1)
+    w = torch.ones_like(per_sample)
+    if sigma is not None:
+        w = w * (1.0 - sigma.to(dtype).reshape(-1)).clamp_min(0.0)
+    if keep is not None:
+        w = w * keep.to(dtype).reshape(-1)
+    return (w * per_sample).sum() / w.sum().clamp_min(1e-6)

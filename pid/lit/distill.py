@@ -36,7 +36,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from pid.diffusion import dmd, flow, noising, schedules
+from pid.diffusion import dmd, flow, losses, noising, schedules
 from pid.diffusion.guidance import DualCFG
 from pid.lit.lr_schedule import LRFactor
 from pid.lit.module import _plain
@@ -87,7 +87,7 @@ class DMD2Module(pl.LightningModule):
         student_t_list: the student's times (0 appended), SPEC: [0.999, 0.866, 0.634, 0.342].
         teacher_cfg: {text, latent} guidance of the real score (DualCFG; text only applies with captions).
         loss_weights: {vsd, dsm, consistency}: consistency (0 in the paper's recipe) weighs
-            `dmd.latent_consistency_loss` of the student's x̂₀ against the real image, pooled over
+            `losses.latent_consistency_loss` of the student's x̂₀ against the real image, pooled over
             ``consistency_pool`` pixels (null: one latent cell, sr_scale × the latent's down factor).
         consistency_pool: see loss_weights.
         gan: {gen_weight, warmup_steps, r1_weight, r1_alpha}; gen_weight 0 turns the GAN (and D) off.
@@ -298,7 +298,7 @@ class DMD2Module(pl.LightningModule):
         logs = {"vsd": vsd.detach(), "student_t": t_s.float().mean()}
         if self.loss_weights["consistency"]:
             pool = self.hparams.consistency_pool or self.sr_scale * int(self.latent.down_factor)
-            consistency = dmd.latent_consistency_loss(x0_s, hq, int(pool), cond["sigma"])
+            consistency = losses.latent_consistency_loss(x0_s, hq, int(pool), cond["sigma"])
             loss = loss + self.loss_weights["consistency"] * consistency.float()
             logs["consistency"] = consistency.detach()
         if self.gan_enabled:

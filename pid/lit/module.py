@@ -45,6 +45,8 @@ class PiDModule(pl.LightningModule):
         time: {logit_mean, logit_std, shift_base, shift_ref_size} of the training t distribution.
         sampling: defaults for `decode`: {num_steps, text_cfg, latent_cfg}.
         aux_rgb_weight: weight of the v1.5 auxiliary low-res RGB loss (used when the adapter has the head).
+        consistency: {weight, pool}: `losses.latent_consistency_loss` of x̂₀ = x_t − t·v̂ against the
+            HQ crop, pooled over ``pool`` pixels (null: one latent cell); weight 0 (the paper) turns it off.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class PiDModule(pl.LightningModule):
         time: dict | None = None,
         sampling: dict | None = None,
         aux_rgb_weight: float = 0.8,
+        consistency: dict | None = None,
         val_timesteps: Sequence[float] = (0.25, 0.5, 0.75),
     ):
         super().__init__()
@@ -79,6 +82,7 @@ class PiDModule(pl.LightningModule):
         self.time = {"logit_mean": 0.0, "logit_std": 1.0, "shift_base": 6.0, "shift_ref_size": 2048,
                      **(time or {})}
         self.sampling = {"num_steps": 25, "text_cfg": 4.0, "latent_cfg": 1.0, **(sampling or {})}
+        self.consistency = {"weight": 0.0, "pool": None, **(consistency or {})}
         # Frozen encoders are rebuilt from config; only small embedded latents travel in checkpoints.
         self.strict_loading = False
         self.run_config: dict | None = None
@@ -133,6 +137,11 @@ class PiDModule(pl.LightningModule):
             terms["aux_rgb"] = losses.aux_rgb_loss(extras["aux_rgb"], cond["lq"], cond["sigma"],
                                                    weight=self.hparams.aux_rgb_weight,
                                                    keep=cond.get("latent_keep"))
+        if self.consistency["weight"] and self.has_adapter:
+            pool = self.consistency["pool"] or self.sr_scale * int(self.latent.down_factor)
+            x0_pred = flow.x0_from_v(x_t, v_pred, t)
+            terms["consistency"] = self.consistency["weight"] * losses.latent_consistency_loss(
+                x0_pred, hq, int(pool), cond["sigma"], keep=cond.get("latent_keep"))
         terms["loss"] = sum(terms.values())
         return terms
 
