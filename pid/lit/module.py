@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from pid.data.augment import augment_batch
 from pid.diffusion import flow, losses, noising
 from pid.lit.fault_tolerance import guard_loss
 from pid.lit.lr_schedule import LRFactor
@@ -45,6 +46,8 @@ class PiDModule(pl.LightningModule):
         time: {logit_mean, logit_std, shift_base, shift_ref_size} of the training t distribution.
         sampling: defaults for `decode`: {num_steps, text_cfg, latent_cfg}.
         aux_rgb_weight: weight of the v1.5 auxiliary low-res RGB loss (used when the adapter has the head).
+        augment: {rot90, channel_permute}: `pid.data.augment.augment_batch` on each HQ batch before the
+            pair is made (off in the paper, which trains on millions of images).
         consistency: {weight, pool}: `losses.latent_consistency_loss` of x̂₀ = x_t − t·v̂ against the
             HQ crop, pooled over ``pool`` pixels (null: one latent cell); weight 0 (the paper) turns it off.
     """
@@ -67,6 +70,7 @@ class PiDModule(pl.LightningModule):
         sampling: dict | None = None,
         aux_rgb_weight: float = 0.8,
         consistency: dict | None = None,
+        augment: dict | None = None,
         val_timesteps: Sequence[float] = (0.25, 0.5, 0.75),
     ):
         super().__init__()
@@ -83,6 +87,7 @@ class PiDModule(pl.LightningModule):
                      **(time or {})}
         self.sampling = {"num_steps": 25, "text_cfg": 4.0, "latent_cfg": 1.0, **(sampling or {})}
         self.consistency = {"weight": 0.0, "pool": None, **(consistency or {})}
+        self.augment = {"rot90": False, "channel_permute": False, **(augment or {})}
         # Frozen encoders are rebuilt from config; only small embedded latents travel in checkpoints.
         self.strict_loading = False
         self.run_config: dict | None = None
@@ -151,7 +156,7 @@ class PiDModule(pl.LightningModule):
             base_shift=self.time["shift_base"], ref_size=self.time["shift_ref_size"], device=self.device)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        hq = to_signed(batch["image"])
+        hq = augment_batch(to_signed(batch["image"]), **self.augment)
         b, _, h, w = hq.shape
         cond = self.training_condition(hq, batch.get("caption"))
         terms = self.diffusion_loss(hq, cond, self.sample_t(b, h, w), torch.randn_like(hq))
