@@ -210,7 +210,6 @@ class Scorer:
             r["clip"] = self.clip(images.to(self.device), self.captions)
         return r
 
-
     def by_group(self, images: torch.Tensor) -> dict[str, dict]:
         """Fidelity (PSNR, SSIM, LPIPS when configured) per group of ``data.groups``: {group: {n, psnr, ...}}."""
         from pid.eval.detail import psnr
@@ -225,6 +224,7 @@ class Scorer:
             if self.lpips is not None:
                 out[name]["lpips"] = self.lpips(pred, gt)
         return out
+
 
 # --- the run ---------------------------------------------------------------------------------------------
 def evaluate(cfg: DictConfig) -> dict:

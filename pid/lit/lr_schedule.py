@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["LRFactor"]
+__all__ = ["DECAYS", "LRFactor"]
+
+#: What follows the warm-up.
+DECAYS = ("constant", "cosine")
 
 
 class LRFactor:
@@ -16,8 +19,8 @@ class LRFactor:
     """
 
     def __init__(self, warmup: int = 0, decay: str = "constant", total: int = 0, min_ratio: float = 0.0):
-        if decay not in ("constant", "cosine"):
-            raise ValueError(f"decay must be 'constant' or 'cosine', got {decay!r}")
+        if decay not in DECAYS:
+            raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
         if decay == "cosine" and total <= max(warmup, 0):
             raise ValueError(f"cosine decay needs more total steps ({total}) than warm-up steps ({warmup})")
         if not 0.0 <= min_ratio <= 1.0:

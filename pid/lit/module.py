@@ -22,7 +22,7 @@ from torch import nn
 from pid.data.augment import augment_batch
 from pid.diffusion import flow, losses, noising
 from pid.lit.fault_tolerance import guard_loss
-from pid.lit.lr_schedule import LRFactor
+from pid.lit.lr_schedule import DECAYS, LRFactor
 from pid.lit.pretrained import load_pretrained_net
 from pid.utils.errors import PiDConfigError
 from pid.utils.images import downsample, to_signed
@@ -74,8 +74,8 @@ class PiDModule(pl.LightningModule):
         val_timesteps: Sequence[float] = (0.25, 0.5, 0.75),
     ):
         super().__init__()
-        if lr_decay not in ("constant", "cosine"):
-            raise PiDConfigError(f"model.lr_decay must be 'constant' or 'cosine', got {lr_decay!r}")
+        if lr_decay not in DECAYS:
+            raise PiDConfigError(f"model.lr_decay must be one of {DECAYS}, got {lr_decay!r}")
         self.save_hyperparameters(ignore=["net", "latent", "text_encoder", "optimizer"])
         self.net = net
         self.latent = latent.requires_grad_(False).eval()
@@ -215,7 +215,9 @@ class PiDModule(pl.LightningModule):
         if not params:
             raise RuntimeError("no trainable parameters: check model.net.freeze_backbone and the adapter config")
         optimizer = self.optimizer_factory(params)
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        total = 0  # only a decay needs the run's length (an unsized stream without max_steps has none)
+        if self.hparams.lr_decay != "constant":
+            total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         factor = LRFactor(int(self.hparams.warmup_steps), self.hparams.lr_decay, int(total),
                           float(self.hparams.min_lr_ratio))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

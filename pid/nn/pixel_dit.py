@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pid.diffusion import flow
 from pid.nn.blocks import FinalLayer, MMDiTBlock, PatchTokenEmbedder, PiTBlock, PixelTokenEmbedder
 from pid.nn.layers import ROPE_MODES, RopeFreqs, TimestepEmbedder, rope_1d, rope_2d
 
@@ -313,5 +314,4 @@ class PixelDiT(nn.Module):
         """
         if self.prediction == "v":
             return out
-        t = t.to(out.dtype).view(-1, *([1] * (out.ndim - 1))).expand(out.shape[0], *([1] * (out.ndim - 1)))
-        return (x.to(out.dtype) - out) / t.clamp_min(self.x0_t_min)
+        return flow.v_from_x0(x, out, t.clamp_min(self.x0_t_min)).to(out.dtype)
