@@ -54,9 +54,9 @@ class PiDDecoder:
                generator: torch.Generator | None = None, frame: str = "train") -> torch.Tensor:
         """Decode a normalised latent at noise level σ to an image in [-1, 1].
 
-        ``sampler`` defaults to the file's ``sampling.sampler`` ("euler" for teachers; "sde" for DMD2
-        students, whose file also carries ``sampling.t_list``: then ``num_steps`` picks
-        ``student_timesteps(t_list, num_steps)``). Explicit ``timesteps`` always win.
+        ``sampler`` defaults to the file's ``sampling.sampler`` ("euler" for teachers; "sde" or "euler" for
+        DMD2 students, whose file also carries ``sampling.t_list``: then ``num_steps`` picks
+        ``student_timesteps(t_list, num_steps)`` whatever the sampler). Explicit ``timesteps`` always win.
 
         ``frame``: "train" (default; also "flow"/"vp") when latent and σ are in the frame PiD was trained
         in, or "ve" for an Euler/VE-frame state z + σ_ve·ξ (SDXL's EulerDiscreteScheduler), converted
@@ -73,7 +73,7 @@ class PiDDecoder:
             raise ValueError(f"frame must be 'train', 'flow', 'vp' or 've', got {frame!r}")
         sampler = sampler or self.sampling.get("sampler", "euler")
         num_steps = num_steps or self.sampling.get("num_steps", 25)
-        if timesteps is None and sampler == "sde" and self.sampling.get("t_list"):
+        if timesteps is None and self.sampling.get("t_list"):
             timesteps = student_timesteps(self.sampling["t_list"], num_steps)
         return decode_latent(
             self.net, latent.to(self.device).float(), sigma, sr_scale=self.sr_scale,

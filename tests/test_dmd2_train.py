@@ -79,6 +79,44 @@ def test_backward_simulation_step_is_the_same_on_every_rank(setup):
     assert len(steps_seen) > 1, "the step varies across iterations"
 
 
+def test_euler_student_rolls_out_and_decodes_deterministically(setup):
+    from pid.diffusion import dmd
+    from pid.train import build
+    from pid.utils.errors import PiDConfigError
+
+    root, out, teacher = setup
+    cfg = compose_train(distill_overrides(root, out, "euler", teacher, "model.student_input=backward_simulation",
+                                          "model.sampling.sampler=euler"))
+    _, module, _ = build(cfg)
+    inputs = []
+    module.net.register_forward_hook(lambda m, args, output: inputs.append(args[0].detach().clone()))
+    hq = torch.rand(2, 3, 32, 32) * 2 - 1
+    cond = {"latent": torch.randn(2, 16, 1, 1), "sigma": torch.zeros(2), "y": None, "y_mask": None}
+    iteration = next(i for i in range(50) if int(torch.randint(0, 4, (1,), generator=dmd.step_generator(0, i))) == 2)
+    inputs.clear()
+    module.student_x0(hq, cond, dmd.step_generator(0, iteration, 0), dmd.step_generator(0, iteration),
+                      with_grad=False)
+    # The graded input at step 2 is the Euler ODE state from the same noise: x ← x + (t_{i+1} − t_i)·v̂.
+    x = torch.randn(hq.shape, generator=dmd.step_generator(0, iteration, 0))
+    with torch.no_grad():
+        for i in range(2):
+            t, t_next = module.t_list[i], module.t_list[i + 1]
+            x = x + (t_next - t) * module.net(x, torch.full((2,), t), **cond)
+    torch.testing.assert_close(inputs[2], x, rtol=1e-5, atol=1e-5)
+    # The export decodes with the same sampler on the student times, as the module does.
+    from pid.api import export_decoder, load_decoder
+
+    z = torch.randn(2, 16, 1, 1)
+    expected = module.decode(z, 0.0, generator=torch.Generator().manual_seed(1))
+    decoder = load_decoder(export_decoder(module, out / "euler_student.safetensors"))
+    assert decoder.sampling["sampler"] == "euler"
+    got = decoder.decode(z, 0.0, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    with pytest.raises(Exception, match="model.sampling.sampler='heun'") as err:
+        build(compose_train(distill_overrides(root, out, "heun", teacher, "model.sampling.sampler=heun")))
+    assert isinstance(err.value.__cause__ or err.value, PiDConfigError)  # pid.train exits 2 with this message
+
+
 def test_latent_consistency_term_joins_the_student_loss(setup):
     from pid.diffusion import dmd, losses
     from pid.train import build
@@ -101,6 +139,36 @@ def test_latent_consistency_term_joins_the_student_loss(setup):
     want = losses.latent_consistency_loss(x0, hq, 32, cond["sigma"])
     assert logs["consistency"].item() == pytest.approx(want.item(), rel=1e-5)
     assert loss.item() == pytest.approx(base.item() + 2.0 * logs["consistency"].item(), rel=1e-5)
+
+
+def test_regression_term_holds_the_student_to_the_guided_teacher_at_its_own_input(setup):
+    from pid.diffusion import dmd
+    from pid.train import build
+
+    root, out, teacher = setup
+    overrides = distill_overrides(root, out, "reg", teacher, "model.gan.gen_weight=0", "model.teacher_cfg.latent=3",
+                                  "model.student_input=backward_simulation", "model.sampling.sampler=euler")
+    _, module, _ = build(compose_train(overrides))
+    with torch.no_grad():  # a student that differs from the teacher
+        for p in module.net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    hq = torch.rand(2, 3, 32, 32) * 2 - 1
+    cond = {"latent": torch.randn(2, 16, 1, 1), "sigma": torch.zeros(2), "y": None, "y_mask": None}
+
+    def gen():
+        return dmd.step_generator(0, 3, 0), dmd.step_generator(0, 3)
+
+    base, logs = module.student_losses(hq, cond, *gen(), iteration=3)
+    assert "regression" not in logs  # weight 0: the paper's recipe
+    module.loss_weights["regression"] = 5.0
+    loss, logs = module.student_losses(hq, cond, *gen(), iteration=3)
+    x0, t, x = module.student_x0(hq, cond, *gen(), with_grad=False, with_input=True)
+    with torch.no_grad():
+        target = module.teacher_x0(x, t, cond)  # latent guidance 3 baked in
+    want = torch.mean((x0 - target) ** 2)
+    assert want.item() > 0
+    assert logs["regression"].item() == pytest.approx(want.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(base.item() + 5.0 * want.item(), rel=1e-5)
 
 
 def _states(module, trainer):

@@ -1,4 +1,4 @@
-"""DMD2 distillation of a PiD teacher into a few-step (4-step SDE) student, as a LightningModule (SPEC §4).
+"""DMD2 distillation of a PiD teacher into a few-step (4-step) student, as a LightningModule (SPEC §4).
 
 Networks (all the same PiDNet architecture but the discriminator head):
     net          the student, initialised from the teacher; what EMA, export and `pid.api` see
@@ -12,9 +12,13 @@ One iteration i (manual optimisation, one backward per iteration so DDP sees one
             (real_t = the real HQ crop noised at the same t and ε; R1 = ‖D(real_t) − D(real_t + αξ)‖²)
     student:  x̂₀ = student(...) with grad,  x_t as above,
             L = w_vsd·VSD(x̂₀; teacher_cfg(x_t), fake(x_t)) + w_gan(i)·softplus(−D(teacher_feat(x_t)))
+                [+ w_reg·‖x̂₀ − teacher_cfg(x_k, t_k)‖²   (x_k, t_k: the student's own input; 0 in the paper)]
 Student inputs: ``teacher_forcing`` (real HQ noised to a t of the student list, per sample) or
-``backward_simulation`` (the student's own no-grad SDE rollout from noise up to step k; k drawn from a
+``backward_simulation`` (the student's own no-grad rollout from noise up to step k; k drawn from a
 generator seeded by (seed, iteration) only, so every rank runs the same number of forwards).
+The rollout and the exported decode use one multistep sampler, ``sampling.sampler``:
+    sde    x_{i+1} = (1 − t_{i+1}) x̂₀ + t_{i+1} ε',  ε' fresh noise (DMD2's, PiD's student)
+    euler  x_{i+1} = (1 − t_{i+1}) x̂₀ + t_{i+1} ε̂,   ε̂ = x_i + (1 − t_i) v̂ predicted (= x_i + (t_{i+1} − t_i) v̂)
 All randomness of an iteration comes from generators seeded by (seed, iteration[, rank]): resuming
 from a checkpoint reproduces the run exactly.
 
@@ -48,6 +52,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 STUDENT_INPUTS = ("teacher_forcing", "backward_simulation")
+STUDENT_SAMPLERS = ("sde", "euler")
 _TEACHER_FILES = "a pid_decoder.safetensors export or a .ckpt written by `pid.train`"
 
 
@@ -86,7 +91,9 @@ class DMD2Module(pl.LightningModule):
         student_input: "teacher_forcing" or "backward_simulation".
         student_t_list: the student's times (0 appended), SPEC: [0.999, 0.866, 0.634, 0.342].
         teacher_cfg: {text, latent} guidance of the real score (DualCFG; text only applies with captions).
-        loss_weights: {vsd, dsm, consistency}: consistency (0 in the paper's recipe) weighs
+        loss_weights: {vsd, dsm, regression, consistency}. regression (0 in the paper's recipe) holds the
+            student's x̂₀ to the guided teacher's at the student's own input (per-step guidance distillation).
+            consistency (0 in the paper's recipe) weighs
             `losses.latent_consistency_loss` of the student's x̂₀ against the real image, pooled over
             ``consistency_pool`` pixels (null: one latent cell, sr_scale × the latent's down factor).
         consistency_pool: see loss_weights.
@@ -138,7 +145,7 @@ class DMD2Module(pl.LightningModule):
         self.t_list = [float(t) for t in student_t_list]
         schedules.student_timesteps(self.t_list)  # validates the list
         self.teacher_cfg = {"text": 1.0, "latent": 1.0, **(teacher_cfg or {})}
-        self.loss_weights = {"vsd": 1.0, "dsm": 1.0, "consistency": 0.0, **(loss_weights or {})}
+        self.loss_weights = {"vsd": 1.0, "dsm": 1.0, "regression": 0.0, "consistency": 0.0, **(loss_weights or {})}
         self.gan = {"gen_weight": 0.05, "warmup_steps": 100, "r1_weight": 200.0, "r1_alpha": 0.1,
                     **(gan or {})}
         self.perturb_t = {"logit_mean": 0.0, "logit_std": 1.0, "min": 0.02, "max": 0.99, "shift": True,
@@ -147,6 +154,9 @@ class DMD2Module(pl.LightningModule):
         self._time_override = dict(time or {})
         self.sampling = {"num_steps": len(self.t_list), "sampler": "sde", "t_list": list(self.t_list),
                          "text_cfg": 1.0, "latent_cfg": 1.0, **(sampling or {})}
+        if self.sampling["sampler"] not in STUDENT_SAMPLERS:
+            raise PiDConfigError(f"model.sampling.sampler={self.sampling['sampler']!r}; a student samples with "
+                                 f"one of {STUDENT_SAMPLERS}")
         self.warmup_steps = {"student": 0, "fake_score": 0, "discriminator": 0, **(warmup_steps or {})}
         self.grad_clip = {"student": None, "fake_score": None, "discriminator": None, **(grad_clip or {})}
         self.seed = int(seed)
@@ -254,8 +264,9 @@ class DMD2Module(pl.LightningModule):
         return extras["features"]
 
     def student_x0(self, hq: torch.Tensor, cond: dict, gen: torch.Generator, shared: torch.Generator,
-                   with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """A student sample x̂₀ and the time its graded forward ran at, per student_input."""
+                   with_grad: bool, with_input: bool = False) -> tuple[torch.Tensor, ...]:
+        """A student sample x̂₀ and the time its graded forward ran at, per student_input (and that forward's
+        input x_t when ``with_input``)."""
         b = hq.shape[0]
         t_list = torch.tensor(self.t_list, device=hq.device)
         k_steps = len(self.t_list)
@@ -264,18 +275,21 @@ class DMD2Module(pl.LightningModule):
             ids = torch.randint(0, k_steps, (b,), generator=gen).to(hq.device)
             t = t_list[ids]
             x = flow.interpolate(hq, noise, t)
-        else:  # backward simulation: no-grad SDE rollout up to step k (same k on every rank)
+        else:  # backward simulation: no-grad rollout up to step k (same k on every rank), the decode's sampler
             k = int(torch.randint(0, k_steps, (1,), generator=shared))
             x = noise
             with torch.no_grad():
                 for i in range(k):
-                    t_i = t_list[i].expand(b)
-                    x0 = flow.x0_from_v(x, self.net(x, t_i, **cond), t_i)
-                    x = flow.interpolate(x0, _randn(hq.shape, gen, hq), t_list[i + 1].expand(b))
+                    t_i, t_next = t_list[i].expand(b), t_list[i + 1].expand(b)
+                    v = self.net(x, t_i, **cond)
+                    eps = (flow.eps_from_v(x, v, t_i) if self.sampling["sampler"] == "euler"
+                           else _randn(hq.shape, gen, hq))
+                    x = flow.interpolate(flow.x0_from_v(x, v, t_i), eps, t_next)
             t = t_list[k].expand(b).contiguous()
+        x = x.detach()
         with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
-            x = x.detach()
-            return flow.x0_from_v(x, self.net(x, t, **cond), t), t
+            x0 = flow.x0_from_v(x, self.net(x, t, **cond), t)
+        return (x0, t, x) if with_input else (x0, t)
 
     # ------------------------------------------------------------------ losses of one iteration
     def _perturb(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,7 +300,7 @@ class DMD2Module(pl.LightningModule):
         return t, _randn(x0.shape, gen, x0)
 
     def student_losses(self, hq, cond, gen, shared, iteration: int) -> tuple[torch.Tensor, dict]:
-        x0_s, t_s = self.student_x0(hq, cond, gen, shared, with_grad=True)
+        x0_s, t_s, x_s = self.student_x0(hq, cond, gen, shared, with_grad=True, with_input=True)
         t, eps = self._perturb(x0_s, gen)
         x_t = flow.interpolate(x0_s, eps, t)  # carries the student's graph (GAN path)
         x_t_const = x_t.detach()
@@ -296,6 +310,14 @@ class DMD2Module(pl.LightningModule):
         vsd = dmd.vsd_loss(x0_s, x0_teacher, x0_fake)
         loss = self.loss_weights["vsd"] * vsd.float()
         logs = {"vsd": vsd.detach(), "student_t": t_s.float().mean()}
+        if self.loss_weights["regression"]:
+            # Per-step guidance distillation (Meng et al. 2023): the guided teacher's x̂₀ at the student's own
+            # input. With the euler sampler, a student that zeroes it reproduces the teacher at the student times.
+            with torch.no_grad():
+                target = self.teacher_x0(x_s, t_s, cond)
+            regression = torch.mean((x0_s.float() - target.float()) ** 2)
+            loss = loss + self.loss_weights["regression"] * regression
+            logs["regression"] = regression.detach()
         if self.loss_weights["consistency"]:
             pool = self.hparams.consistency_pool or self.sr_scale * int(self.latent.down_factor)
             consistency = losses.latent_consistency_loss(x0_s, hq, int(pool), cond["sigma"])
@@ -415,7 +437,7 @@ class DMD2Module(pl.LightningModule):
     def decode(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *, num_steps: int | None = None,
                text_cfg: float | None = None, latent_cfg: float | None = None, captions=None,
                generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
-        """Student decode: SDE sampler on the student times (``num_steps`` < 4 subsamples them)."""
+        """Student decode: its sampler on the student times (``num_steps`` < 4 subsamples them)."""
         from pid.sampling import decode_latent
 
         steps = num_steps or self.sampling["num_steps"]

@@ -55,11 +55,12 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
                             student_steps: int | None = None, teacher_steps: int | None = None, seed: int = 0,
                             max_crops: int | None = None, extractor=None,
                             include_teacher_sde: bool = True) -> dict[str, float]:
-    """Student (EMA weights, SDE, ``student_steps`` = its t list) vs teacher (Euler, its own CFG/shift) at the
+    """Student (EMA weights, its sampler, ``student_steps`` = its t list) vs teacher (Euler, its own CFG/shift) at the
     same number of steps vs teacher at ``teacher_steps`` (default: the teacher run's sampling.num_steps).
 
-    ``include_teacher_sde`` adds the teacher run with the student's SDE sampler and times (the student before
-    distillation, at CFG 1), which separates the gain of distillation from the gain of the sampler."""
+    ``include_teacher_sde`` adds the teacher run with the student's sampler and times (the student before
+    distillation, at CFG 1), which separates the gain of distillation from the gain of the sampler; it is
+    named ``teacher_{k}step_{sampler}`` (``_sde`` for PiD's student)."""
     datamodule.setup("validate")
     k = int(student_steps or module.sampling["num_steps"])
     full = int(teacher_steps or module.teacher_full_steps())
@@ -68,11 +69,13 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
         with ema.averaged(module) if ema is not None else contextlib.nullcontext():
             return module.decode(z, 0.0, num_steps=k, generator=gen)
 
-    def teacher_sde(z, gen):  # the student's sampler and times on the teacher: what distillation starts from
+    sampler = module.sampling["sampler"]
+
+    def teacher_before(z, gen):  # the student's sampler and times on the teacher: what distillation starts from
         from pid.sampling import decode_latent
 
         return decode_latent(module.teacher, z, 0.0, sr_scale=module.sr_scale,
-                             latent_down=module.latent.down_factor, generator=gen, sampler="sde",
+                             latent_down=module.latent.down_factor, generator=gen, sampler=sampler,
                              timesteps=schedules.student_timesteps(module.sampling["t_list"], k))
 
     decoders = {
@@ -81,7 +84,7 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
         f"teacher_{full}step": lambda z, gen: module.decode_teacher(z, 0.0, num_steps=full, generator=gen),
     }
     if include_teacher_sde:
-        decoders[f"teacher_{k}step_sde"] = teacher_sde
+        decoders[f"teacher_{k}step_{sampler}"] = teacher_before
     loader = datamodule.val_dataloader()
     images = decode_heldout_with(module, loader, decoders, seed=seed, max_crops=max_crops)
     metrics = score_decodes(images, extractor)
@@ -98,9 +101,9 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
                f"the teacher at {k} "
                f"steps; student / teacher@{full} = {metrics['heldout/student_over_teacher_full']:.2f}")
     if include_teacher_sde:
-        before = dist[f"teacher_{k}step_sde"]
-        metrics["heldout/student_over_teacher_sde"] = dist[s] / max(before, 1e-12)
-        summary += (f"\n  -> vs the same {k}-step SDE sampler on the teacher (the student before distillation): "
-                    f"student / before = {metrics['heldout/student_over_teacher_sde']:.2f}")
+        before = dist[f"teacher_{k}step_{sampler}"]
+        metrics["heldout/student_over_teacher_same_sampler"] = dist[s] / max(before, 1e-12)
+        summary += (f"\n  -> vs the same {k}-step {sampler} sampler on the teacher (the student before "
+                    f"distillation): student / before = {metrics['heldout/student_over_teacher_same_sampler']:.2f}")
     write_comparison(out_dir, "distill_comparison.json", images["truth"], metrics, summary)
     return metrics
