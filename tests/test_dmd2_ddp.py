@@ -36,9 +36,9 @@ def _run(root: str, out: str, teacher: str) -> None:
     student_x0 = module.student_x0
 
     def recording(*args, **kwargs):
-        x0, t = student_x0(*args, **kwargs)
-        drawn.append([int(module.global_step), float(t[0])])
-        return x0, t
+        out = student_x0(*args, **kwargs)  # (x0, t) or, for the student's own update, (x0, t, x_t)
+        drawn.append([int(module.global_step), float(out[1][0])])
+        return out
 
     module.student_x0 = recording
     trainer.fit(module, datamodule=dm)

@@ -122,7 +122,8 @@ def test_latent_consistency_term_joins_the_student_loss(setup):
     from pid.train import build
 
     root, out, teacher = setup
-    overrides = distill_overrides(root, out, "lc", teacher, "model.gan.gen_weight=0", "model.loss_weights.consistency=0")
+    overrides = distill_overrides(root, out, "lc", teacher, "model.gan.gen_weight=0", "model.loss_weights.consistency=0",
+                                  "model.loss_weights.regression=0")
     _, module, _ = build(compose_train(overrides))
     hq = torch.rand(2, 3, 32, 32) * 2 - 1
     cond = {"latent": torch.randn(2, 16, 1, 1), "sigma": torch.zeros(2), "y": None, "y_mask": None}
@@ -147,6 +148,7 @@ def test_regression_term_holds_the_student_to_the_guided_teacher_at_its_own_inpu
 
     root, out, teacher = setup
     overrides = distill_overrides(root, out, "reg", teacher, "model.gan.gen_weight=0", "model.teacher_cfg.latent=3",
+                                  "model.loss_weights.regression=0",
                                   "model.student_input=backward_simulation", "model.sampling.sampler=euler")
     _, module, _ = build(compose_train(overrides))
     with torch.no_grad():  # a student that differs from the teacher
@@ -235,7 +237,7 @@ def test_resume_is_exact_and_the_student_exports_as_a_plain_decoder(setup):
     assert trainer_c.global_step == 4
     _assert_same(_states(module_a, trainer_a), _states(module_c, trainer_c))
 
-    # The student is a plain PiD decoder: the API loads it and decodes with the student's 4-step SDE.
+    # The student is a plain PiD decoder: the API loads it and decodes with the student's 4-step sampler.
     ema = find_ema(trainer_a)
     export = export_decoder(module_a, out / "student.safetensors", ema=ema)
     z = torch.randn(2, 16, 1, 1)
@@ -247,7 +249,7 @@ def test_resume_is_exact_and_the_student_exports_as_a_plain_decoder(setup):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     from pid.diffusion.schedules import student_timesteps
 
-    explicit = decoder.decode(z, 0.3, sampler="sde", timesteps=student_timesteps(),
+    explicit = decoder.decode(z, 0.3, sampler="euler", timesteps=student_timesteps(),
                               generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(explicit, expected, rtol=0, atol=0)
 
@@ -260,7 +262,7 @@ def test_resume_is_exact_and_the_student_exports_as_a_plain_decoder(setup):
 
     metrics = compare_student_teacher(module_a, dm, ema=ema, out_dir=out / "cmp", teacher_steps=3, max_crops=2,
                                       extractor=Features())
-    for name in ("student_4step", "teacher_4step", "teacher_3step", "teacher_4step_sde", "baseline"):
+    for name in ("student_4step", "teacher_4step", "teacher_3step", "teacher_4step_euler", "baseline"):
         assert metrics[f"heldout/{name}_inception_dist"] >= 0
     assert (out / "cmp" / "distill_comparison.json").is_file()
 
