@@ -117,19 +117,24 @@ def test_euler_student_rolls_out_and_decodes_deterministically(setup):
     assert isinstance(err.value.__cause__ or err.value, PiDConfigError)  # pid.train exits 2 with this message
 
 
+def _student_inputs(iteration: int):
+    """A real crop, a clean-latent condition and the iteration's (rank, shared) generator factory."""
+    from pid.diffusion import dmd
+
+    hq = torch.rand(2, 3, 32, 32) * 2 - 1
+    cond = {"latent": torch.randn(2, 16, 1, 1), "sigma": torch.zeros(2), "y": None, "y_mask": None}
+    return hq, cond, lambda: (dmd.step_generator(0, iteration, 0), dmd.step_generator(0, iteration))
+
+
 def test_latent_consistency_term_joins_the_student_loss(setup):
-    from pid.diffusion import dmd, losses
+    from pid.diffusion import losses
     from pid.train import build
 
     root, out, teacher = setup
     overrides = distill_overrides(root, out, "lc", teacher, "model.gan.gen_weight=0", "model.loss_weights.consistency=0",
                                   "model.loss_weights.regression=0")
     _, module, _ = build(compose_train(overrides))
-    hq = torch.rand(2, 3, 32, 32) * 2 - 1
-    cond = {"latent": torch.randn(2, 16, 1, 1), "sigma": torch.zeros(2), "y": None, "y_mask": None}
-
-    def gen():
-        return dmd.step_generator(0, 0, 0), dmd.step_generator(0, 0)
+    hq, cond, gen = _student_inputs(0)
 
     base, logs = module.student_losses(hq, cond, *gen(), iteration=0)
     assert "consistency" not in logs  # weight 0: the paper's recipe
@@ -143,7 +148,6 @@ def test_latent_consistency_term_joins_the_student_loss(setup):
 
 
 def test_regression_term_holds_the_student_to_the_guided_teacher_at_its_own_input(setup):
-    from pid.diffusion import dmd
     from pid.train import build
 
     root, out, teacher = setup
@@ -154,11 +158,7 @@ def test_regression_term_holds_the_student_to_the_guided_teacher_at_its_own_inpu
     with torch.no_grad():  # a student that differs from the teacher
         for p in module.net.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    hq = torch.rand(2, 3, 32, 32) * 2 - 1
-    cond = {"latent": torch.randn(2, 16, 1, 1), "sigma": torch.zeros(2), "y": None, "y_mask": None}
-
-    def gen():
-        return dmd.step_generator(0, 3, 0), dmd.step_generator(0, 3)
+    hq, cond, gen = _student_inputs(3)
 
     base, logs = module.student_losses(hq, cond, *gen(), iteration=3)
     assert "regression" not in logs  # weight 0: the paper's recipe
