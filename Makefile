@@ -12,10 +12,29 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pid-installed
 exp ?= quickstart
 # Every `key=value` on the make command line except exp, PYTHON, VENV and ARGS (pytest arguments
-# for `make test`) is passed to Hydra as an override, in order.
+# for `make test`) is passed to Hydra as an override, in order, each as one shell-quoted argument:
+# `make train "data.root=/data/my photos"` runs `python -m pid.train ... 'data.root=/data/my photos'`.
+# MAKEOVERRIDES lists them newest first; inside a value make writes a backslash, space or tab as `\\`,
+# `\ `, `\<tab>`, and `$` as `$$`. Since every backslash there starts one of those escapes, they are swapped
+# for the placeholders \b \s \t before splitting into words, and each word is decoded and quoted afterwards
+# (no $(strip): it would fold a tab to a space). A newline in a value cannot reach a recipe as part of one
+# argument, so it stops make with an error instead of being split.
 OWN_VARS := exp PYTHON VENV ARGS
+empty :=
+space := $(empty) $(empty)
+tab := $(empty)	$(empty)
+define newline
+
+
+endef
 reverse = $(if $(1),$(call reverse,$(wordlist 2,$(words $(1)),$(1))) $(firstword $(1)))
-HYDRA_ARGS := $(strip $(call reverse,$(foreach o,$(MAKEOVERRIDES),$(if $(filter $(OWN_VARS),$(firstword $(subst =, ,$(o)))),,$(o)))))
+encode_overrides = $(subst \$(tab),\t,$(subst \$(space),\s,$(subst \\,\b,$(1))))
+decode_word = $(subst \b,\,$(subst $$$$,$$,$(subst \t,$(tab),$(subst \s,$(space),$(1)))))
+shell_quote = '$(subst ','\'',$(1))'
+HYDRA_ARGS = $(if $(findstring $(newline),$(MAKEOVERRIDES)),$(error a make command-line value holds a \
+  newline, which make cannot pass on as one argument: put it in a config file or run \
+  `$(BIN)/python -m pid.train ...` directly),$(foreach o,$(call reverse,$(call encode_overrides,$(MAKEOVERRIDES))),$\
+  $(if $(filter $(OWN_VARS),$(firstword $(subst =, ,$(o)))),,$(call shell_quote,$(call decode_word,$(o))))))
 
 .DEFAULT_GOAL := help
 .PHONY: help install train eval sweep data test bench clean lock
