@@ -71,7 +71,7 @@ def sample_complete(out) -> bool:
 
 
 def default_scorers() -> tuple[str, ...]:
-    from data_prep.niqe import params_path
+    from pid.eval.niqe import params_path
 
     try:
         return ("niqe",) if params_path().is_file() else ("sharpness",)

@@ -1,11 +1,11 @@
 """One scorer interface: ``scorer(list[PIL.Image]) -> list[float]`` with ``name`` and ``higher_is_better``.
 
 - ``niqe``      offline NIQE (lower is better; needs ≥ 193 px; the pristine model from
-                absolutely-not-scikit-video), see ``data_prep.niqe``;
+                absolutely-not-scikit-video), see ``pid.eval.niqe``;
 - ``sharpness`` offline variance of the Laplacian of luma (higher is sharper; a cheap blur check);
-- ``qalign``    Q-Align 1–5 from a local checkpoint (``data_prep.qalign``);
+- ``qalign``    Q-Align 1–5 from a local checkpoint (``pid.eval.qalign``);
 - ``brisque``   offline BRISQUE (lower is better; ≥ 16 px; the SVR model from the ``brisque`` wheel),
-                see ``data_prep.brisque``;
+                see ``pid.eval.brisque``;
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import math
 import numpy as np
 import scipy.ndimage
 
-from data_prep.brisque import brisque
-from data_prep.niqe import luminance, niqe
+from pid.eval.brisque import brisque
+from pid.eval.niqe import luminance, niqe
 
 
 def _per_image(score, images) -> list[float]:
@@ -41,7 +41,7 @@ class BrisqueScorer:
     name, higher_is_better = "brisque", False
 
     def __init__(self):
-        from data_prep.brisque import model_dir
+        from pid.eval.brisque import model_dir
 
         model_dir()  # fail now, with the install command, rather than per image
 
@@ -62,7 +62,7 @@ def make_scorer(name: str, **kw):
     if name == "sharpness":
         return SharpnessScorer()
     if name == "qalign":
-        from data_prep.qalign import QAlignScorer
+        from pid.eval.qalign import QAlignScorer
 
         return QAlignScorer(
             kw.get("qalign_path"),

@@ -7,7 +7,7 @@ from PIL import Image
 
 
 def _model_installed() -> bool:
-    from data_prep.brisque import model_dir
+    from pid.eval.brisque import model_dir
 
     try:
         model_dir()
@@ -33,7 +33,7 @@ def _noisy(img: np.ndarray) -> np.ndarray:
 def test_brisque_matches_reference_package(name):
     import skimage.data
 
-    from data_prep.brisque import brisque
+    from pid.eval.brisque import brisque
 
     img = getattr(skimage.data, name)()
     clean, noisy = brisque(img), brisque(_noisy(img))
@@ -43,7 +43,7 @@ def test_brisque_matches_reference_package(name):
 
 
 def test_brisque_half_scale_is_opencv_bicubic():
-    from data_prep.brisque import half_size
+    from pid.eval.brisque import half_size
 
     x = np.arange(7 * 9, dtype=np.float64).reshape(7, 9) ** 1.5
     y = half_size(x)

@@ -192,7 +192,7 @@ def test_duplicates_and_score_threshold_are_separate_rerunnable_steps(bad_folder
 
 
 def test_qalign_needs_a_local_path_and_an_explicit_remote_code_flag(tmp_path):
-    from data_prep.qalign import LEVELS, QAlignScorer, expected_level
+    from pid.eval.qalign import LEVELS, QAlignScorer, expected_level
 
     with pytest.raises(FileNotFoundError, match="qalign-path"):
         QAlignScorer(str(tmp_path / "missing"))
@@ -206,7 +206,7 @@ def test_qalign_needs_a_local_path_and_an_explicit_remote_code_flag(tmp_path):
 
 
 def _niqe_model_installed() -> bool:
-    from data_prep.niqe import params_path
+    from pid.eval.niqe import params_path
 
     try:
         return params_path().is_file()
@@ -219,7 +219,7 @@ def test_niqe_matches_reference_and_ranks_blur_worse():
     import skimage.data as sd
     from scipy.ndimage import gaussian_filter
 
-    from data_prep.niqe import niqe
+    from pid.eval.niqe import niqe
 
     cam = sd.camera().astype(np.float32)
     sharp, blurred = niqe(cam), niqe(gaussian_filter(cam, 3))

@@ -1,8 +1,8 @@
 """No-reference quality: NIQE and BRISQUE (offline), Q-Align (learned) when its weights are given.
 
-NIQE is ``data_prep.niqe`` (the scikit-video port with the pristine model from the
+NIQE is ``pid.eval.niqe`` (the scikit-video port with the pristine model from the
 ``absolutely-not-scikit-video`` wheel). It needs at least 193 px per side; smaller images give NaN and
-the report says why. BRISQUE is ``data_prep.brisque`` (the SVR model from the ``brisque`` wheel, which is
+the report says why. BRISQUE is ``pid.eval.brisque`` (the SVR model from the ``brisque`` wheel, which is
 never imported); without that wheel the report says how to install it.
 """
 
@@ -18,7 +18,7 @@ NIQE_MIN_SIDE = 193
 
 def niqe_available() -> tuple[bool, str]:
     try:
-        from data_prep.niqe import params_path
+        from pid.eval.niqe import params_path
 
         return params_path().is_file(), "ok"
     except Exception as err:  # noqa: BLE001
@@ -34,7 +34,7 @@ def _rgb_uint8(img: torch.Tensor) -> np.ndarray:
 
 def niqe_scores(images: torch.Tensor) -> list[float]:
     """NIQE per image (lower is better); NaN for images under 193 px on a side."""
-    from data_prep.niqe import luminance, niqe
+    from pid.eval.niqe import luminance, niqe
 
     out = []
     for img in images:
@@ -50,7 +50,7 @@ def niqe_scores(images: torch.Tensor) -> list[float]:
 
 def brisque_available() -> tuple[bool, str]:
     try:
-        from data_prep.brisque import model_dir
+        from pid.eval.brisque import model_dir
 
         model_dir()
     except Exception as err:  # noqa: BLE001
@@ -60,7 +60,7 @@ def brisque_available() -> tuple[bool, str]:
 
 def brisque_scores(images: torch.Tensor) -> list[float]:
     """BRISQUE per image (lower is better); NaN for flat images or images under 16 px on a side."""
-    from data_prep.brisque import brisque
+    from pid.eval.brisque import brisque
 
     out = []
     for img in images:
@@ -77,14 +77,14 @@ def nanmean(values: list[float]) -> float:
 
 
 def qalign_scorer(cfg, device):
-    """Q-Align (``data_prep.qalign``, a learned 1–5 score) when ``metrics.qalign.path`` is set, else None.
+    """Q-Align (``pid.eval.qalign``, a learned 1–5 score) when ``metrics.qalign.path`` is set, else None.
 
     A missing folder raises MissingWeightsError naming ``metrics.qalign.path``; a model that needs its own
     code without ``metrics.qalign.trust_remote_code=true`` raises PiDConfigError. Weights load on first use.
     """
     if not cfg or not cfg.get("path"):
         return None
-    from data_prep.qalign import QAlignScorer
+    from pid.eval.qalign import QAlignScorer
     from pid.utils.errors import MissingWeightsError, PiDConfigError
 
     try:

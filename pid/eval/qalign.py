@@ -5,7 +5,7 @@ Score = softmax over the logits of the five level words (excellent, good, fair, 
 answer position of "The quality of the image is", weighted by 5, 4, 3, 2, 1 → a value in 1–5.
 
 The public checkpoint (q-future/one-align, mPLUG-Owl2) needs its own modelling code:
-``trust_remote_code`` is used only when the caller passes it explicitly (``--trust-remote-code``).
+``trust_remote_code`` is used only when the caller passes it explicitly (``trust_remote_code=True``).
 With remote code the model's own ``score`` method is used; otherwise the generic path below
 (prompt + image processor + logits at the last position). Batched; on GPU when available.
 """
@@ -58,8 +58,11 @@ class QAlignScorer:
         batch_size: int = 8,
         trust_remote_code: bool = False,
         dtype: str = "float16",
+        options: tuple[str, str] = ("--qalign-path", "--trust-remote-code"),
     ):
+        """``options``: how the caller names the path setting and the remote-code opt-in (used in errors)."""
         self.path, self.batch_size, self.trust_remote_code = path, batch_size, trust_remote_code
+        self.options = options
         self.device, self.dtype = device, dtype
         self._model = None
         self._check_path()
@@ -68,7 +71,7 @@ class QAlignScorer:
         p = Path(self.path).expanduser() if self.path else None
         if p is None or not (p / "config.json").is_file():
             raise FileNotFoundError(
-                f"Q-Align weights not found at '{self.path}': set --qalign-path (score.qalign_path) to a "
+                f"Q-Align weights not found at '{self.path}': set {self.options[0]} to a "
                 "local directory holding config.json and the weights of q-future/one-align (fetch it on a "
                 "machine with internet: `huggingface-cli download q-future/one-align --local-dir DIR`); "
                 "nothing is downloaded at run time"
@@ -76,8 +79,8 @@ class QAlignScorer:
         cfg = json.loads((p / "config.json").read_text())
         if cfg.get("auto_map") and not self.trust_remote_code:
             raise PermissionError(
-                f"the model at '{p}' needs its own Python code (config.json has auto_map): pass "
-                "--trust-remote-code to run it, after reviewing that code"
+                f"the model at '{p}' needs its own Python code (config.json has auto_map): set "
+                f"{self.options[1]} to run it, after reviewing that code"
             )
         return p
 
