@@ -19,16 +19,40 @@ def output_size(latent: torch.Tensor, latent_down: int, sr_scale: int) -> tuple[
     return h * latent_down * sr_scale, w * latent_down * sr_scale
 
 
-def pid_denoiser(net: nn.Module):
-    """Adapt a PiDNet to DualCFG's switchable signature ``(x_t, t, text_on, latent_on, **cond)``."""
+class PiDDenoiser:
+    """A PiDNet behind DualCFG's switchable signature ``(x_t, t, text_on, latent_on, **cond)``.
 
-    def denoise(x_t, t, text_on, latent_on, latent=None, sigma=None, y=None, y_mask=None):
+    ``text_on`` / ``latent_on`` are (N,) bool; ``text_on`` False zeroes the caption states ``y``
+    (N, L, txt_dim), ``latent_on`` False drops the latent (N, C, h, w) by the adapter's drop_mode.
+    With ``cache_latent_features`` (default), :meth:`prepare` (called by DualCFG once per batch
+    layout) runs the adapter once via ``net.encode_latent`` and every step passes the result as
+    ``latent_features``; the gates still see each step's tokens and ``sigma``.
+    """
+
+    def __init__(self, net: nn.Module, cache_latent_features: bool = True):
+        self.net = net
+        self.cache_latent_features = cache_latent_features
+
+    def prepare(self, x_t, t, text_on, latent_on, latent=None, sigma=None, y=None, y_mask=None, **cond):
+        """Conditioning for every step of one decode: ``latent`` replaced by its adapter features."""
+        if latent is not None and self.cache_latent_features and getattr(self.net, "adapter", None) is not None:
+            features = self.net.encode_latent(latent, tuple(x_t.shape[-2:]), keep=latent_on)
+            return {"latent_features": features, "sigma": sigma, "y": y, "y_mask": y_mask, **cond}
+        return {"latent": latent, "sigma": sigma, "y": y, "y_mask": y_mask, **cond}
+
+    def __call__(self, x_t, t, text_on, latent_on, latent=None, sigma=None, y=None, y_mask=None,
+                 latent_features=None, **cond):
         if y is not None:
             y = y * text_on.view(-1, 1, 1).to(y.dtype)
+        if latent_features is not None:
+            return self.net(x_t, t, sigma=sigma, y=y, y_mask=y_mask, latent_features=latent_features, **cond)
         keep = latent_on if latent is not None else None
-        return net(x_t, t, latent=latent, sigma=sigma, y=y, y_mask=y_mask, latent_keep=keep)
+        return self.net(x_t, t, latent=latent, sigma=sigma, y=y, y_mask=y_mask, latent_keep=keep, **cond)
 
-    return denoise
+
+def pid_denoiser(net: nn.Module, cache_latent_features: bool = True) -> PiDDenoiser:
+    """Adapt a PiDNet to DualCFG's switchable signature ``(x_t, t, text_on, latent_on, **cond)``."""
+    return PiDDenoiser(net, cache_latent_features)
 
 
 @torch.no_grad()

@@ -23,6 +23,11 @@ Special cases:
 As coefficients per branch: :math:`v(c,z): w_c`, :math:`v(\varnothing,z): w_z - w_c`,
 :math:`v(\varnothing,\varnothing): 1 - w_z`; branches with coefficient 0 are skipped, the rest run
 in one batched forward (``batched=True``) or one forward each.
+
+A denoiser may also define ``prepare(x_t, t, text_on, latent_on, **cond) -> cond``: DualCFG calls it
+once per batch layout (the first step of a sampler run) and passes what it returns at every step,
+so conditioning that does not depend on ``x_t`` and ``t`` (the latent adapter's features) is
+computed once per decode.
 """
 
 from __future__ import annotations
@@ -69,6 +74,10 @@ class DualCFG:
         batched: run all needed branches in one forward of batch ``k·B`` (default); False runs
             one forward per branch (less peak memory).
 
+    The flags and the (tiled) conditioning of each forward are built on the first call and reused
+    while the shape and device of x_t stay the same; with a ``denoiser.prepare`` they are what it
+    returned for that first call.
+
     The combination is computed in float32 (or wider) and returned in that dtype.
     """
 
@@ -86,29 +95,50 @@ class DualCFG:
         self.cond = dict(cond or {})
         self.batched = batched
         self.branches = guidance_branches(self.text_scale, self.latent_scale)
+        self._calls_key: tuple | None = None
+        self._calls: list[tuple[Tensor, Tensor, dict[str, Any]]] = []
 
     def _flags(self, on: bool, n: int, device) -> Tensor:
         return torch.full((n,), on, dtype=torch.bool, device=device)
 
-    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+    def _forwards(self, x_t: Tensor, t: Tensor) -> list[tuple[Tensor, Tensor, dict[str, Any]]]:
+        """``[(text_on, latent_on, cond), ...]``, one per denoiser forward of a step, cached by layout."""
         b, dev = x_t.shape[0], x_t.device
-        # The three coefficients sum to 1, so at least one branch is always selected.
-        if len(self.branches) == 1 and self.branches[0][2] == 1.0:
-            tx, lt, _ = self.branches[0]
-            return self.denoiser(x_t, t, self._flags(tx, b, dev), self._flags(lt, b, dev), **self.cond)
-
-        if self.batched:
+        key = (tuple(x_t.shape), dev)
+        if key == self._calls_key:
+            return self._calls
+        if len(self.branches) == 1 or not self.batched:
+            layouts = [(self._flags(tx, b, dev), self._flags(lt, b, dev), 1) for tx, lt, _ in self.branches]
+        else:
             k = len(self.branches)
             text_on = torch.cat([self._flags(tx, b, dev) for tx, _, _ in self.branches])
             latent_on = torch.cat([self._flags(lt, b, dev) for _, lt, _ in self.branches])
+            layouts = [(text_on, latent_on, k)]
+        prepare = getattr(self.denoiser, "prepare", None)
+        calls = []
+        for text_on, latent_on, k in layouts:
             cond = {name: _tile(v, k, b) for name, v in self.cond.items()}
+            if prepare is not None:
+                cond = prepare(_tile(x_t, k, b), _tile(t, k, b), text_on, latent_on, **cond)
+            calls.append((text_on, latent_on, cond))
+        self._calls_key, self._calls = key, calls
+        return calls
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        b = x_t.shape[0]
+        calls = self._forwards(x_t, t)
+        # The three coefficients sum to 1, so at least one branch is always selected.
+        if len(self.branches) == 1 and self.branches[0][2] == 1.0:
+            text_on, latent_on, cond = calls[0]
+            return self.denoiser(x_t, t, text_on, latent_on, **cond)
+
+        if len(calls) == 1:
+            k = len(self.branches)
+            text_on, latent_on, cond = calls[0]
             out = self.denoiser(_tile(x_t, k, b), _tile(t, k, b), text_on, latent_on, **cond)
             outs = out.chunk(k, dim=0)
         else:
-            outs = [
-                self.denoiser(x_t, t, self._flags(tx, b, dev), self._flags(lt, b, dev), **self.cond)
-                for tx, lt, _ in self.branches
-            ]
+            outs = [self.denoiser(x_t, t, text_on, latent_on, **cond) for text_on, latent_on, cond in calls]
 
         dtype = torch.promote_types(outs[0].dtype, torch.float32)
         v = torch.zeros_like(outs[0], dtype=dtype)

@@ -131,6 +131,7 @@ class PiDNet(PixelDiT):
         return_extras: bool = False,
         feature_blocks: Iterable[int] = (),
         features_only: bool = False,
+        latent_features: AdapterOutput | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor | None, Extras]:
         """Velocity v = eps - x0.
 
@@ -145,8 +146,14 @@ class PiDNet(PixelDiT):
             feature_blocks: 0-based patch-block indices whose outputs go to extras["features"].
             features_only: stop after the last of feature_blocks and return (None, extras)
                 (discriminator features without the pixel level).
+            latent_features: the adapter's output for this batch from :meth:`encode_latent` (at this
+                image size, with the keep mask already applied), used instead of ``latent`` /
+                ``latent_keep`` so a sampler computes it once per decode; the gates still see this
+                call's tokens and ``sigma``.
         """
-        if latent is not None and self.adapter is None:
+        if latent_features is not None and latent is not None:
+            raise ValueError("pass either latent (features computed here) or latent_features, not both")
+        if (latent is not None or latent_features is not None) and self.adapter is None:
             raise ValueError(
                 "a latent was passed but this PiDNet has no adapter (adapter=None: pure pixel prior)"
             )
@@ -162,9 +169,14 @@ class PiDNet(PixelDiT):
         out: AdapterOutput | None = None
         inject = None
         if latent is not None:
+            out = self.encode_latent(latent, x.shape[-2:], keep=latent_keep, return_aux=return_extras)
+        elif latent_features is not None:
+            out = latent_features
+            n = out.features[0].shape[0] if out.features else B
+            if n != B:
+                raise ValueError(f"latent_features are for a batch of {n}, x is a batch of {B}")
+        if out is not None:
             sigma = self._per_sample(sigma, B, x.device, default=0.0)
-            keep = None if latent_keep is None else self._per_sample(latent_keep, B, x.device, default=1.0)
-            out = self.adapter(latent, ctx.grid, keep=keep, return_aux=return_extras)
 
             def inject(i: int, h: torch.Tensor) -> torch.Tensor:
                 return self.adapter.inject(i, h, out, sigma)
@@ -180,6 +192,31 @@ class PiDNet(PixelDiT):
             s = self.adapter.inject_pit(s, out, sigma)
         v = self.as_velocity(self.run_pixel_blocks(x, s, ctx.grid), x, t)
         return (v, extras) if return_extras else v
+
+    def encode_latent(
+        self,
+        latent: torch.Tensor,
+        size: tuple[int, int],
+        keep: torch.Tensor | None = None,
+        return_aux: bool = False,
+    ) -> AdapterOutput:
+        """The adapter's features for a latent, independent of x_t, t and sigma.
+
+        Args:
+            latent: (B, latent_channels, h, w) normalised (noisy) latent z~.
+            size: (H, W) of the output image in pixels (the patch grid is (H, W) / patch_size).
+            keep: (B,) bool/float or scalar, 0 drops the latent of that sample (the adapter's drop_mode).
+            return_aux: also compute the auxiliary low-res RGB (adapters with aux_rgb_head).
+
+        Returns the AdapterOutput (features (B, N, hidden_size) per injection point) that
+        ``forward(..., latent_features=...)`` takes at every sampler step of one decode.
+        """
+        if self.adapter is None:
+            raise ValueError("this PiDNet has no adapter (adapter=None: pure pixel prior)")
+        grid = self.patch_grid(int(size[0]), int(size[1]))
+        B = latent.shape[0]
+        keep = None if keep is None else self._per_sample(keep, B, latent.device, default=1.0)
+        return self.adapter(latent, grid, keep=keep, return_aux=return_aux)
 
     @staticmethod
     def _per_sample(value, batch: int, device, default: float) -> torch.Tensor:
