@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 GATE_MODES = ("per_token", "per_token_per_channel")
 PADDING_MODES = ("zeros", "replicate", "reflect")
+DROP_MODES = ("zero_latent", "zero_features")
 
 
 # ---------------------------------------------------------------------------
@@ -162,6 +163,8 @@ class LatentAdapter(nn.Module):
         pit_injection: extra gated feature added to the PiT conditioning (v1.5).
         aux_rgb_head: head predicting the low-res RGB from the trunk features (v1.5).
         latent_unpatchify: unpack 2x2-packed latents first (FLUX.2: 128 ch / 16x -> 32 ch / 8x, use 2).
+        drop_mode: how ``keep`` = 0 drops a latent: "zero_latent" (official: zero latent input) or
+            "zero_features" (zero adapter outputs).
     """
 
     def __init__(
@@ -181,8 +184,12 @@ class LatentAdapter(nn.Module):
         pit_injection: bool = False,
         aux_rgb_head: bool = False,
         latent_unpatchify: int = 1,
+        drop_mode: str = "zero_latent",
     ):
         super().__init__()
+        if drop_mode not in DROP_MODES:
+            raise ValueError(f"drop_mode must be one of {DROP_MODES}, got {drop_mode!r}")
+        self.drop_mode = drop_mode
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if gate not in GATE_MODES:
@@ -269,22 +276,33 @@ class LatentAdapter(nn.Module):
         return z.reshape(B, C // (u * u), h * u, w * u)
 
     def align(self, z: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Latent (B, C, h, w) -> (B, C', Hp, Wp) on the patch grid."""
+        """Latent (B, C, h, w) -> (B, C', Hp, Wp) on the patch grid, as the official ``LQProjection2D``.
+
+        With r latent-pixel-to-patch cells (:func:`latent_grid_ratio`):
+        r > 1 (coarser latent): nearest resize to the grid, whatever the latent's exact size (a latent of
+        another ratio, e.g. 4 for v1 FLUX.2 / DINOv2, 8 for SigLIP, is resized the same way);
+        r = 1: used as is, bilinear-resized when the sizes differ;
+        r < 1 (finer latent): bilinear-resized to (Hp/r, Wp/r) when needed, then 1/r x 1/r pixels fold
+        into channels. A latent larger than the patch grid where the config says coarser is an error (it
+        is almost always the latent of the high-resolution image).
+        """
         if z.dim() != 4 or z.shape[1] != self.latent_channels:
             raise ValueError(f"latent must be (B, {self.latent_channels}, h, w), got {tuple(z.shape)}")
         z = self.unpack(z)
         B, C, h, w = z.shape
         Hp, Wp = grid
         r = self.ratio
-        if r.denominator == 1:  # latent coarser than (or equal to) the grid: nearest upsample by r
-            # exact when Hp = r*h; a latent rounded by its encoder (|h - Hp/r| < 1) is resized as upstream
-            if abs(h - Fraction(Hp) / r) >= 1 or abs(w - Fraction(Wp) / r) >= 1:
+        if r > 1:
+            if h > Hp or w > Wp:
                 raise ValueError(self._size_error(z, grid))
             return F.interpolate(z, size=(Hp, Wp), mode="nearest")
+        if r == 1:
+            return z if (h, w) == (Hp, Wp) else F.interpolate(z, size=(Hp, Wp), mode="bilinear",
+                                                              align_corners=False)
         f = r.denominator  # latent finer than the grid: fold f x f pixels into channels
         if (h, w) != (Hp * f, Wp * f):
-            raise ValueError(self._size_error(z, grid))
-        z = z.view(B, C, Hp, f, Wp, f).permute(0, 1, 3, 5, 2, 4)
+            z = F.interpolate(z, size=(Hp * f, Wp * f), mode="bilinear", align_corners=False)
+        z = z.reshape(B, C, Hp, f, Wp, f).permute(0, 1, 3, 5, 2, 4)
         return z.reshape(B, C * f * f, Hp, Wp)
 
     def _size_error(self, z: torch.Tensor, grid: tuple[int, int]) -> str:
@@ -307,12 +325,19 @@ class LatentAdapter(nn.Module):
         keep: torch.Tensor | None = None,
         return_aux: bool = False,
     ) -> AdapterOutput:
-        """Per-injection-point features for a latent; ``keep`` (B,) zeroes them per sample."""
+        """Per-injection-point features for a latent.
+
+        ``keep`` (B,) drops the latent of samples with keep 0, by ``drop_mode``: "zero_latent" (the
+        official LQTensorDrop: the latent *input* becomes zeros and the adapter and gates still run on it)
+        or "zero_features" (the adapter's outputs are zeroed, so the backbone sees no injection at all).
+        """
+        if keep is not None and self.drop_mode == "zero_latent":
+            latent = latent * keep.to(device=latent.device, dtype=latent.dtype).view(-1, 1, 1, 1)
         feat = self.latent_proj(self.align(latent, grid))  # (B, width, Hp, Wp)
         tokens = feat.flatten(2).transpose(1, 2)  # (B, N, width)
         features = [head(tokens) for head in self.output_heads]
         pit = self.pit_head(tokens) if self.pit_head is not None else None
-        if keep is not None:
+        if keep is not None and self.drop_mode == "zero_features":
             k = keep.to(device=tokens.device, dtype=tokens.dtype).view(-1, 1, 1)
             features = [f * k for f in features]
             pit = pit * k if pit is not None else None

@@ -1,0 +1,170 @@
+"""Load a weights file into a network **strictly**, with a report of what went where.
+
+Every tensor of the file is either loaded or skipped by a *named rule*; every tensor of the network is
+either loaded or left at its initial value by a named rule. Anything else is an error naming the tensor.
+
+Rules that skip file tensors (always on, each said in the report):
+
+* ``other-weights``: the group not chosen (raw weights when the EMA is loaded, or the EMA with
+  ``weights="raw"``);
+* ``distillation-critics``: ``fake_score.*`` and ``discriminator.*`` of distillation checkpoints;
+* ``frozen-teacher``: ``teacher.*`` of this project's DMD2 checkpoints (a copy of the teacher file);
+* ``latent-space``: ``latent.*`` (loaded into the latent space by the caller, not into the network);
+* ``unimplemented-official``: official parameters of paths pid does not build (LQ image branch, REPA, ED).
+
+Rules a caller opts into (``allow``):
+
+* ``adapter-at-init``: the file has no adapter at all (a PixelDiT prior starting a PiD teacher): the
+  adapter, gates and heads keep their initial values;
+* ``unused-aux-head``: the file has an aux RGB head the network was built without (distillation drops it,
+  as the official recipe does).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pid.utils.errors import MissingWeightsError, PiDConfigError
+from pid.weights import official
+from pid.weights.formats import WeightsFile, read_weights
+
+log = logging.getLogger(__name__)
+
+OPTIONAL_RULES = ("adapter-at-init", "unused-aux-head")
+PARTS = ("backbone", "adapter", "gates", "heads")
+
+
+def part_of(name: str) -> str:
+    """The part of a PiDNet a parameter belongs to: backbone, adapter (trunk), gates or heads."""
+    if not name.startswith("adapter."):
+        return "backbone"
+    if name.startswith(("adapter.gate_modules.", "adapter.pit_gate.")):
+        return "gates"
+    if name.startswith(("adapter.output_heads.", "adapter.pit_head.", "adapter.aux_rgb_head.")):
+        return "heads"
+    return "adapter"
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did: tensors loaded per part, skipped per rule, left at init per part."""
+
+    source: str
+    layout: str
+    group: str
+    loaded: Counter = field(default_factory=Counter)
+    skipped: dict[str, int] = field(default_factory=dict)
+    left_at_init: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def num_left_at_init(self) -> int:
+        return sum(len(v) for v in self.left_at_init.values())
+
+    def summary(self) -> str:
+        loaded = ", ".join(f"{p} {self.loaded[p]}" for p in PARTS if self.loaded[p])
+        skipped = ", ".join(f"{n} ({rule})" for rule, n in self.skipped.items()) or "none"
+        left = ", ".join(f"{p} {len(v)}" for p, v in self.left_at_init.items()) or "0"
+        return (f"weights {self.source} [{self.layout}, {self.group}]: loaded {sum(self.loaded.values())} "
+                f"tensors ({loaded}); skipped: {skipped}; left at init: {left}")
+
+
+def choose_group(wf: WeightsFile, weights: str = "ema") -> str:
+    """The group holding the network: ``net_ema`` when present and ``weights="ema"``, else ``net``."""
+    if weights not in ("ema", "raw"):
+        raise PiDConfigError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    if weights == "ema" and "net_ema" in wf.groups:
+        return "net_ema"
+    if "net" in wf.groups:
+        if weights == "raw" and wf.layout == "official-release":
+            raise PiDConfigError(f"{wf.path} is a release file: it holds only the EMA weights (weights='raw' "
+                                 "needs a full model.pth or a DCP folder)")
+        return "net"
+    if "net_ema" in wf.groups:
+        raise PiDConfigError(f"{wf.path} holds only EMA weights (net_ema); use weights='ema'")
+    raise PiDConfigError(f"{wf.path} holds no network weights (groups: {sorted(wf.groups)})")
+
+
+def load_weights(net: nn.Module, source: str | Path | WeightsFile, *, weights: str = "ema",
+                 allow: tuple[str, ...] | list[str] = (), config_key: str = "ckpt",
+                 log_summary: bool = True) -> LoadReport:
+    """Load the network weights of ``source`` into ``net`` strictly; return (and log) the report.
+
+    Args:
+        net: a :class:`pid.nn.PiDNet` / :class:`pid.nn.PixelDiT` (any module with the project's names).
+        source: a path of any layout of :mod:`pid.weights.formats`, or a file read already.
+        weights: ``"ema"`` (default: the EMA weights where the file has them) or ``"raw"``.
+        allow: optional rules (:data:`OPTIONAL_RULES`).
+        config_key: the config key named in errors (``model.init_from``, ``model.teacher_ckpt``, ``ckpt``).
+
+    Raises:
+        MissingWeightsError: no file at the path.
+        PiDConfigError: a file tensor no rule accounts for, a network tensor missing from the file, or a
+            shape mismatch; the message names the tensors and the fix.
+    """
+    bad = [r for r in allow if r not in OPTIONAL_RULES]
+    if bad:
+        raise ValueError(f"unknown load rules {bad}; available: {OPTIONAL_RULES}")
+    if not isinstance(source, WeightsFile):
+        path = Path(str(source)).expanduser()
+        if not path.exists():
+            raise MissingWeightsError("network weights", config_key, "a weights file or DCP folder", path=path)
+        source = read_weights(path)
+    wf = source
+    group = choose_group(wf, weights)
+    report = LoadReport(str(wf.path), wf.layout, group)
+    for other, tensors in wf.groups.items():
+        if other == group:
+            continue
+        rule = {"net": "other-weights", "net_ema": "other-weights", "fake_score": "distillation-critics",
+                "discriminator": "distillation-critics", "teacher": "frozen-teacher",
+                "latent": "latent-space"}.get(other)
+        if rule is None:
+            raise PiDConfigError(f"{wf.path}: no rule for the file's group {other!r}")
+        report.skipped[rule] = report.skipped.get(rule, 0) + len(tensors)
+
+    own = net.state_dict()
+    state: dict[str, torch.Tensor] = {}
+    unexplained: list[str] = []
+    for name, value in wf.groups[group].items():
+        if name in own:
+            if tuple(own[name].shape) != tuple(value.shape):
+                raise PiDConfigError(
+                    f"{wf.path}: tensor {name!r} has shape {tuple(value.shape)} in the file but "
+                    f"{tuple(own[name].shape)} in the configured network ({config_key}); the file was trained "
+                    "with another net config: pick its release preset (release=...) or model.net")
+            state[name] = value
+        elif official.is_unimplemented(name):
+            report.skipped["unimplemented-official"] = report.skipped.get("unimplemented-official", 0) + 1
+        elif name.startswith("adapter.aux_rgb_head.") and "unused-aux-head" in allow:
+            report.skipped["unused-aux-head"] = report.skipped.get("unused-aux-head", 0) + 1
+        else:
+            unexplained.append(name)
+    if unexplained:
+        raise PiDConfigError(
+            f"{wf.path}: {len(unexplained)} tensor(s) of the file fit nowhere in the configured network "
+            f"({config_key}), e.g. {unexplained[:5]}. The file is of another model or another net config "
+            "(aux head, PiT injection, adapter width): pick its release preset (release=...) or model.net")
+
+    missing = [k for k in own if k not in state]
+    file_has_adapter = any(k.startswith("adapter.") for k in state)
+    if missing and "adapter-at-init" in allow and not file_has_adapter:
+        at_init = [k for k in missing if k.startswith("adapter.")]
+        for k in at_init:
+            report.left_at_init.setdefault(part_of(k), []).append(k)
+        missing = [k for k in missing if not k.startswith("adapter.")]
+    if missing:
+        raise PiDConfigError(
+            f"{wf.path}: {len(missing)} tensor(s) of the configured network are not in the file "
+            f"({config_key}), e.g. {missing[:5]}. The file is of another model or another net config: pick "
+            "its release preset (release=...) or model.net")
+    net.load_state_dict(state, strict=False)
+    report.loaded.update(part_of(k) for k in state)
+    if log_summary:
+        log.info(report.summary())
+    return report
