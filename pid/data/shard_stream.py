@@ -16,9 +16,18 @@ Distribution (any number of ranks × DataLoader workers = G streams, stream id g
   over the workers); the underlying stream never ends (it starts the next pass of the shards),
   so no rank runs dry and DDP never hangs on an uneven last batch.
 
-Robustness: a sample that cannot be decoded (corrupt bytes, no image member, decompression bomb)
-or that fits no bucket is skipped and counted (``skipped`` in the batch is the running count of
-that worker; a warning every ``warn_every`` skips); an unreadable shard is skipped and counted.
+Robustness (bad data is counted and skipped, never a dead rank):
+- at setup, shards that can give no sample (0 bytes, zero members, no image member, unreadable)
+  are counted in ``skipped`` and left out; when no shard is left the constructor raises
+  ``ValueError`` naming the shards and the fix;
+- a sample that cannot be decoded (corrupt bytes, no image member, decompression bomb) or that fits
+  no bucket is skipped and counted (``skipped`` in the batch is the running count of that worker; a
+  warning every ``warn_every`` skips); a truncated or damaged shard gives every sample read whole
+  before the damage and is counted once (``iter_tar_samples``);
+- a stream whose share of a pass gives no usable sample (e.g. its only shard holds nothing but
+  corrupt images) widens its share for the following passes (a sample-level split of all shards,
+  then every sample) instead of stopping, so every rank still gets its ``num_batches``; only a pass
+  over every sample with none usable raises ``RuntimeError``.
 
 Mid-epoch resume: the stream keeps no per-sample position. A new iterator (a new Lightning epoch,
 or a restart from a checkpoint) starts a fresh pass whose seed also mixes in ``start_pass``;
@@ -31,7 +40,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import tarfile
 import warnings
 from collections.abc import Iterator, Sequence
 from itertools import count
@@ -42,10 +53,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pid.data.buckets import BucketSet
+from pid.data.io import IMAGE_EXTENSIONS
 from pid.data.transforms import DEFAULT_MAX_PIXELS, TooSmallError, bucket_crop
 
 log = logging.getLogger(__name__)
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)  # the members the decoder reads
 CAPTION_LENGTHS = ("long", "medium", "short")
 
 
@@ -76,20 +88,112 @@ def dist_rank_world(rank: int | None = None, world_size: int | None = None) -> t
     return 0, 1
 
 
-def iter_tar_samples(path: str, on_error) -> Iterator[dict]:
-    """Samples of one tar (``{"__key__": ..., "jpg": bytes, "json": bytes, ...}``); errors reported, never raised."""
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
+def split_member_name(name: str) -> tuple[str | None, str]:
+    """WebDataset's member naming: ``dir/key.ext.more`` → (``dir/key``, ``ext.more`` lower-cased)."""
+    head, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot or not stem:
+        return None, ""
+    return (f"{head}/{stem}" if head else stem), ext.lower()
 
-    def handler(exn) -> bool:
-        on_error("corrupt_member", exn)
-        return True
 
+def _is_compressed(path: str) -> bool:
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    return magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic == b"\xfd7zXZ\x00"
+
+
+def iter_tar_samples(path: str, on_error, offsets: bool = False) -> Iterator[dict]:
+    """Samples of one tar shard, in order: ``{"__key__", "__url__", "<ext>": bytes, ...}``.
+
+    Never raises for bad data: each problem is reported once through ``on_error(reason, exn)``
+    with reason ``unreadable_shard`` (cannot be opened), ``empty_shard`` (a 0-byte file),
+    ``truncated_shard`` (the file ends inside a member or before the end-of-archive block),
+    ``corrupt_shard`` (a damaged header) or ``duplicate_member``. On truncation or corruption
+    every sample whose members were all read whole is still yielded; only the sample whose
+    member was cut is lost. ``offsets=True`` adds ``"__offsets__": {ext: (offset, size)}`` (the
+    members' data positions in the file, for random access later).
+    """
     try:
-        with open(path, "rb") as f:
-            members = (dict(m, __url__=path) for m in tar_file_iterator(f, handler=handler))
-            yield from group_by_keys(members, handler=handler)
-    except Exception as exn:  # noqa: BLE001 - truncated or unreadable shard: skip the rest of it
-        on_error("corrupt_shard", exn)
+        f = open(path, "rb")
+    except OSError as exn:
+        on_error("unreadable_shard", exn)
+        return
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            on_error("empty_shard", OSError(f"{path}: a 0-byte file"))
+            return
+        pending: dict | None = None
+        reading: str | None = None  # the key whose member data is being read
+        try:
+            tf = tarfile.open(fileobj=f, mode="r|*")
+            for info in tf:
+                key, ext = split_member_name(info.name) if info.isreg() else (None, "")
+                if key is None:
+                    continue
+                if pending is not None and key != pending["__key__"]:
+                    yield pending
+                    pending = None
+                reading = key
+                data = tf.extractfile(info).read()
+                reading = None
+                tf.members = []  # stream mode: do not keep every header of a big shard
+                if pending is None:
+                    pending = {"__key__": key, "__url__": path}
+                    if offsets:
+                        pending["__offsets__"] = {}
+                if ext in pending:
+                    on_error("duplicate_member", ValueError(f"{path}: {info.name} appears twice; first kept"))
+                    continue
+                pending[ext] = data
+                if offsets:
+                    pending["__offsets__"][ext] = (info.offset_data, info.size)
+        except Exception as exn:  # noqa: BLE001 - a cut or damaged shard: keep what was read whole
+            if reading is not None and pending is not None and pending["__key__"] == reading:
+                pending = None  # its member was cut: the sample is incomplete
+            cut = isinstance(exn, (EOFError, tarfile.ReadError)) and "end of data" in str(exn)
+            on_error("truncated_shard" if cut else "corrupt_shard", exn)
+        else:
+            if tf.fileobj.comptype == "tar" and not _is_compressed(path):
+                # tarfile ends silently at a short or unreadable header: check the end-of-archive block
+                block = os.pread(f.fileno(), tarfile.BLOCKSIZE, tf.offset)
+                if len(block) < tarfile.BLOCKSIZE:
+                    on_error("truncated_shard", EOFError(
+                        f"{path}: the file ends at byte {size} inside the header at {tf.offset}"))
+                elif block.strip(b"\0"):
+                    on_error("corrupt_shard", tarfile.ReadError(
+                        f"{path}: unreadable header at byte {tf.offset}; the rest of the shard is skipped"))
+        if pending is not None:
+            yield pending
+
+
+def shard_problem(path: str) -> tuple[str, str] | None:
+    """Why a shard can give no sample at all, from its headers only (``None`` when it holds an image
+    member): ``("unreadable_shard" | "empty_shard" | "corrupt_shard" | "no_image_member", detail)``.
+
+    Reads headers until the first image member, so a usable shard costs one or two header reads.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty_shard", "a 0-byte file"
+        with tarfile.open(path, "r:*") as tf:
+            for info in tf:
+                if info.isreg() and split_member_name(info.name)[1] in IMAGE_EXTS:
+                    return None
+    except OSError as e:
+        return "unreadable_shard", f"{type(e).__name__}: {e}"
+    except tarfile.TarError as e:
+        return ("empty_shard" if "empty file" in str(e) else "corrupt_shard"), f"{type(e).__name__}: {e}"
+    return "empty_shard" if _member_count(path) == 0 else "no_image_member", "no image member"
+
+
+def _member_count(path: str) -> int:
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            return sum(1 for _ in tf)
+    except (OSError, tarfile.TarError):
+        return 0
 
 
 def pick_caption(sample: dict, rng: random.Random) -> str:
@@ -140,6 +244,30 @@ class BucketedShardStream(IterableDataset):
         self.shards = list_shards(shards)
         if not self.shards:
             raise FileNotFoundError(f"no shard (*.tar) found at {shards!r}")
+        self.skipped: dict[str, int] = {}
+        self.passed_over: list[tuple[str, str, str]] = []  # (shard, reason, detail) found at setup
+        usable = []
+        for shard in self.shards:
+            problem = shard_problem(shard)
+            if problem is None:
+                usable.append(shard)
+            else:
+                self.passed_over.append((shard, *problem))
+                self.skipped[problem[0]] = self.skipped.get(problem[0], 0) + 1
+        if not usable:
+            first = self.passed_over[0]
+            raise ValueError(
+                f"no usable sample in the {len(self.shards)} shard(s) at {shards!r}: {self.skipped} "
+                f"(e.g. {first[0]}: {first[1]}, {first[2]}); rebuild them with `python -m data_prep build` "
+                "or point the loader at other shards"
+            )
+        if self.passed_over:
+            warnings.warn(
+                f"shard stream: {len(self.passed_over)} of {len(self.shards)} shard(s) hold no sample and are "
+                f"skipped {self.skipped}, e.g. {self.passed_over[0][0]} ({self.passed_over[0][1]})",
+                stacklevel=2,
+            )
+        self.shards = usable
         self.buckets, self.batch_size, self.num_batches = buckets, int(batch_size), int(num_batches)
         self.mode, self.seed, self.shuffle_buffer = mode, int(seed), int(shuffle_buffer)
         self.crop_mode, self.hflip, self.max_pixels, self.draft = crop_mode, hflip, max_pixels, draft
@@ -150,8 +278,8 @@ class BucketedShardStream(IterableDataset):
             warn_every,
         )
         self.min_std = float(min_std)
-        self.skipped: dict[str, int] = {}
         self._iterations = 0
+        self._usable = 0  # samples that gave a crop (read by the pass logic of ``_samples``)
 
     def __len__(self) -> int:  # batches per rank per epoch
         return self.num_batches
@@ -173,54 +301,75 @@ class BucketedShardStream(IterableDataset):
             )
 
     # -- samples -----------------------------------------------------------------------------
-    def _pass_shards(self, p: int, g: int, n_streams: int) -> tuple[list[str], int | None]:
+    def _pass_shards(self, p: int, g: int, n_streams: int, share: int = 0) -> tuple[list[str], int | None]:
+        """Shards of pass ``p`` for stream ``g`` and the sample-level split (``keep``) or None.
+
+        ``share`` widens a stream whose own share gave no usable sample: 1 reads every shard and keeps
+        samples ``i % n_streams == g``, 2 reads every sample of every shard.
+        """
         n = len(self.shards)
+        order = list(range(n))
+        random.Random(f"{self.seed}:order:{p}").shuffle(order)  # rank-independent
+        if share >= 2:
+            return [self.shards[i] for i in order], None
+        if share == 1:
+            return [self.shards[i] for i in order], g % n_streams
         if self.mode == "resampled":
             rng = random.Random(f"{self.seed}:resampled:{p}:{g}")
             return [self.shards[rng.randrange(n)] for _ in range(max(1, n // max(n_streams, 1)))], None
-        order = list(range(n))
-        random.Random(f"{self.seed}:order:{p}").shuffle(order)  # rank-independent
         if n >= n_streams:
             return [self.shards[i] for i in order[g::n_streams]], None
         return [self.shards[i] for i in order], g  # sample-level split
 
     def _samples(self, g: int, n_streams: int, first_pass: int) -> Iterator[tuple[dict, random.Random]]:
+        """Samples for stream ``g``, pass after pass, never ending.
+
+        A pass whose samples gave no crop (empty, corrupt or too-small data in this stream's share)
+        widens the share (see ``_pass_shards``) instead of stopping the stream; only a pass over every
+        sample with no usable one raises.
+        """
+        share = 0
         for p in count(first_pass):
             rng = random.Random(f"{self.seed}:samples:{p}:{g}")
-            shards, keep = self._pass_shards(p, g, n_streams)
+            shards, keep = self._pass_shards(p, g, n_streams, share)
+            usable_before = self._usable
             buf: list[dict] = []
-            seen = 0
+            i = 0
             for shard in shards:
-                for i, s in enumerate(iter_tar_samples(shard, self._skip)):
-                    if keep is not None and i % n_streams != keep:
+                for s in iter_tar_samples(shard, self._skip):
+                    i += 1
+                    if keep is not None and (i - 1) % n_streams != keep:
                         continue
-                    seen += 1
                     buf.append(s)
                     if len(buf) >= max(1, self.shuffle_buffer):
                         yield buf.pop(rng.randrange(len(buf))), rng
             rng.shuffle(buf)
             for s in buf:
                 yield s, rng
-            if seen == 0:
+            if self._usable > usable_before:
+                continue
+            if share >= 2:
                 raise RuntimeError(
-                    f"shard stream {g}/{n_streams}: a whole pass over {len(shards)} shard(s) gave no sample"
+                    f"shard stream {g}/{n_streams}: no usable sample in a whole pass over all {len(self.shards)} "
+                    f"shard(s) (skipped so far: {self.skipped}); every sample is corrupt or fits no bucket "
+                    f"(smallest {self.buckets.min_area_bucket.label}): rebuild the shards or lower the bucket size"
                 )
+            share = 2 if (share == 1 or self.mode == "resampled" or keep is not None) else 1
+            warnings.warn(
+                f"shard stream {g}/{n_streams}: its share of the shards gave no usable sample in pass {p}; "
+                f"reading {'every sample' if share == 2 else 'a sample-level split'} of all shards from now on",
+                stacklevel=2,
+            )
 
     def _crops(self, g: int, n_streams: int, first_pass: int) -> Iterator[tuple[np.ndarray, str, str, str]]:
-        decoded_in_a_row_failed = 0
         for s, rng in self._samples(g, n_streams, first_pass):
             try:
                 arr, bucket, _ = bucket_crop(image_bytes(s), self.buckets, rng, self.crop_mode, self.hflip,
                                              self.max_pixels, self.draft, min_std=self.min_std)  # fmt: skip
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - counted; a pass with no usable sample widens the share
                 self._skip("too_small" if isinstance(e, TooSmallError) else "corrupt_sample", e)
-                decoded_in_a_row_failed += 1
-                if decoded_in_a_row_failed > 10_000:
-                    raise RuntimeError(
-                        "shard stream: 10000 unusable samples in a row (corrupt or too small)"
-                    ) from e
                 continue
-            decoded_in_a_row_failed = 0
+            self._usable += 1
             yield arr, bucket.label, pick_caption(s, rng), s.get("__key__", "")
 
     def __iter__(self) -> Iterator[dict]:

@@ -1,6 +1,7 @@
 """Deterministic validation crops from shards (a map-style dataset, so callbacks can index it).
 
-The index is built once by listing the tars (member offsets; no image decoded except headers):
+The index is built once by reading the tars (``iter_tar_samples``: member offsets; a truncated
+shard keeps every sample read whole; no image decoded except headers):
 each image is resized *down* (never up) so its shorter side equals ``crop_size`` (the "cover"
 scaling of the training buckets) and cut into ``crops_per_image`` fixed grid crops
 (``pid.data.image_folder.grid_positions``). Images smaller than the crop, or unreadable, are
@@ -11,18 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
-import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 
 from pid.data.image_folder import grid_positions
-from pid.data.shard_stream import CAPTION_LENGTHS, IMAGE_EXTS, list_shards
-from pid.data.transforms import DEFAULT_MAX_PIXELS, decode_rgb, open_image, oriented_size, to_rgb8
+from pid.data.io import DEFAULT_MAX_PIXELS, decode_rgb, open_image, oriented_size, to_rgb8, upright
+from pid.data.shard_stream import CAPTION_LENGTHS, IMAGE_EXTS, iter_tar_samples, list_shards
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def cover_square(data: bytes, crop: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
     w, h = im.size
     if min(w, h) >= 2 * crop and im.format == "JPEG":
         im.draft("RGB", (crop, crop))
-    im = to_rgb8(ImageOps.exif_transpose(im))
+    im = to_rgb8(upright(im))
     w, h = im.size
     if min(w, h) < crop:
         raise ValueError(f"{w}x{h} is smaller than the {crop}px validation crop (never upsampled)")
@@ -64,10 +64,6 @@ def _caption(meta: bytes | None, txt: bytes | None) -> str:
         except ValueError:
             pass
     return txt.decode("utf-8", "replace") if txt else ""
-
-
-def _member(tar: tarfile.TarFile, members: dict, ext: str) -> bytes | None:
-    return tar.extractfile(members[ext]).read() if ext in members else None
 
 
 class FixedCropShardDataset(Dataset):
@@ -107,41 +103,28 @@ class FixedCropShardDataset(Dataset):
             )
 
     def _index(self, shard: str) -> None:
-        try:
-            with tarfile.open(shard) as tar:
-                groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-                for m in tar.getmembers():
-                    if m.isreg() and "." in m.name:
-                        key, ext = m.name.split(".", 1)
-                        groups.setdefault(key, {})[ext.lower()] = m
-                for key, members in groups.items():
-                    img = next((members[e] for e in IMAGE_EXTS if e in members), None)
-                    if img is None:
-                        self.skipped.append(f"{shard}:{key}: no image member")
-                        continue
-                    try:
-                        w, h = oriented_size(open_image(tar.extractfile(img).read()))
-                    except Exception as e:  # noqa: BLE001
-                        self.skipped.append(f"{shard}:{key}: {type(e).__name__}: {e}")
-                        continue
-                    s = min(1.0, self.crop_size / min(w, h)) if self.crop_mode == "cover" else 1.0
-                    cw, ch = max(self.crop_size, round(w * s)), max(self.crop_size, round(h * s))
-                    if min(w, h) < self.crop_size:
-                        self.skipped.append(f"{shard}:{key}: {w}x{h} < crop {self.crop_size}")
-                        continue
-                    self.entries.append(
-                        _Entry(
-                            shard,
-                            key,
-                            img.offset_data,
-                            img.size,
-                            _caption(_member(tar, members, "json"), _member(tar, members, "txt")),
-                            cw,
-                            ch,
-                        )
-                    )
-        except (OSError, tarfile.TarError) as e:
-            self.skipped.append(f"{shard}: unreadable shard ({e})")
+        def on_error(reason: str, exn) -> None:
+            self.skipped.append(f"{shard}: {reason} ({type(exn).__name__}: {exn})")
+
+        for sample in iter_tar_samples(shard, on_error, offsets=True):
+            key = sample["__key__"]
+            ext = next((e for e in IMAGE_EXTS if e in sample), None)
+            if ext is None:
+                self.skipped.append(f"{shard}:{key}: no image member")
+                continue
+            try:
+                w, h = oriented_size(open_image(sample[ext]))
+            except Exception as e:  # noqa: BLE001
+                self.skipped.append(f"{shard}:{key}: {type(e).__name__}: {e}")
+                continue
+            if min(w, h) < self.crop_size:
+                self.skipped.append(f"{shard}:{key}: {w}x{h} < crop {self.crop_size}")
+                continue
+            s = min(1.0, self.crop_size / min(w, h)) if self.crop_mode == "cover" else 1.0
+            cw, ch = max(self.crop_size, round(w * s)), max(self.crop_size, round(h * s))
+            offset, size = sample["__offsets__"][ext]
+            caption = _caption(sample.get("json"), sample.get("txt"))
+            self.entries.append(_Entry(shard, key, offset, size, caption, cw, ch))
 
     def __len__(self) -> int:
         return len(self.items)

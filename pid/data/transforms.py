@@ -1,8 +1,7 @@
 """Decoding encoded image bytes to uint8 RGB crops for a bucket, fast and never upsampling.
 
-- ``to_rgb8``: any PIL mode to 8-bit RGB (16-bit greyscale scaled, CMYK converted, palette /
-  alpha composited on white).
-- ``oriented_size``: width × height after EXIF orientation, from the header only.
+- decoding rules (first frame, EXIF, 16-bit, ICC, CMYK, palette/alpha): ``pid.data.io``, the one
+  decoder every loader uses (``open_image``, ``to_rgb8``, ``decode_rgb`` are re-exported here).
 - ``bucket_crop``: one random crop of a bucket's size. ``mode="cover"`` resizes the image *down*
   so it just covers the bucket, then crops; JPEGs are decoded with ``draft`` (DCT-domain
   1/2, 1/4, 1/8 scaling) when the image is at least twice the needed size, and only the crop's
@@ -12,81 +11,35 @@
 
 from __future__ import annotations
 
-import io
 import math
 import random
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from pid.data.buckets import Bucket, BucketSet
-
-_ORIENTATION = 0x0112
-_SWAPS = {5, 6, 7, 8}
-DEFAULT_MAX_PIXELS = 80_000_000  # decompression-bomb guard (a 4K image is ~16M pixels)
+from pid.data.io import (  # noqa: F401 - the one decoder, re-exported for the crop code's callers
+    DEFAULT_MAX_PIXELS,
+    BombError,
+    UnsupportedImageError,
+    decode_rgb,
+    open_image,
+    orientation_of,
+    oriented_size,
+    to_rgb8,
+    upright,
+)
 
 
 class TooSmallError(ValueError):
     """The image fits no bucket (it would need upsampling)."""
 
 
-class BombError(ValueError):
-    """The header claims more pixels than ``max_pixels``."""
-
-
-def orientation_of(im: Image.Image) -> int:
-    try:
-        return int(im.getexif().get(_ORIENTATION, 1) or 1)
-    except Exception:  # noqa: BLE001 - broken EXIF is treated as upright
-        return 1
-
-
-def oriented_size(im: Image.Image) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, from the header."""
-    w, h = im.size
-    return (h, w) if orientation_of(im) in _SWAPS else (w, h)
-
-
-def upright(im: Image.Image) -> Image.Image:
-    """EXIF orientation applied; no copy when the image is already upright."""
-    return ImageOps.exif_transpose(im) if orientation_of(im) != 1 else im
-
-
-def to_rgb8(im: Image.Image) -> Image.Image:
-    """8-bit RGB: 16/32-bit greyscale scaled to 0–255, transparency composited onto white."""
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        a = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
-    if im.mode in ("L", "CMYK", "YCbCr", "LAB", "HSV", "1"):
-        return im.convert("RGB")
-    rgba = im.convert("RGBA")  # P, PA, LA, RGBA, La, RGBa …
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
-
-
-def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open encoded bytes lazily, refusing decompression bombs before any pixel is decoded."""
-    im = Image.open(io.BytesIO(data))
-    if im.size[0] * im.size[1] > max_pixels:
-        raise BombError(f"{im.size[0]}x{im.size[1]} exceeds max_pixels={max_pixels}")
-    return im
-
-
-def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Full decode to an upright (H, W, 3) uint8 array."""
-    im = open_image(data, max_pixels)
-    return np.asarray(to_rgb8(upright(im)), dtype=np.uint8)
-
-
 def _draft(im: Image.Image, need_w: int, need_h: int) -> None:
     """Ask the JPEG decoder for a reduced image no smaller than need_w × need_h (upright sizes)."""
     if im.format != "JPEG":
         return
-    if orientation_of(im) in _SWAPS:
+    if oriented_size(im) != im.size:  # EXIF rotates by 90°: the stored image is transposed
         need_w, need_h = need_h, need_w
     if im.size[0] >= 2 * need_w and im.size[1] >= 2 * need_h:
         im.draft(im.mode if im.mode in ("RGB", "L") else None, (need_w, need_h))
@@ -152,7 +105,7 @@ def bucket_crop(
 
 def naive_resize_crop(data: bytes, bucket: Bucket, rng: random.Random) -> np.ndarray:
     """The baseline the benchmark compares with: full decode, resize whole image to cover, crop."""
-    im = to_rgb8(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    im = to_rgb8(upright(open_image(data)))
     w, h = im.size
     s = max(bucket.width / w, bucket.height / h)
     rw, rh = max(bucket.width, round(w * s)), max(bucket.height, round(h * s))
