@@ -54,7 +54,13 @@ $(STAMP): pyproject.toml requirements-lock.txt Makefile
 
 install: $(STAMP) ## Create .venv with the pinned lock (runs once; again when the lock changes)
 
-train: $(STAMP) ## Train: make train [exp=quickstart] [hydra overrides...]
+train: $(STAMP) ## Train: make train [exp=quickstart] [hydra overrides...] (runs make data first when needed)
+	$(if $(filter data=% data.root=% paths.data_dir=%,$(MAKEOVERRIDES)),,@if grep -qE '/data: sample_(shards|images)' \
+	  conf/experiment/$(exp).yaml 2>/dev/null && ! { test -f data/sample_shards/train/shards.json && \
+	  test -f data/sample_shards/val/shards.json && test -f data/sample_images/manifest.json; }; then \
+	  echo "make train: experiment=$(exp) trains on the embedded sample data set, which is not built yet:" \
+	    "running make data first (data/sample_shards, data/sample_images)"; \
+	  $(MAKE) --no-print-directory data || exit 1; fi)
 	$(BIN)/python -m pid.train experiment=$(exp) $(HYDRA_ARGS)
 
 eval: $(STAMP) ## Evaluate checkpoints: make eval ckpt=path [hydra overrides...]

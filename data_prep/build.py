@@ -1,7 +1,7 @@
 """build: ingest → render-pdfs → score → filter → write-shards in one call; and ``sample``, the
 embedded offline data set (``make data``) that the quickstart trains from.
 
-``build_sample_shards(out)`` makes the offline sample image set with ``pid.data.sample_set``
+``build_sample_shards(out)`` makes the offline sample image set with ``data_prep.sample_set``
 (scikit-image photos, Debian wallpapers when installed, rendered PDF pages) and turns its
 ``train/`` and ``val/`` folders into ``out/train`` and ``out/val`` shard sets, scored with NIQE
 (or sharpness when the NIQE model is not installed). A complete build (``out/train/shards.json``
@@ -90,7 +90,7 @@ def build_sample_shards(
     verbose: bool = True,
 ) -> dict:
     """The embedded data set as shards under ``out/train`` and ``out/val`` (offline, a minute or so)."""
-    from pid.data.sample_set import build_sample_set
+    from data_prep.sample_set import build_sample_set
 
     out = Path(out)
     if sample_complete(out) and not force:

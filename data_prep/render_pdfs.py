@@ -17,7 +17,7 @@ from PIL import Image
 
 from data_prep.progress import bar, summary
 from data_prep.records import dropped, safe_key, unique_keys, write_dropped, write_jsonl
-from pid.data import pdf_pages
+from data_prep import pdf_pages
 
 DEFAULT_CAPTION = "a page of a typeset document"
 

@@ -56,7 +56,6 @@ def tiny_train_overrides(root: Path, out: Path, *extra: str) -> list[str]:
         "data.crop_size=64",
         "data.batch_size=2",
         "data.num_workers=0",
-        "data.build_if_missing=false",
         "data.train_repeats=2",
         "data.val_crops_per_image=2",
         f"latent.path={out}/latent.safetensors",

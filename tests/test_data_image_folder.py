@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from data_prep.sample_set import build_sample_set
 from pid.data.datamodule import ImageFolderDataModule
 from pid.data.image_folder import FixedCropDataset, ImageCropDataset, grid_positions
 from pid.data.io import load_rgb, probe_image
-from pid.data.sample_set import build_sample_set
 
 CROP = 64
 
@@ -103,14 +103,11 @@ def test_grid_positions_cover_image_and_stay_inside():
     assert grid_positions(100, 100, 64, 64, 1) == [(18, 18)]
 
 
-def test_datamodule_builds_sample_set_and_batches(tmp_path):
+def test_datamodule_batches_from_the_sample_set(tmp_path):
     root = tmp_path / "data"
-    dm = ImageFolderDataModule(
-        str(root), crop_size=CROP, batch_size=3, num_workers=0, val_crops_per_image=2,
-        sample_set={"sources": ["skimage"], "max_images": 6, "val_fraction": 0.34, "verbose": False},
-    )  # fmt: skip
+    build_sample_set(root, sources=("skimage",), max_images=6, val_fraction=0.34, verbose=False)
+    dm = ImageFolderDataModule(str(root), crop_size=CROP, batch_size=3, num_workers=0, val_crops_per_image=2)
     dm.prepare_data()
-    assert (root / "manifest.json").is_file()
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (3, 3, CROP, CROP)
@@ -120,25 +117,36 @@ def test_datamodule_builds_sample_set_and_batches(tmp_path):
     assert len(dm.val_set) == 2 * len(dm.val_set.records) > 0
 
 
-def test_datamodule_leaves_user_folder_alone(tmp_path, monkeypatch):
+def test_datamodule_never_builds_and_leaves_user_folder_alone(tmp_path):
     (tmp_path / "train").mkdir()
     Image.fromarray(_noise(70, 70, 0)).save(tmp_path / "train" / "x.png")
-    import pid.data.datamodule as dmod
-
-    monkeypatch.setattr(dmod, "build_sample_set", lambda *a, **k: pytest.fail("must not build"))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
     dm = ImageFolderDataModule(str(tmp_path), crop_size=CROP, batch_size=1, num_workers=0)
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.train_set) == 1 and len(dm.val_set) == 0
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
 def test_datamodule_without_images_names_the_fix(tmp_path):
     from pid.utils.errors import PiDConfigError
 
-    dm = ImageFolderDataModule(str(tmp_path), crop_size=CROP, build_if_missing=False, num_workers=0)
-    dm.prepare_data()
+    dm = ImageFolderDataModule(str(tmp_path), crop_size=CROP, num_workers=0)
+    with pytest.raises(PiDConfigError, match="make data"):
+        dm.prepare_data()
+    assert not any(tmp_path.iterdir())  # nothing was built
     with pytest.raises(PiDConfigError, match="data.root"):
         dm.setup("fit")
+
+
+def test_shard_datamodule_without_shards_names_the_fix(tmp_path):
+    from pid.data.shard_datamodule import ShardDataModule
+    from pid.utils.errors import PiDConfigError
+
+    dm = ShardDataModule(str(tmp_path / "shards"), crop_size=CROP, num_workers=0)
+    with pytest.raises(PiDConfigError, match="make data"):
+        dm.prepare_data()
+    assert not (tmp_path / "shards").exists()
 
 
 def test_sample_set_images_feed_crops(tmp_path):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pid.data.sample_set as ss
-from pid.data.sample_set import build_sample_set, skimage_candidates, split_groups
+import data_prep.sample_set as ss
+from data_prep.sample_set import build_sample_set, skimage_candidates, split_groups
 from pid.utils.errors import PiDConfigError
 
 

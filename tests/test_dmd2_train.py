@@ -20,7 +20,7 @@ NET = ["model.net.hidden_size=64", "model.net.patch_depth=2", "model.net.pixel_a
 
 def data_overrides(root: Path, out: Path) -> list[str]:
     return ["data=sample_images", f"data.root={root}", "data.crop_size=32", "data.batch_size=2", "data.num_workers=0",
-            "data.build_if_missing=false", "data.train_repeats=2", "data.val_crops_per_image=1",
+            "data.train_repeats=2", "data.val_crops_per_image=1",
             f"latent.path={out}/latent.safetensors", f"paths.log_dir={out}/logs", "logger=csv",
             "~callbacks.progress", *NET]
 

@@ -4,9 +4,9 @@ Batches are ``{"image": uint8 (B, 3, crop, crop), "caption": list[str], "key": l
 degradation (bicubic ↓s), latent encoding and scaling to [-1, 1] happen on the
 device, in the LightningModule.
 
-With ``build_if_missing=True`` an empty ``root`` is filled with the offline
-sample set (:func:`pid.data.sample_set.build_sample_set`) in ``prepare_data``,
-which Lightning runs once per node before ``setup``.
+Nothing here builds a data set: ``make data`` writes the embedded sample set to
+``data/sample_images``; ``prepare_data`` (which Lightning runs once per node before
+``setup``) only checks that ``root/train`` holds images and says how to get them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader
 
 from pid.data.image_folder import FixedCropDataset, ImageCropDataset
 from pid.data.io import list_image_files
-from pid.data.sample_set import MANIFEST, build_sample_set
 from pid.utils.errors import PiDConfigError
 
 log = logging.getLogger(__name__)
@@ -35,9 +34,6 @@ class ImageFolderDataModule(pl.LightningDataModule):
         batch_size: crops per batch (per process).
         num_workers: DataLoader worker processes.
         val_crops_per_image: fixed grid crops taken from each validation image.
-        build_if_missing: build the offline sample set into ``root`` when it has no
-            manifest and no training images.
-        sample_set: keyword arguments for ``build_sample_set`` (e.g. ``max_images``).
         hflip: random horizontal flips of training crops.
         val_batch_size: defaults to ``batch_size``.
         train_repeats: random crops of each training image per epoch.
@@ -53,8 +49,6 @@ class ImageFolderDataModule(pl.LightningDataModule):
         batch_size: int = 4,
         num_workers: int = 2,
         val_crops_per_image: int = 4,
-        build_if_missing: bool = True,
-        sample_set: dict | None = None,
         hflip: bool = True,
         val_batch_size: int | None = None,
         train_repeats: int = 1,
@@ -70,14 +64,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.train_set: ImageCropDataset | None = None
         self.val_set: FixedCropDataset | None = None
 
-    def _needs_build(self) -> bool:
-        return not (self.root / MANIFEST).is_file() and not list_image_files(self.root / "train")
-
     def prepare_data(self) -> None:
-        """Build the sample set into ``root`` if asked to and nothing is there yet."""
-        if self.hparams.build_if_missing and self._needs_build():
-            log.info("no images under %s: building the offline sample set there", self.root)
-            build_sample_set(self.root, **(self.hparams.sample_set or {}))
+        """Stop early, with the fix, when ``root/train`` holds no image at all."""
+        if not list_image_files(self.root / "train"):
+            raise PiDConfigError(
+                f"no training images under '{self.root / 'train'}': `make data` builds the embedded sample set "
+                "(data/sample_images); for your own images set data.root to a folder with train/ and val/"
+            )
 
     def setup(self, stage: str | None = None) -> None:
         """Index ``root/train`` and ``root/val`` (once)."""
@@ -90,8 +83,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             if len(self.train_set) == 0:
                 raise PiDConfigError(
                     f"no training image of at least {hp.crop_size}px under '{self.root / 'train'}': "
-                    "set data.root to a folder with train/ images, lower data.crop_size, or set "
-                    "data.build_if_missing=true to build the offline sample set there"
+                    "set data.root to a folder with train/ images or lower data.crop_size"
                 )
         if self.val_set is None and stage in (None, "fit", "validate"):
             self.val_set = FixedCropDataset(self.root / "val", hp.crop_size, hp.val_crops_per_image,

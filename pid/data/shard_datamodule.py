@@ -1,5 +1,5 @@
-"""LightningDataModule over WebDataset shards written by ``data_prep`` (or any shards with an image
-member per sample and optional ``.json`` / ``.txt`` captions).
+"""LightningDataModule over WebDataset shards (an image member per sample and optional ``.json`` /
+``.txt`` captions), as the data-set builder writes them (``make data`` for the embedded sample set).
 
 Training batches: ``{"image": uint8 (B, 3, H, W), "caption": list[str], "key": list[str],
 "skipped": int}`` where (H, W) is one aspect-ratio bucket per batch (SPEC §3). The LQ latent is
@@ -14,8 +14,8 @@ Steps: every rank runs ``steps_per_epoch`` batches per epoch; by default
 Splitting, shuffling and mid-epoch resume: see ``pid.data.shard_stream``. On resume
 (``load_state_dict``) the stream starts a new pass seeded with the restored global step.
 
-``build_if_missing``: ``prepare_data`` builds the offline sample shards
-(``data_prep.build.build_sample_shards``) at ``root`` when its ``train/shards.json`` is missing.
+Nothing here builds shards: ``prepare_data`` only checks that the training shards exist and says
+how to get them.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class ShardDataModule(pl.LightningDataModule):
 
     Args:
         root: folder with ``train/`` and ``val/`` shard sets (used when ``train_shards`` /
-            ``val_shards`` are not given, and as the build target of ``build_if_missing``).
+            ``val_shards`` are not given).
         train_shards, val_shards: a shard directory, brace pattern or list (override ``root``).
         crop_size: the bucket base size (the 1:1 bucket side) and the validation crop side.
         batch_size: per rank. num_workers: DataLoader workers per rank.
@@ -72,7 +72,6 @@ class ShardDataModule(pl.LightningDataModule):
         hflip: bool = True,
         val_crops_per_image: int = 2,
         val_batch_size: int | None = None,
-        build_if_missing: bool = False,
         images_root: str | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
@@ -106,17 +105,17 @@ class ShardDataModule(pl.LightningDataModule):
         return make_buckets(kind, base_size=self.hparams.crop_size, **b)
 
     def prepare_data(self) -> None:
-        if self.hparams.build_if_missing and self.root_dir is not None:
-            from data_prep.build import build_sample_shards, sample_complete
+        """Stop early, with the fix, when there are no training shards."""
+        self._require_train_shards()
 
-            if not sample_complete(self.root_dir):
-                log.info("no shards under %s: building the offline sample shards there", self.root_dir)
-                build_sample_shards(
-                    self.root_dir,
-                    images_dir=self.hparams.images_root,
-                    base_size=self.hparams.crop_size,
-                    multiple=(self.hparams.buckets or {}).get("multiple", 32),
-                )
+    def _require_train_shards(self) -> None:
+        shards = list_shards(self.train_source)
+        if not any(Path(s).is_file() or "://" in s or s.startswith("pipe:") for s in shards):
+            raise PiDConfigError(
+                f"no training shards at {self.train_source!r}: `make data` builds the embedded sample shards "
+                "(data/sample_shards); for your own images build shards with the data-set builder's `build` "
+                "command and set data.root / data.train_shards"
+            )
 
     def steps(self) -> int:
         hp = self.hparams
@@ -133,11 +132,7 @@ class ShardDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         if self.train_set is None and stage in (None, "fit"):
-            if not list_shards(self.train_source):
-                raise PiDConfigError(
-                    f"no training shards at {self.train_source!r}: build them with `python -m data_prep build ...` "
-                    "(or `make data`), set data.root / data.train_shards, or data.build_if_missing=true"
-                )
+            self._require_train_shards()
             self.train_set = BucketedShardStream(
                 self.train_source, self.bucket_set(), hp.batch_size, self.steps(), hp.mode, hp.seed,
                 hp.shuffle_buffer, hp.crop_mode, hp.hflip, start_pass=self.start_pass, min_std=hp.min_crop_std,

@@ -20,7 +20,7 @@ The split is deterministic and held out by *group* (an image, a stereo pair, a
 whole PDF document, all sizes of one wallpaper), never by crop. A second call on
 a complete set returns immediately.
 
-CLI: ``python -m pid.data.sample_set OUT_DIR [--max-images N] [--sources skimage,pdf]``.
+CLI: ``python -m data_prep.sample_set OUT_DIR [--max-images N] [--sources skimage,pdf]``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pid.data import pdf_pages
+from data_prep import pdf_pages
 from pid.data.io import list_image_files, load_rgb, probe_image
 from pid.utils.errors import PiDConfigError
 
@@ -283,7 +283,7 @@ def build_sample_set(
             "write; refusing to overwrite them: point the sample set (data.root) at another folder "
             "or pass force=True"
         )
-    (out_dir / MARKER).write_text("written by pid.data.sample_set.build_sample_set\n")
+    (out_dir / MARKER).write_text("written by data_prep.sample_set.build_sample_set\n")
     (out_dir / MANIFEST).unlink(missing_ok=True)
     staging = out_dir / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -391,7 +391,7 @@ class _progress:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI entry: ``python -m pid.data.sample_set OUT_DIR``."""
+    """CLI entry: ``python -m data_prep.sample_set OUT_DIR``."""
     ap = argparse.ArgumentParser(description="Build the offline sample image set.")
     ap.add_argument("out_dir")
     ap.add_argument("--sources", default=",".join(ALL_SOURCES), help=f"comma list from {ALL_SOURCES}")
