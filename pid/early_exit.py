@@ -14,10 +14,16 @@ Two ways to get the state:
   :class:`ExitState` (state, σ_K, already in PiD's frame).
 * :func:`run_pipeline_to_step` — a diffusers pipeline (FLUX.1/FLUX.2/SD3/SDXL/…): a
   ``callback_on_step_end`` (:class:`StepCapture`) records the latents after step K, interrupts the
-  pipeline (``pipe._interrupt``: the remaining steps are skipped) and returns the state with
-  ``pipe.scheduler.sigmas[K]``. Packed latents (FLUX.1's ``(B, N, 64)`` tokens) are unpacked with the
+  pipeline (``pipe._interrupt``: the remaining steps are skipped) and returns the state with the σ at
+  the scheduler's own step index. Packed latents (FLUX.1's ``(B, N, 64)`` tokens) are unpacked with the
   pipeline's own ``_unpack_latents``; pass ``unpack=`` for other layouts (FLUX.2: unpack the token
   sequence to its (B, 128, h, w) grid).
+
+Where the state sits on the schedule comes from the scheduler itself (:func:`schedule_index`: its
+``step_index``, else ``begin_index`` + K), never from K alone: img2img / inpainting pipelines
+(``strength`` < 1) and SDXL's ``denoising_start`` begin mid-schedule, so after K of their steps the latent
+is at ``sigmas[start + K]``. FLUX.1 img2img with 10 steps and strength 0.6 starts at index 4: two steps
+later the state is at σ = sigmas[6] = 0.4 (no shift), not sigmas[2] = 0.8, and the loop has 6 steps, not 10.
 
 Best exits keep the last 3–5 LDM steps for PiD (FLUX.1 24/28, FLUX.2 45/50).
 
@@ -40,14 +46,19 @@ FRAMES = ("flow", "vp", "ve")
 
 @dataclass
 class ExitState:
-    """An LDM state after ``step`` of ``num_steps`` steps, in PiD's training frame."""
+    """An LDM state after ``step`` of the ``num_steps`` steps its loop runs, in PiD's training frame.
+
+    ``start`` is the schedule index the loop began at (0 for text-to-image; ``N − int(N·strength)`` for
+    img2img), so the state sits at ``scheduler.sigmas[start + step]`` for first-order schedulers.
+    """
 
     latent: torch.Tensor  # normalised latent (B, C, h, w), noisy at level sigma
     sigma: float  # σ_K in PiD's frame (flow or VP σ)
-    step: int  # K
-    num_steps: int  # N
+    step: int  # K: the steps that ran
+    num_steps: int  # the steps the loop runs in full (img2img: fewer than num_inference_steps)
     frame: str  # the frame the LDM ran in ("flow" or "ve"); latent/sigma are converted already
     raw_sigma: float  # the scheduler's σ_K before conversion
+    start: int = 0  # schedule index of the loop's first step (img2img strength, denoising_start)
 
 
 def scheduler_frame(scheduler) -> str:
@@ -70,9 +81,33 @@ def to_training_frame(latent: torch.Tensor, sigma: float, frame: str) -> tuple[t
     return latent, float(sigma)
 
 
-def _sigma_at(scheduler, k: int) -> float:
+def schedule_start(scheduler) -> int:
+    """Schedule index a denoising loop began at: the scheduler's ``begin_index`` (diffusers img2img and
+    ``denoising_start`` pipelines call ``set_begin_index``), else 0."""
+    begin = getattr(scheduler, "begin_index", None)
+    return int(begin) if begin is not None else 0
+
+
+def schedule_index(scheduler, steps_run: int) -> int:
+    """Index into ``scheduler.sigmas`` of the state after ``steps_run`` steps of the current loop.
+
+    The scheduler's own ``step_index`` once it has stepped (it counts from ``begin_index``, so the steps an
+    img2img pipeline skips are included), else ``begin_index + steps_run`` (schedulers without a step index,
+    or before the first step).
+    """
+    index = getattr(scheduler, "step_index", None) if steps_run > 0 else None
+    return int(index) if index is not None else schedule_start(scheduler) + int(steps_run)
+
+
+def _sigma_at(scheduler, index: int) -> float:
+    """``scheduler.sigmas[index]``; ValueError when the index is past the schedule's end."""
     sigmas = scheduler.sigmas
-    return float(sigmas[min(k, len(sigmas) - 1)])
+    if not 0 <= index < len(sigmas):
+        raise ValueError(
+            f"{type(scheduler).__name__}: schedule index {index} is outside its {len(sigmas)} sigmas "
+            "(set_timesteps not called, or more steps run than scheduled)"
+        )
+    return float(sigmas[index])
 
 
 @torch.no_grad()
@@ -104,17 +139,20 @@ def run_scheduler_loop(
         kwargs = {"generator": generator} if generator is not None else {}
         x = scheduler.step(out, t, x, return_dict=False, **kwargs)[0]
     frame = scheduler_frame(scheduler) if frame == "auto" else frame
-    raw_sigma = _sigma_at(scheduler, k)
+    raw_sigma = _sigma_at(scheduler, schedule_index(scheduler, k))
     latent, sigma = to_training_frame(x, raw_sigma, frame)
-    return ExitState(latent, sigma, k, len(timesteps), frame, raw_sigma)
+    return ExitState(latent, sigma, k, len(timesteps), frame, raw_sigma, schedule_start(scheduler))
 
 
 class StepCapture:
     """``callback_on_step_end`` for diffusers pipelines: record the latents after K steps (for each K in
     ``exit_steps``) with σ_K, and interrupt the pipeline after the last one when ``stop``.
 
-    diffusers calls it with ``step_index = i`` after step i ran, so K = i + 1 steps are done and the
-    latents sit at ``scheduler.sigmas[K]``.
+    diffusers calls it with ``step_index = i`` after step i of its loop ran, so K = i + 1 steps are done;
+    the latents sit at ``scheduler.sigmas[j]`` with j the scheduler's own step index (:func:`schedule_index`),
+    which is ``start + K`` for pipelines that begin mid-schedule (img2img). ``num_steps`` is the length of
+    the pipeline's loop (``pipe._num_timesteps`` when it records it, else the scheduled steps from
+    ``begin_index`` on).
     """
 
     def __init__(self, exit_steps, frame: str = "auto", unpack: Callable | None = None, stop: bool = True):
@@ -126,15 +164,17 @@ class StepCapture:
     def __call__(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
         k = step_index + 1
         scheduler = pipe.scheduler
-        self.num_steps = len(scheduler.timesteps)
+        start = schedule_start(scheduler)
+        loop_steps = getattr(pipe, "_num_timesteps", None)
+        self.num_steps = int(loop_steps) if loop_steps is not None else len(scheduler.timesteps) - start
         if k in self.exit_steps:
             latents = callback_kwargs["latents"]
             if self.unpack is not None:
                 latents = self.unpack(latents)
             frame = scheduler_frame(scheduler) if self.frame == "auto" else self.frame
-            raw_sigma = _sigma_at(scheduler, k)
+            raw_sigma = _sigma_at(scheduler, schedule_index(scheduler, k))
             latent, sigma = to_training_frame(latents.float(), raw_sigma, frame)
-            self.states[k] = ExitState(latent.cpu(), sigma, k, self.num_steps, frame, raw_sigma)
+            self.states[k] = ExitState(latent.cpu(), sigma, k, self.num_steps, frame, raw_sigma, start)
             if self.stop and k >= max(self.exit_steps):
                 pipe._interrupt = True  # diffusers pipelines skip the remaining steps
         return callback_kwargs
@@ -168,10 +208,19 @@ def run_pipeline_to_step(
     unpack: Callable | None = None,
     **pipe_kwargs,
 ) -> ExitState:
-    """Run a diffusers pipeline for K = ``exit_after`` of N = ``num_inference_steps`` steps: state and σ_K.
+    """Run K = ``exit_after`` steps of a diffusers pipeline's denoising loop and return the state with its σ.
 
-    ``pipe_kwargs`` go to the pipeline (prompt, height, width, guidance_scale, generator, …);
-    ``output_type="latent"`` is used so nothing is decoded.
+    ``num_inference_steps`` (N) is the pipeline's schedule length. Pipelines that start mid-schedule
+    (img2img ``strength`` s: the last ``int(N·s)`` steps; ``denoising_start``) run only a tail of it:
+    K counts the steps that really ran, σ is read at the scheduler's own step index and
+    ``ExitState.num_steps`` / ``start`` say how long the loop is and where it began.
+    ``pipe_kwargs`` go to the pipeline (prompt, image, strength, height, width, guidance_scale, generator,
+    …); ``output_type="latent"`` is used so nothing is decoded.
+
+    Raises:
+        ValueError: ``exit_after`` outside [1, N].
+        RuntimeError: the loop ran fewer than K steps (e.g. img2img with a low ``strength``); the message
+            gives the loop's length.
     """
     if not 1 <= exit_after <= num_inference_steps:
         raise ValueError(f"exit_after={exit_after} must be in [1, {num_inference_steps}]")
@@ -185,7 +234,11 @@ def run_pipeline_to_step(
         **pipe_kwargs,
     )
     if exit_after not in capture.states:
-        raise RuntimeError(f"the pipeline ran fewer than {exit_after} steps")
+        raise RuntimeError(
+            f"{type(pipe).__name__} ran {capture.num_steps} denoising steps, fewer than exit_after={exit_after}"
+            f" (of num_inference_steps={num_inference_steps}; img2img strength / denoising_start skip the "
+            f"first ones): use exit_after <= {capture.num_steps}"
+        )
     return capture.states[exit_after]
 
 

@@ -218,3 +218,106 @@ def test_real_flux_pipeline_exits_after_k_steps_with_the_scheduler_sigma():
     assert state.frame == "flow" and state.step == 6 and state.num_steps == 8
     assert state.sigma == pytest.approx(float(pipe.scheduler.sigmas[6])) and 0 < state.sigma < 1
     torch.testing.assert_close(state.latent, full.states[6].latent)  # same state as the uninterrupted run
+
+
+def _record_latents(store: dict, unpack=None):
+    """A plain ``callback_on_step_end`` that keeps every step's latents and the scheduler's σ index."""
+
+    def callback(pipe, i, t, kwargs):
+        latents = kwargs["latents"]
+        store[i + 1] = (unpack(latents) if unpack else latents).float().clone()
+        return kwargs
+
+    return callback
+
+
+def test_flux_img2img_exit_reads_sigma_at_the_schedulers_own_index():
+    """Issue 15 item 8: FLUX.1 img2img, strength 0.6 of 10 steps, starts at schedule index 4; after 2 steps the
+    state is at σ = sigmas[6] = 0.4 (unshifted schedule), and the loop has 6 steps."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxPipeline
+
+    components = _tiny_flux_pipeline().components
+    components["scheduler"] = FlowMatchEulerDiscreteScheduler()  # shift 1: sigmas 1.0, 0.9, …, 0.1, 0
+    components["vae"] = AutoencoderKL(  # img2img encodes the image: FLUX.1's shift/scale in the VAE config
+        block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=16, norm_num_groups=4, layers_per_block=1,
+        shift_factor=0.1159, scaling_factor=0.3611).eval()
+    pipe = FluxImg2ImgPipeline(**components)
+    calls = []
+    pipe.transformer.register_forward_hook(lambda *_: calls.append(1))
+    image = torch.rand(1, 3, 32, 48)
+    kwargs = dict(prompt="a photo of a red cat", image=image, strength=0.6, height=32, width=48,
+                  guidance_scale=3.5, max_sequence_length=16)
+
+    seen = {}
+    unpack = lambda x: pipe._unpack_latents(x, 32, 48, pipe.vae_scale_factor)  # noqa: E731
+    pipe(num_inference_steps=10, callback_on_step_end=_record_latents(seen, unpack),
+         callback_on_step_end_tensor_inputs=["latents"], output_type="latent",
+         generator=torch.Generator().manual_seed(3), **kwargs)
+    assert sorted(seen) == [1, 2, 3, 4, 5, 6]  # the loop: 6 of the 10 scheduled steps
+    calls.clear()
+
+    state = run_pipeline_to_step(pipe, exit_after=2, num_inference_steps=10,
+                                 generator=torch.Generator().manual_seed(3), **kwargs)
+    assert len(calls) == 2
+    assert state.sigma == pytest.approx(0.4) and state.raw_sigma == pytest.approx(0.4)
+    assert (state.step, state.num_steps, state.start) == (2, 6, 4)
+    torch.testing.assert_close(state.latent, seen[2])
+
+    # the same pipeline's last step exits at σ = 0 after 6 steps; asking for more than ran is an error
+    last = run_pipeline_to_step(pipe, exit_after=6, num_inference_steps=10,
+                                generator=torch.Generator().manual_seed(3), **kwargs)
+    assert last.sigma == pytest.approx(0.0) and (last.step, last.num_steps) == (6, 6)
+    with pytest.raises(RuntimeError, match=r"ran 6 denoising steps.*exit_after <= 6"):
+        run_pipeline_to_step(pipe, exit_after=7, num_inference_steps=10, **kwargs)
+    # a text-to-image run on the same scheduler afterwards starts at index 0 again
+    t2i = run_pipeline_to_step(FluxPipeline(**components), exit_after=2, num_inference_steps=10,
+                               prompt="a photo", height=32, width=48, max_sequence_length=16)
+    assert t2i.sigma == pytest.approx(0.8) and (t2i.step, t2i.num_steps, t2i.start) == (2, 10, 0)
+
+
+def _tiny_sd3_img2img_pipeline(shift: float):
+    """A real diffusers StableDiffusion3Img2ImgPipeline at a tiny random size; prompts are given as embeddings,
+    so no text encoder is built."""
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Img2ImgPipeline)
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+        caption_projection_dim=16, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4).eval()
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4,
+                        layers_per_block=1, shift_factor=0.0609, scaling_factor=1.5305).eval()
+    return StableDiffusion3Img2ImgPipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=vae,
+        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
+        tokenizer_3=None)
+
+
+def test_sd3_img2img_exit_reads_the_shifted_sigma_after_the_skipped_steps():
+    """Second instance of the same kind: SD3 img2img (shift 3), strength 0.5 of 8 steps starts at index 4."""
+    pipe = _tiny_sd3_img2img_pipeline(shift=3.0)
+    g = torch.Generator().manual_seed(1)
+    kwargs = dict(image=torch.rand(1, 3, 32, 32), strength=0.5, guidance_scale=1.0,
+                  prompt_embeds=torch.randn(1, 5, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 64, generator=g))
+    seen = {}
+    pipe(num_inference_steps=8, callback_on_step_end=_record_latents(seen),
+         callback_on_step_end_tensor_inputs=["latents"], output_type="latent",
+         generator=torch.Generator().manual_seed(3), **kwargs)
+    assert sorted(seen) == [1, 2, 3, 4]
+    sigmas = pipe.scheduler.sigmas  # the full 8-step shifted schedule (+ the final 0)
+    state = run_pipeline_to_step(pipe, exit_after=2, num_inference_steps=8,
+                                 generator=torch.Generator().manual_seed(3), **kwargs)
+    start = 8 - int(8 * 0.5)  # diffusers' get_timesteps: the first N − int(N·strength) steps are skipped
+    assert (state.step, state.num_steps, state.start) == (2, 4, start)
+
+    def shifted(u):  # SD3's time shift 3
+        return 3 * u / (1 + 2 * u)
+
+    # FlowMatchEulerDiscreteScheduler: unshifted σ evenly spaced from 1 to the shifted σ_min = shift(1/1000)
+    u = 1 + (start + 2) * (shifted(1 / 1000) - 1) / 7
+    assert state.sigma == pytest.approx(shifted(u), abs=1e-5) and state.sigma == pytest.approx(0.3380, abs=1e-4)
+    assert state.sigma == pytest.approx(float(sigmas[start + 2]))
+    assert state.sigma != pytest.approx(float(sigmas[2]))
+    torch.testing.assert_close(state.latent, seen[2])
