@@ -19,11 +19,25 @@ def output_size(latent: torch.Tensor, latent_down: int, sr_scale: int) -> tuple[
     return h * latent_down * sr_scale, w * latent_down * sr_scale
 
 
+def null_text(y: torch.Tensor | None, text_on: torch.Tensor, y_null: torch.Tensor | None) -> torch.Tensor | None:
+    """Caption states with the text of samples where ``text_on`` is False replaced by the null text.
+
+    ``y`` (N, L, D); ``y_null`` (1 or N, L, D): the encoded null caption (the official teacher CFG uses
+    the encoded negative prompt, training the encoded empty caption); None: zero states.
+    """
+    if y is None:
+        return None
+    keep = text_on.view(-1, 1, 1)
+    if y_null is None:
+        return y * keep.to(y.dtype)
+    return torch.where(keep, y, y_null.to(device=y.device, dtype=y.dtype).expand_as(y))
+
+
 class PiDDenoiser:
     """A PiDNet behind DualCFG's switchable signature ``(x_t, t, text_on, latent_on, **cond)``.
 
-    ``text_on`` / ``latent_on`` are (N,) bool; ``text_on`` False zeroes the caption states ``y``
-    (N, L, txt_dim), ``latent_on`` False drops the latent (N, C, h, w) by the adapter's drop_mode.
+    ``text_on`` / ``latent_on`` are (N,) bool; ``text_on`` False replaces the caption states ``y``
+    (N, L, txt_dim) by ``y_null`` (zeros without one, see :func:`null_text`), ``latent_on`` False drops the latent (N, C, h, w) by the adapter's drop_mode.
     With ``cache_latent_features`` (default), :meth:`prepare` (called by DualCFG once per batch
     layout) runs the adapter once via ``net.encode_latent`` and every step passes the result as
     ``latent_features``; the gates still see each step's tokens and ``sigma``.
@@ -33,17 +47,17 @@ class PiDDenoiser:
         self.net = net
         self.cache_latent_features = cache_latent_features
 
-    def prepare(self, x_t, t, text_on, latent_on, latent=None, sigma=None, y=None, y_mask=None, **cond):
+    def prepare(self, x_t, t, text_on, latent_on, latent=None, sigma=None, y=None, y_mask=None, y_null=None,
+                **cond):
         """Conditioning for every step of one decode: ``latent`` replaced by its adapter features."""
         if latent is not None and self.cache_latent_features and getattr(self.net, "adapter", None) is not None:
             features = self.net.encode_latent(latent, tuple(x_t.shape[-2:]), keep=latent_on)
-            return {"latent_features": features, "sigma": sigma, "y": y, "y_mask": y_mask, **cond}
-        return {"latent": latent, "sigma": sigma, "y": y, "y_mask": y_mask, **cond}
+            return {"latent_features": features, "sigma": sigma, "y": y, "y_mask": y_mask, "y_null": y_null, **cond}
+        return {"latent": latent, "sigma": sigma, "y": y, "y_mask": y_mask, "y_null": y_null, **cond}
 
     def __call__(self, x_t, t, text_on, latent_on, latent=None, sigma=None, y=None, y_mask=None,
-                 latent_features=None, **cond):
-        if y is not None:
-            y = y * text_on.view(-1, 1, 1).to(y.dtype)
+                 latent_features=None, y_null=None, **cond):
+        y = null_text(y, text_on, y_null)
         if latent_features is not None:
             return self.net(x_t, t, sigma=sigma, y=y, y_mask=y_mask, latent_features=latent_features, **cond)
         keep = latent_on if latent is not None else None

@@ -45,6 +45,7 @@ __all__ = [
     "x0_from_eps",
     "eps_from_x0",
     "resolution_shift",
+    "release_shift",
     "shift_time",
     "unshift_time",
     "sample_logit_normal",
@@ -127,6 +128,25 @@ def resolution_shift(height: int, width: int, base: float = 6.0, ref_size: float
     if height <= 0 or width <= 0:
         raise ValueError(f"height and width must be positive, got {(height, width)}")
     return float(base) * math.sqrt(math.sqrt(float(height) * float(width)) / float(ref_size))
+
+
+SHIFT_RULES = ("area", "max_side", "static")
+
+
+def release_shift(height: int, width: int, base: float = 6.0, ref_size: float = 2048, rule: str = "area") -> float:
+    """The time shift of a release's sampler for an output of ``height`` × ``width`` pixels.
+
+    ``rule``: "area" — :func:`resolution_shift` (teachers, PixelDiT and training: base·√(√(HW)/ref));
+    "max_side" — base·√(max(H, W)/ref) (what the official student inference computes, unused by its
+    sampler); "static" — ``base`` whatever the size.
+    """
+    if rule == "area":
+        return resolution_shift(height, width, base=base, ref_size=ref_size)
+    if rule == "max_side":
+        return float(base) * math.sqrt(max(height, width) / float(ref_size))
+    if rule == "static":
+        return float(base)
+    raise ValueError(f"shift rule must be one of {SHIFT_RULES}, got {rule!r}")
 
 
 def shift_time(t: Tensor | float, s: float) -> Tensor | float:

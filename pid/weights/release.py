@@ -1,0 +1,142 @@
+"""Release presets: one YAML file per released checkpoint under ``conf/release/``.
+
+A preset fixes what a released file needs to be used as NVIDIA trained it: the network config (PiD v1 or
+v1.5, gate mode, PiT injection, aux head only where the file has one, RoPE mode and reference grid), the
+latent space (a ``conf/latent/`` name or an inline config), the sr scale, the sampler and its defaults
+(the students' t-list and 1-step t, the teachers' DPM-Solver++ with text CFG), the time-shift rule and
+the text preprocessing. ``release=`` takes a preset name (the file's stem), one of its aliases, the
+official release name, or the path of a preset file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pid.utils.errors import PiDConfigError
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+RELEASE_DIR = CONF_DIR / "release"
+KINDS = ("student", "teacher", "prior")
+
+
+@dataclass
+class Release:
+    """A release preset read from its YAML file (see the module docstring for the fields)."""
+
+    name: str
+    release: str
+    kind: str
+    net: dict[str, Any]
+    latent: str | dict[str, Any] | None
+    sr_scale: int | None
+    sampling: dict[str, Any] = field(default_factory=dict)
+    time: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)
+    path: Path | None = None
+
+    def latent_config(self) -> dict[str, Any] | None:
+        """The latent space's config: ``conf/latent/<name>.yaml`` or the inline dict (unresolved)."""
+        if self.latent is None or isinstance(self.latent, dict):
+            return self.latent
+        file = CONF_DIR / "latent" / f"{self.latent}.yaml"
+        if not file.is_file():
+            raise PiDConfigError(f"release {self.name}: no latent space {self.latent!r} (conf/latent/*.yaml)")
+        cfg = OmegaConf.load(file)
+        if self.sr_scale is not None:  # the few latent configs that interpolate ${sr_scale}
+            cfg = OmegaConf.merge({"sr_scale": self.sr_scale}, {"latent": cfg}).latent
+        return OmegaConf.to_container(cfg, resolve=False)
+
+    def build_net(self):
+        """Instantiate the network (random init; load weights with :func:`pid.weights.load_weights`)."""
+        from hydra.utils import instantiate
+
+        return instantiate(self.net)
+
+
+def preset_names() -> list[str]:
+    """Stems of every preset under ``conf/release/``."""
+    return sorted(p.stem for p in RELEASE_DIR.glob("*.yaml"))
+
+
+def _find(name: str) -> Path:
+    file = RELEASE_DIR / f"{name}.yaml"
+    if file.is_file():
+        return file
+    for path in sorted(RELEASE_DIR.glob("*.yaml")):
+        data = OmegaConf.load(path)
+        if name == data.get("release") or name in (data.get("aliases") or []):
+            return path
+    raise PiDConfigError(f"unknown release {name!r}: give a preset name ({', '.join(preset_names())}), one of "
+                         "their aliases or official names, or the path of a preset file")
+
+
+def load_release(name_or_path: str | Path | Release) -> Release:
+    """Read a preset by name, alias, official release name or file path.
+
+    Raises :class:`PiDConfigError` for an unknown name, a missing file or a preset without the required
+    fields (``kind``, ``net``).
+    """
+    if isinstance(name_or_path, Release):
+        return name_or_path
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if text.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise PiDConfigError(f"release preset file {path} does not exist")
+    else:
+        path = _find(text)
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(data, dict) or "net" not in data or data.get("kind") not in KINDS:
+        raise PiDConfigError(f"{path} is not a release preset: it needs `kind` ({'/'.join(KINDS)}) and `net`")
+    known = {"release", "aliases", "kind", "latent", "sr_scale", "net", "sampling", "time", "text"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise PiDConfigError(f"{path}: unknown preset keys {unknown}; expected {sorted(known)}")
+    return Release(name=path.stem, release=str(data.get("release") or path.stem), kind=data["kind"],
+                   net=dict(data["net"]), latent=data.get("latent"), sr_scale=data.get("sr_scale"),
+                   sampling=dict(data.get("sampling") or {}), time=dict(data.get("time") or {}),
+                   text=dict(data.get("text") or {}), aliases=list(data.get("aliases") or []), path=path)
+
+
+def apply_release(cfg: DictConfig) -> DictConfig:
+    """Fix a composed training / evaluation config to ``cfg.release`` (no-op when it is null).
+
+    Sets ``model.net`` (the preset's network; keys the preset does not name keep their values), ``sr_scale``
+    and, where the model config has them, ``model.time`` shift fields. The latent space is selected with its
+    own group (``latent=<name>``, so that ``latent.path`` overrides keep working): a run whose latent is
+    another space stops with an error naming the override to add.
+    """
+    name = cfg.get("release")
+    if not name:
+        return cfg
+    rel = load_release(name)
+    latent_name = rel.latent if isinstance(rel.latent, str) else None
+    run_latent = (cfg.get("latent") or {}).get("name")
+    if latent_name and run_latent != latent_name:
+        raise PiDConfigError(f"release {rel.name} decodes the {latent_name!r} latent space but the run uses "
+                             f"{run_latent!r}: add latent={latent_name} (and latent.path=...)")
+    OmegaConf.set_struct(cfg, False)
+    model = cfg.model
+    net = OmegaConf.create(rel.net)
+    if "adapter" in net and net.adapter is not None and "adapter" in model.net and model.net.adapter is not None:
+        model.net.adapter = net.adapter  # the preset's adapter replaces the group's whole
+    model.net = OmegaConf.merge(model.net, net)
+    if str(model.get("_target_", "")).endswith("DMD2Module") and model.net.get("adapter") is not None:
+        model.net.adapter.aux_rgb_head = False  # official distillation builds student, teacher and critic without it
+    if rel.sr_scale is not None:
+        cfg.sr_scale = rel.sr_scale
+        model.net.sr_scale = rel.sr_scale
+    if "time" in model and model.time is not None and rel.time:
+        for key in ("shift_base", "shift_ref_size"):
+            if key in rel.time:
+                model.time[key] = rel.time[key]
+    log.info("release %s (%s): network, sr scale and time shift from %s", rel.name, rel.release, rel.path)
+    return cfg
