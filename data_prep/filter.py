@@ -15,20 +15,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from data_prep.progress import bar, summary
 from data_prep.records import dropped, read_jsonl, write_dropped, write_jsonl
 from pid.data.buckets import BucketSet, make_buckets
+from pid.data.io import open_image, to_rgb8, upright
 
 
 def dhash(path: str, size: int = 8) -> int:
     """Difference hash: sign of horizontal gradients of a (size+1)×size greyscale thumbnail."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         im.draft("L", (64, 64))
-        g = np.asarray(
-            ImageOps.exif_transpose(im).convert("L").resize((size + 1, size), Image.BILINEAR), dtype=np.int16
-        )
+        grey = to_rgb8(upright(im)).convert("L").resize((size + 1, size), Image.BILINEAR)
+        g = np.asarray(grey, dtype=np.int16)
     bits = (g[:, 1:] > g[:, :-1]).ravel()
     return int("".join("1" if b else "0" for b in bits), 2)
 

@@ -11,19 +11,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from data_prep.progress import bar, summary
 from data_prep.records import dropped, read_jsonl, write_dropped, write_jsonl
 from data_prep.scorers import make_scorer
-from pid.data.transforms import to_rgb8
+from pid.data.io import open_image, to_rgb8, upright
 
 
 def load_for_scoring(path: str, max_side: int) -> Image.Image:
-    with Image.open(path) as im:
+    """The image as the one decoder gives it (``pid.data.io``), reduced to at most ``max_side`` px."""
+    with open_image(path) as im:
         if im.format == "JPEG":
             im.draft("RGB", (max_side, max_side))
-        im = to_rgb8(ImageOps.exif_transpose(im))
+        im = to_rgb8(upright(im))
         im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         return im.copy()
 

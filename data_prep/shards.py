@@ -27,14 +27,14 @@ import signal
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from data_prep.probe import KEEP_FORMATS
 from data_prep.progress import bar, summary
 from data_prep.records import read_all_dropped, read_jsonl, write_jsonl
 from data_prep.report import write_report
 from data_prep.tar_writer import write_tar_atomic
-from pid.data.transforms import to_rgb8
+from pid.data.io import decode_rgb
 
 FORMAT = "pid.shards.v1"
 KILL_ENV = "PID_DATA_PREP_KILL_AFTER"  # tests: SIGKILL ourselves while writing shard N (0-based)
@@ -54,16 +54,15 @@ def plan_shards(records: list[dict], shard_bytes: int, max_per_shard: int) -> li
 
 
 def payload(r: dict) -> tuple[str, bytes]:
-    """(extension, bytes): the file as is when possible, else an upright 8-bit RGB PNG."""
+    """(extension, bytes): the file as is when possible, else the upright 8-bit RGB PNG that the one
+    decoder (``pid.data.io.decode_rgb``) makes of it. Raises ``OSError`` if the file changed."""
     data = Path(r["path"]).read_bytes()
     if hashlib.sha256(data).hexdigest() != r["sha256"]:
         raise OSError(f"{r['path']} changed since ingest")
     if not r.get("convert") and r["format"] in KEEP_FORMATS:
         return KEEP_FORMATS[r["format"]], data
-    with Image.open(io.BytesIO(data)) as im:
-        rgb = to_rgb8(ImageOps.exif_transpose(im))
-        buf = io.BytesIO()
-        rgb.save(buf, format="PNG", compress_level=6)
+    buf = io.BytesIO()
+    Image.fromarray(decode_rgb(data)).save(buf, format="PNG", compress_level=6)
     return "png", buf.getvalue()
 
 

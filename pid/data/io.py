@@ -20,6 +20,7 @@ gives the same pixels everywhere. The rules:
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import logging
@@ -33,7 +34,7 @@ from PIL import Image, ImageOps
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".pgm", ".ppm", ".pnm")
 DEFAULT_MAX_PIXELS = 80_000_000  # decompression-bomb guard (a 4K image is ~16M pixels)
 
 # EXIF orientations 5–8 rotate by 90°, which swaps width and height.
@@ -195,16 +196,42 @@ def probe_image(path: str | os.PathLike) -> tuple[int, int]:
 
 
 # --- listing --------------------------------------------------------------------------------
+def path_problem(path: str | os.PathLike) -> tuple[str, str] | None:
+    """Why ``path`` is not a readable regular file, as ``(reason, detail)``; None when it is one.
+
+    Reasons: ``missing_file``, ``symlink_loop`` (a link that resolves to itself), ``broken_symlink``,
+    ``directory_named_like_image`` (any directory), ``not_a_regular_file`` (fifo, socket, device),
+    ``unreadable`` (no permission).
+    """
+    try:
+        st = os.stat(path)  # follows symlinks
+    except OSError as e:
+        if os.path.islink(path):
+            target = os.readlink(path)
+            if e.errno == errno.ELOOP:
+                return "symlink_loop", f"the link to {target} resolves to itself"
+            return "broken_symlink", f"the link target {target} does not exist"
+        if e.errno == errno.EACCES:
+            return "unreadable", str(e)
+        return "missing_file", "listed but not found"
+    if stat.S_ISDIR(st.st_mode):
+        return "directory_named_like_image", "a folder, not an image file"
+    if not stat.S_ISREG(st.st_mode):
+        return "not_a_regular_file", f"file type {stat.S_IFMT(st.st_mode):o} (a fifo, socket or device)"
+    if not os.access(path, os.R_OK):
+        return "unreadable", "no read permission"
+    return None
+
+
 def scan_image_files(
-    root: str | os.PathLike, extensions=IMAGE_EXTENSIONS
+    root: str | os.PathLike, extensions=IMAGE_EXTENSIONS, others: list[Path] | None = None
 ) -> tuple[list[Path], list[tuple[Path, str, str]]]:
     """Image files under ``root`` (recursive, sorted; symlinked folders followed) and what was passed over.
 
     Returns ``(files, skipped)``; ``skipped`` holds ``(path, reason, detail)`` for entries named like an
-    image that are not readable files: ``directory_named_like_image``, ``symlink_loop`` (a link to
-    itself, or to a folder that contains it), ``broken_symlink``, ``not_a_regular_file`` (fifo,
-    socket, device) and ``unreadable`` (permission errors while listing). Files with other
-    suffixes are not listed in either.
+    image that are not readable files (reasons of ``path_problem``), for symlinks that loop back to a
+    folder above them (``symlink_loop``) and for links or folders that cannot be read. Regular files
+    with other suffixes are appended to ``others`` when a list is given.
     """
     root = Path(root)
     exts = tuple(e.lower() for e in extensions)
@@ -221,29 +248,29 @@ def scan_image_files(
             path = Path(entry.path)
             image_named = path.suffix.lower() in exts
             try:
-                st = os.stat(path)  # follows symlinks
-            except OSError as e:
-                if entry.is_symlink():
-                    loop = getattr(e, "errno", None) == 40  # ELOOP
-                    if image_named or loop:
-                        reason = "symlink_loop" if loop else "broken_symlink"
-                        skipped.append((path, reason, f"{os.readlink(path)!s}: {e.strerror or e}"))
-                elif image_named:
-                    skipped.append((path, "unreadable", str(e)))
+                st = os.stat(path)
+            except OSError:
+                problem = path_problem(path)
+                if problem is not None and (image_named or entry.is_symlink()):
+                    skipped.append((path, *problem))
                 continue
             if stat.S_ISDIR(st.st_mode):
-                ident = (st.st_dev, st.st_ino)
-                if ident in ancestors:
-                    skipped.append((path, "symlink_loop", f"links back to {os.path.realpath(path)}"))
+                if (st.st_dev, st.st_ino) in ancestors:
+                    above = os.path.realpath(path)
+                    skipped.append((path, "symlink_loop", f"links back to {above}, a folder above it"))
                     continue
                 if image_named:
-                    skipped.append((path, "directory_named_like_image", "a folder, not an image file"))
-                walk(path, ancestors | {ident})
+                    detail = "a folder, not an image file (the files in it are read)"
+                    skipped.append((path, "directory_named_like_image", detail))
+                walk(path, ancestors | {(st.st_dev, st.st_ino)})
             elif image_named:
-                if stat.S_ISREG(st.st_mode):
+                problem = path_problem(path)
+                if problem is None:
                     files.append(path)
                 else:
-                    skipped.append((path, "not_a_regular_file", f"file type {stat.S_IFMT(st.st_mode):o}"))
+                    skipped.append((path, *problem))
+            elif others is not None and stat.S_ISREG(st.st_mode):
+                others.append(path)
 
     if root.is_dir():
         st = os.stat(root)

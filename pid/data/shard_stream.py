@@ -263,8 +263,8 @@ class BucketedShardStream(IterableDataset):
             )
         if self.passed_over:
             warnings.warn(
-                f"shard stream: {len(self.passed_over)} of {len(self.shards)} shard(s) hold no sample and are "
-                f"skipped {self.skipped}, e.g. {self.passed_over[0][0]} ({self.passed_over[0][1]})",
+                f"shard stream: {len(self.passed_over)} of {len(self.shards)} shard(s) hold no sample and "
+                f"are skipped {self.skipped}, e.g. {self.passed_over[0][0]} ({self.passed_over[0][1]})",
                 stacklevel=2,
             )
         self.shards = usable
@@ -350,14 +350,16 @@ class BucketedShardStream(IterableDataset):
                 continue
             if share >= 2:
                 raise RuntimeError(
-                    f"shard stream {g}/{n_streams}: no usable sample in a whole pass over all {len(self.shards)} "
-                    f"shard(s) (skipped so far: {self.skipped}); every sample is corrupt or fits no bucket "
-                    f"(smallest {self.buckets.min_area_bucket.label}): rebuild the shards or lower the bucket size"
+                    f"shard stream {g}/{n_streams}: no usable sample in a whole pass over all "
+                    f"{len(self.shards)} shard(s) (skipped so far: {self.skipped}); every sample is corrupt or "
+                    f"fits no bucket (smallest {self.buckets.min_area_bucket.label}): rebuild the shards or "
+                    "lower the bucket size"
                 )
             share = 2 if (share == 1 or self.mode == "resampled" or keep is not None) else 1
             warnings.warn(
                 f"shard stream {g}/{n_streams}: its share of the shards gave no usable sample in pass {p}; "
-                f"reading {'every sample' if share == 2 else 'a sample-level split'} of all shards from now on",
+                f"reading {'every sample' if share == 2 else 'a sample-level split'} of all shards from now "
+                "on",
                 stacklevel=2,
             )
 

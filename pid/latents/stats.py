@@ -18,9 +18,7 @@ training config (e.g. ``latent.path=…``). The result goes to the latent config
 from __future__ import annotations
 
 import argparse
-import io
 import logging
-import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -28,9 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pid.data.io import IMAGE_EXTENSIONS
+
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS
 
 
 class RunningStats:
@@ -67,15 +67,15 @@ class RunningStats:
 
 
 def iter_source_images(sources: Iterable[str | Path]) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, RGB uint8 HWC array) for every image in folders (recursive) and ``.tar`` shards; unreadable
-    files are skipped with a warning."""
-    from PIL import Image
+    """(name, upright RGB uint8 (H, W, 3) array) for every image in folders (recursive) and ``.tar``
+    shards, decoded by the one decoder (``pid.data.io.decode_rgb``); unreadable files, samples and
+    shard damage are skipped with a warning. Raises ``FileNotFoundError`` for a missing source."""
+    from pid.data.io import decode_rgb, scan_image_files
+    from pid.data.shard_stream import IMAGE_EXTS, iter_tar_samples
 
     def decode(data_or_path, name):
         try:
-            src = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
-            with Image.open(src) as img:
-                return np.asarray(img.convert("RGB"))
+            return decode_rgb(data_or_path)
         except Exception as err:  # noqa: BLE001 - a broken file should not stop a long statistics run
             log.warning("skipping unreadable image %s (%s)", name, err)
             return None
@@ -83,21 +83,25 @@ def iter_source_images(sources: Iterable[str | Path]) -> Iterator[tuple[str, np.
     for source in sources:
         source = Path(source).expanduser()
         if source.is_dir():
-            files = sorted(
-                p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES or p.suffix == ".tar"
-            )
+            files, skipped = scan_image_files(source, IMAGE_SUFFIXES + (".tar",))
+            for path, reason, detail in skipped:
+                log.warning("skipping %s: %s (%s)", path, reason, detail)
         elif source.is_file():
             files = [source]
         else:
             raise FileNotFoundError(f"--source {source} does not exist")
         for file in files:
             if file.suffix == ".tar":
-                with tarfile.open(file) as tar:
-                    for member in tar:
-                        if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
-                            arr = decode(tar.extractfile(member).read(), f"{file}:{member.name}")
+                def on_error(reason, exn, file=file):
+                    log.warning("%s: %s (%s)", file, reason, exn)
+
+                for sample in iter_tar_samples(str(file), on_error):
+                    for ext in IMAGE_EXTS:
+                        if ext in sample:
+                            name = f"{file}:{sample['__key__']}.{ext}"
+                            arr = decode(sample[ext], name)
                             if arr is not None:
-                                yield f"{file}:{member.name}", arr
+                                yield name, arr
             else:
                 arr = decode(file, str(file))
                 if arr is not None:
