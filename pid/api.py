@@ -1,38 +1,53 @@
-"""Public decode API: load a trained PiD decoder and decode latents (possibly still noisy) to images.
+"""Public decode API: load a PiD decoder (trained here or released by NVIDIA) and decode latents to images.
 
     from pid.api import load_decoder
     decoder = load_decoder("logs/quickstart/runs/<time>/pid_decoder.safetensors")
     images = decoder.decode(z, sigma=0.0)            # [-1, 1], sr_scale × the latent's image size
     images = decoder.decode(z_k, sigma=sigma_k)       # early exit: an LDM state after K of N steps
 
-Files: the ``pid_decoder.safetensors`` that training exports (EMA weights + config) or a Lightning
-``.ckpt`` (EMA weights when present). Tensors load weights-only; no code is executed from files.
+    decoder = load_decoder("/ckpt/PiD_v1pt5_..._flux_distill_4step/model_ema_bf16.pth",
+                           release="flux_2kto4k_v1pt5", text_encoder="/weights/gemma-2-2b-it")
+    images = decoder.decode(z, sigma=0.0, caption=["a red fox in the snow"])
+
+Files: every layout :mod:`pid.weights` reads (our exports and ``.ckpt`` files carry their config; NVIDIA's
+files need ``release=`` to say which network they hold). Tensors load weights-only and strictly.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from pid.utils.errors import MissingWeightsError, PiDConfigError
+from pid.weights import load_weights, read_weights
+from pid.weights.export import write_export
+from pid.weights.release import Release, load_release
 
-EXPORT_FORMAT = "pid-decoder-1"
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class PiDDecoder:
-    """A PiD network with its latent space and sampling defaults."""
+    """A PiD network with its latent space, sampling defaults and (optionally) its text encoder.
+
+    ``text``: {"uses_text": bool, "max_length", "dim", "negative_prompt"} — whether the network was trained
+    with caption states (released models always are) and what stands for "no caption".
+    """
 
     net: nn.Module
     latent: nn.Module
     sr_scale: int
     sampling: dict = field(default_factory=dict)
     time: dict = field(default_factory=dict)
+    text: dict = field(default_factory=dict)
+    text_encoder: nn.Module | None = None
+    release: str | None = None
+    _warned_null: bool = False
 
     def to(self, device) -> "PiDDecoder":
         self.net.to(device)
@@ -48,122 +63,196 @@ class PiDDecoder:
         """Images in [-1, 1] → normalised latent (the latent space's own encoder)."""
         return self.latent.encode(images.to(self.device))
 
+    # ------------------------------------------------------------------ text
+    def _text_states(self, caption: str | Sequence[str] | None, batch: int
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(caption states (B, L, D), null states (1, L, D)); (None, None) for a text-free network."""
+        if not self.text.get("uses_text"):
+            if caption is not None:
+                raise PiDConfigError("this decoder was trained without captions; decode without caption=")
+            return None, None
+        if caption is not None:
+            captions = [caption] * batch if isinstance(caption, str) else list(caption)
+            if len(captions) != batch:
+                raise ValueError(f"got {len(captions)} captions for a batch of {batch} latents")
+            if self.text_encoder is None:
+                raise PiDConfigError("caption= needs a text encoder: load_decoder(..., text_encoder="
+                                     "'/path/to/gemma-2-2b-it') (a local Hugging Face folder)")
+        if self.text_encoder is not None:
+            y = self.text_encoder(captions if caption is not None else [""] * batch)[0].to(self.device)
+            return y, self.text_encoder.null_states().to(self.device)
+        if not self._warned_null:
+            log.warning("no text encoder: zero caption states stand in for the release's null caption (its "
+                        "encoded empty caption and negative prompt need text_encoder=/path/to/gemma-2-2b-it)")
+            self._warned_null = True
+        zeros = torch.zeros(batch, int(self.text["max_length"]), int(self.text["dim"]), device=self.device)
+        return zeros, None
+
+    # ------------------------------------------------------------------ decode
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *, num_steps: int | None = None,
-               latent_cfg: float | None = None, sampler: str | None = None, timesteps=None,
-               generator: torch.Generator | None = None, frame: str = "train") -> torch.Tensor:
+    def decode(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *,
+               caption: str | Sequence[str] | None = None, num_steps: int | None = None,
+               text_cfg: float | None = None, latent_cfg: float | None = None, sampler: str | None = None,
+               timesteps=None, generator: torch.Generator | None = None, frame: str = "train") -> torch.Tensor:
         """Decode a normalised latent at noise level σ to an image in [-1, 1].
 
-        ``sampler`` defaults to the file's ``sampling.sampler`` ("euler" for teachers; "sde" or "euler" for
-        DMD2 students, whose file also carries ``sampling.t_list``: then ``num_steps`` picks
-        ``student_timesteps(t_list, num_steps)`` whatever the sampler). Explicit ``timesteps`` always win.
+        Args:
+            latent: (B, C, h, w) finite, normalised as the latent space's encoder outputs it.
+            sigma: its noise level, scalar or (B,), in [0, 1] in the training frame (``frame="ve"``: an
+                Euler/VE-frame σ ≥ 0 of SDXL's EulerDiscreteScheduler, converted exactly to the VP frame).
+            caption: text per image (needs the decoder's text encoder); None: the release's null caption.
+            num_steps, sampler, text_cfg, latent_cfg: override the file's / release's sampling defaults
+                (students: "sde" on their t-list, 1 step at t = 1.0; teachers: "dpmpp_2m" with text CFG).
+            timesteps: an explicit time grid (wins over num_steps).
 
-        ``frame``: "train" (default; also "flow"/"vp") when latent and σ are in the frame PiD was trained
-        in, or "ve" for an Euler/VE-frame state z + σ_ve·ξ (SDXL's EulerDiscreteScheduler), converted
-        exactly to the VP frame by dividing latent and σ by √(σ_ve² + 1) (see ``pid.early_exit``).
+        Raises:
+            ValueError: a non-finite latent, σ outside its range (with the ``frame="ve"`` hint for σ > 1),
+                a wrong latent shape, or a bad frame.
         """
         from pid.diffusion.schedules import student_timesteps
         from pid.sampling import decode_latent
 
+        latent = torch.as_tensor(latent)
+        if latent.ndim != 4:
+            raise ValueError(f"latent must be (B, C, h, w), got shape {tuple(latent.shape)}")
+        if not torch.isfinite(latent).all():
+            bad = int((~torch.isfinite(latent)).sum())
+            raise ValueError(f"latent has {bad} non-finite value(s) (NaN/inf); decode needs a finite latent")
+        sigma = check_sigma(sigma, latent.shape[0], frame)
         if frame == "ve":
             from pid.diffusion.noising import ve_to_vp
 
             latent, sigma = ve_to_vp(latent.float(), sigma)
-        elif frame not in ("train", "flow", "vp"):
-            raise ValueError(f"frame must be 'train', 'flow', 'vp' or 've', got {frame!r}")
-        sampler = sampler or self.sampling.get("sampler", "euler")
-        num_steps = num_steps or self.sampling.get("num_steps", 25)
+        sampler = sampler or self.sampling["sampler"]
+        num_steps = num_steps or self.sampling["num_steps"]
         if timesteps is None and self.sampling.get("t_list"):
-            timesteps = student_timesteps(self.sampling["t_list"], num_steps)
+            timesteps = student_timesteps(self.sampling["t_list"], num_steps,
+                                          one_step_t=float(self.sampling.get("one_step_t", 1.0)))
+        y, y_null = self._text_states(caption, latent.shape[0])
         return decode_latent(
             self.net, latent.to(self.device).float(), sigma, sr_scale=self.sr_scale,
-            latent_down=self.latent.down_factor, num_steps=num_steps,
+            latent_down=self.latent.down_factor, num_steps=num_steps, sampler=sampler,
+            text_cfg=self.sampling.get("text_cfg", 1.0) if text_cfg is None else text_cfg,
             latent_cfg=self.sampling.get("latent_cfg", 1.0) if latent_cfg is None else latent_cfg,
-            shift_base=self.time.get("shift_base", 6.0), shift_ref_size=self.time.get("shift_ref_size", 2048),
-            generator=generator, sampler=sampler, timesteps=timesteps)
+            text=(y, None), null_text=y_null, shift_base=self.time.get("shift_base", 6.0),
+            shift_ref_size=self.time.get("shift_ref_size", 2048), shift_rule=self.time.get("shift_rule", "area"),
+            generator=generator, timesteps=timesteps)
 
 
-def _net_and_latent(config: dict, build_latent: bool = True) -> tuple[nn.Module, nn.Module | None]:
+def check_sigma(sigma: float | torch.Tensor, batch: int, frame: str) -> torch.Tensor:
+    """σ as a float32 (B,) tensor, checked: finite, in [0, 1] for the training frame, ≥ 0 for "ve"."""
+    if frame not in ("train", "flow", "vp", "ve"):
+        raise ValueError(f"frame must be 'train', 'flow', 'vp' or 've', got {frame!r}")
+    s = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
+    if s.numel() == 1:
+        s = s.expand(batch)
+    if s.numel() != batch:
+        raise ValueError(f"sigma must be a scalar or one value per latent ({batch}), got {s.numel()} values")
+    if not torch.isfinite(s).all():
+        raise ValueError(f"sigma must be finite, got {s.tolist()}")
+    if frame == "ve":
+        if (s < 0).any():
+            raise ValueError(f"an Euler/VE-frame sigma must be >= 0, got {s.tolist()}")
+    elif (s < 0).any() or (s > 1).any():
+        hint = (" A sigma > 1 is usually an Euler/VE-frame sigma (SDXL's EulerDiscreteScheduler): pass "
+                "frame='ve' to convert it." if (s > 1).any() else "")
+        raise ValueError(f"sigma must be in [0, 1] in the training frame, got {[round(v, 4) for v in s.tolist()]}."
+                         + hint)
+    return s.contiguous()
+
+
+def _latent_for(latent_cfg: dict, build: bool) -> nn.Module:
     from hydra.utils import instantiate
 
-    net_cfg = dict(config["model"]["net"])
-    latent_cfg = dict(config["latent"])
-    if not build_latent:
-        return instantiate(net_cfg), None
+    from pid.latents.geometry import LatentGeometry
+
+    if not build:
+        return LatentGeometry.from_config(latent_cfg)
+    latent_cfg = dict(latent_cfg)
     if latent_cfg.get("_target_", "").endswith("embedded_latent"):
         latent_cfg["fit_if_missing"] = True  # its tensors travel in the file
-    return instantiate(net_cfg), instantiate(latent_cfg)
+    return instantiate(latent_cfg)
 
 
 def export_decoder(module, path: str | Path, ema=None, net_state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write the network (EMA weights when an EMA callback is given), small latents and the config.
+    """Write a training module's network (EMA weights when an EMA callback is given), small latents and config.
 
     ``net_state``: the network's (EMA) weights gathered already (``pid.lit.ema.averaged_net_state``, which
     FSDP runs need: there every rank holds a shard); without it the state is taken here the same way."""
-    from safetensors.torch import save_file
-
     from pid.lit.ema import averaged_net_state
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if net_state is None:
         net_state = averaged_net_state(None, module, ema)
-    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net_state.items()}
-    if getattr(module.latent, "store_in_checkpoint", False):
-        tensors.update({f"latent.{k}": v.detach().cpu().contiguous() for k, v in module.latent.state_dict().items()})
-    meta = {"format": EXPORT_FORMAT, "config": json.dumps(module.run_config or {}),
-            "sr_scale": str(module.sr_scale), "ema": str(ema is not None)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
-
-
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors with 'net.'/'latent.' prefixes, run config) from an export or a Lightning checkpoint."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != EXPORT_FORMAT:
-                raise PiDConfigError(f"{path} is not a PiD decoder export (format {meta.get('format')!r})")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        return tensors, json.loads(meta["config"])
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    if "pid" not in ckpt or not ckpt["pid"].get("config"):
-        raise PiDConfigError(f"{path} is not a checkpoint written by `pid.train` (no 'pid' section)")
-    tensors = dict(ckpt["state_dict"])
-    for k, v in (ckpt.get("ema") or {}).get("shadow", {}).items():
-        tensors[f"net.{k}"] = v
-    return tensors, ckpt["pid"]["config"]
+    latent_state = module.latent.state_dict() if getattr(module.latent, "store_in_checkpoint", False) else None
+    return write_export(path, net_state, module.run_config or {}, module.sr_scale, latent_state,
+                        ema=ema is not None)
 
 
 def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: nn.Module | None = None,
-                 build_latent: bool = True) -> PiDDecoder:
-    """Load a decoder from an export or checkpoint; pass ``latent`` to reuse an already loaded latent space.
+                 build_latent: bool = True, *, release: str | Path | Release | None = None,
+                 weights: str = "ema", text_encoder: str | nn.Module | None = None) -> PiDDecoder:
+    """Load a decoder from any weights file :mod:`pid.weights` reads.
 
-    ``build_latent=False`` loads only the latent's geometry (channels, down factor, noise form): enough to
-    decode latents with PiD, without the latent encoder's weights (``decoder.encode`` is then unavailable).
+    Args:
+        path: our export / ``.ckpt``, or with ``release``: an official ``model_ema_bf16.pth``, full
+            ``model.pth``, DCP folder, or an export of a model trained from a release.
+        latent: an already built latent space to reuse.
+        build_latent: False loads only the latent's geometry (channels, down factor, noise form): enough to
+            decode latents, without the encoder's weights (``decoder.encode`` is then unavailable). Release
+            decoders default to the geometry unless ``latent`` is given.
+        release: preset name, alias, official name or preset file (:mod:`pid.weights.release`).
+        weights: "ema" (default) or "raw" for files holding both.
+        text_encoder: a local Gemma-2 folder (or a built encoder) for ``decode(caption=...)``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingWeightsError("PiD decoder", "ckpt", "a pid_decoder.safetensors export or a .ckpt of pid.train",
-                                  path=path)
-    tensors, config = _read(path)
-    net, built_latent = _net_and_latent(config, build_latent=build_latent and latent is None)
-    geometry_only = latent is None and built_latent is None
-    if geometry_only:
-        from pid.latents.geometry import LatentGeometry
+    path = Path(str(path)).expanduser()
+    if not path.exists():
+        raise MissingWeightsError("PiD decoder", "ckpt", "a pid_decoder.safetensors export, a .ckpt of pid.train, or "
+                                  "a released model_ema_bf16.pth / model.pth / DCP folder (with release=)", path=path)
+    wf = read_weights(path)
+    if release is not None:
+        rel = load_release(release)
+        net = rel.build_net()
+        load_weights(net, wf, weights=weights, config_key="ckpt")
+        latent = latent or _latent_for(rel.latent_config() or {}, build=False)
+        text = {"uses_text": True, "max_length": net.txt_max_length, "dim": rel.net.get("txt_embed_dim"),
+                "negative_prompt": rel.text.get("negative_prompt")}
+        sampling, time, sr_scale = dict(rel.sampling), dict(rel.time), int(rel.sr_scale or 1)
+        text_cfg = rel.text
+    else:
+        if not wf.config:
+            raise PiDConfigError(f"{path} carries no config ({wf.layout}): name its network with release=... "
+                                 "(a preset name or file, see conf/release/)")
+        config = wf.config
+        from hydra.utils import instantiate
 
-        latent = LatentGeometry.from_config(dict(config["latent"]))
-    latent = latent or built_latent
-    net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
-    net.load_state_dict(net_state, strict=True)
-    latent_state = {k[7:]: v for k, v in tensors.items() if k.startswith("latent.")}
-    if latent_state and not geometry_only:
-        latent.load_state_dict(latent_state, strict=True)
-    model_cfg = config["model"]
-    decoder = PiDDecoder(net.eval(), latent.eval(), int(config["sr_scale"]),
-                         sampling=dict(model_cfg.get("sampling") or {}), time=dict(model_cfg.get("time") or {}))
+        net = instantiate(dict(config["model"]["net"]))
+        load_weights(net, wf, weights=weights, config_key="ckpt")
+        if latent is None:
+            latent = _latent_for(dict(config["latent"]), build=build_latent)
+            if build_latent and wf.groups.get("latent"):
+                latent.load_state_dict(wf.groups["latent"], strict=True)
+        model_cfg = config["model"]
+        sampling = dict(model_cfg.get("sampling") or {})
+        sampling.setdefault("sampler", "euler")  # exports written before the sampler was part of the config
+        time, sr_scale = dict(model_cfg.get("time") or {}), int(config["sr_scale"])
+        uses_text = bool((config.get("text") or {}).get("_target_"))
+        text = {"uses_text": uses_text, "max_length": getattr(net, "txt_max_length", 0),
+                "dim": model_cfg["net"].get("txt_embed_dim")}
+        text_cfg = config.get("text") or {}
+    encoder = _text_encoder(text_encoder, text_cfg) if text_encoder is not None else None
+    decoder = PiDDecoder(net.eval(), latent.eval(), sr_scale, sampling=sampling, time=time, text=text,
+                         text_encoder=encoder, release=None if release is None else str(release))
     return decoder.to(device)
+
+
+def _text_encoder(source: str | nn.Module, text_cfg: dict) -> nn.Module:
+    if isinstance(source, nn.Module):
+        return source
+    from pid.text.hf_encoder import HFTextEncoder
+
+    return HFTextEncoder(str(source), max_length=int(text_cfg.get("max_length", 300)),
+                         prefix=text_cfg.get("prefix"),
+                         null_caption=text_cfg.get("negative_prompt") or text_cfg.get("null_caption") or "")
+
+
+__all__ = ["PiDDecoder", "check_sigma", "export_decoder", "load_decoder"]

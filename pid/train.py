@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pid.preflight import check_config
+from pid.weights.release import apply_release
 from pid.utils.errors import MissingWeightsError, PiDConfigError
 
 log = logging.getLogger("pid.train")
@@ -120,6 +121,7 @@ def finish_wandb() -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
+        apply_release(cfg)
         check_config(cfg)
         try:
             metrics = train(cfg)

@@ -101,9 +101,11 @@ def test_update_schedule_gives_exactly_the_configured_ratio(every):
     phases = [dmd.is_student_step(i, every) for i in range(windows * every)]
     assert sum(phases) == windows
     assert len(phases) - sum(phases) == windows * (every - 1)
-    for w in range(windows):  # exactly one student update in every window, after the critics
+    for w in range(windows):  # exactly one student update in every window, first (official: 0, 6, 12, ...)
         window = phases[w * every:(w + 1) * every]
-        assert window == [False] * (every - 1) + [True]
+        assert window == [True] + [False] * (every - 1)
+    if every == 6:
+        assert [i for i in range(13) if dmd.is_student_step(i, 6)] == [0, 6, 12]
 
 
 def test_step_generator_is_shared_across_ranks_and_distinct_per_step():

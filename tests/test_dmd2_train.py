@@ -214,7 +214,7 @@ def test_resume_is_exact_and_the_student_exports_as_a_plain_decoder(setup):
         (root / split).mkdir(parents=True, exist_ok=True)
         Image.fromarray(skimage.data.astronaut()[100:132, 200:232]).save(root / split / "a.png")
     ckpt = ["callbacks.model_checkpoint.every_n_train_steps=2", "+data.hflip=false", "data.train_repeats=4"]
-    # A: 4 iterations in one go (critic, student, critic, student)
+    # A: 4 iterations in one go (student, critic, student, critic)
     cfg = compose_train(distill_overrides(root, out, "a", teacher, "trainer.max_steps=4", *ckpt))
     dm, module_a, trainer_a = build(cfg)
     trainer_a.fit(module_a, datamodule=dm)

@@ -141,13 +141,12 @@ def sample_perturbation_t(
 
 
 def is_student_step(iteration: int, student_every: int) -> bool:
-    """Two time-scale rule: iteration ``i`` (0-based) updates the student iff
-    ``(i + 1) % student_every == 0``,
-    else the critics (fake score and discriminator). ``student_every = 6`` gives 5 critic updates, then 1
-    student update — exactly 1 : (student_every − 1) in every window of ``student_every`` iterations."""
+    """Two time-scale rule of the official recipe (``student_update_freq``): iteration ``i`` (0-based)
+    updates the student iff ``i % student_every == 0`` (0, 6, 12, ... for 6), else the critics (fake score
+    and discriminator) — exactly 1 : (student_every − 1) in every window of ``student_every`` iterations."""
     if student_every < 1:
         raise ValueError(f"student_every must be >= 1, got {student_every}")
-    return (int(iteration) + 1) % int(student_every) == 0
+    return int(iteration) % int(student_every) == 0
 
 
 def step_generator(seed: int, step: int, rank: int | None = None) -> torch.Generator:

@@ -100,8 +100,12 @@ class DMD2Module(pl.LightningModule):
         gan: {gen_weight, warmup_steps, r1_weight, r1_alpha}; gen_weight 0 turns the GAN (and D) off.
         perturb_t: {logit_mean, logit_std, min, max, shift}: re-noising times (shift: resolution shift on).
         latent_noise: {sigma_max, prob}: latent noising of the condition (kept on; no latent dropout).
-        time: {shift_base, shift_ref_size} of the resolution shift; None/missing keys: the teacher run's.
-        sampling: student decode defaults {num_steps, sampler, t_list, text_cfg, latent_cfg} (in the export).
+        time: {shift_base, shift_ref_size, shift_rule}: the time shift when the teacher file has no run config
+            (official files); a teacher run of this project brings its own.
+        sampling: student decode defaults {num_steps, sampler, t_list, one_step_t, text_cfg, latent_cfg} (in
+            the export).
+        teacher_sampling: the teacher's decode settings when its file has none (official files).
+        caption_dropout: probability of replacing a caption by the empty caption (official: 0.1).
         seed: base seed of the per-iteration generators.
     """
 
@@ -128,6 +132,8 @@ class DMD2Module(pl.LightningModule):
         latent_noise: dict | None = None,
         time: dict | None = None,
         sampling: dict | None = None,
+        teacher_sampling: dict | None = None,
+        caption_dropout: float = 0.0,
         seed: int = 0,
         consistency_pool: int | None = None,
     ):
@@ -144,21 +150,21 @@ class DMD2Module(pl.LightningModule):
         self.student_input = student_input
         self.t_list = [float(t) for t in student_t_list]
         schedules.student_timesteps(self.t_list)  # validates the list
-        self.teacher_cfg = {"text": 1.0, "latent": 1.0, **(teacher_cfg or {})}
-        self.loss_weights = {"vsd": 1.0, "dsm": 1.0, "regression": 0.0, "consistency": 0.0, **(loss_weights or {})}
-        self.gan = {"gen_weight": 0.05, "warmup_steps": 100, "r1_weight": 200.0, "r1_alpha": 0.1,
-                    **(gan or {})}
-        self.perturb_t = {"logit_mean": 0.0, "logit_std": 1.0, "min": 0.02, "max": 0.99, "shift": True,
-                          **(perturb_t or {})}
-        self.latent_noise = {"sigma_max": 0.8, "prob": 0.75, **(latent_noise or {})}
+        # Values come from conf/model/dmd2.yaml; nothing here repeats them.
+        self.teacher_cfg = dict(teacher_cfg or {})
+        self.loss_weights = dict(loss_weights or {})
+        self.gan = dict(gan or {})
+        self.perturb_t = dict(perturb_t or {})
+        self.latent_noise = dict(latent_noise or {})
+        self.caption_dropout = float(caption_dropout)
         self._time_override = dict(time or {})
-        self.sampling = {"num_steps": len(self.t_list), "sampler": "sde", "t_list": list(self.t_list),
-                         "text_cfg": 1.0, "latent_cfg": 1.0, **(sampling or {})}
-        if self.sampling["sampler"] not in STUDENT_SAMPLERS:
-            raise PiDConfigError(f"model.sampling.sampler={self.sampling['sampler']!r}; a student samples with "
+        self.sampling = dict(sampling or {})
+        self.teacher_sampling = dict(teacher_sampling or {})
+        if self.sampling.get("sampler") not in STUDENT_SAMPLERS:
+            raise PiDConfigError(f"model.sampling.sampler={self.sampling.get('sampler')!r}; a student samples with "
                                  f"one of {STUDENT_SAMPLERS}")
-        self.warmup_steps = {"student": 0, "fake_score": 0, "discriminator": 0, **(warmup_steps or {})}
-        self.grad_clip = {"student": None, "fake_score": None, "discriminator": None, **(grad_clip or {})}
+        self.warmup_steps = dict(warmup_steps or {})
+        self.grad_clip = dict(grad_clip or {})
         self.seed = int(seed)
         self.optimizer_factories = {"student": student_optimizer, "fake_score": fake_score_optimizer,
                                     "discriminator": discriminator_optimizer}
@@ -171,8 +177,7 @@ class DMD2Module(pl.LightningModule):
         self.teacher_config = self._load_teacher(net, self.teacher_path)
         teacher_model = (self.teacher_config or {}).get("model") or {}
         # Time shift of the re-noising times: the teacher's own training setting unless `time` overrides it.
-        self.time = {"shift_base": 6.0, "shift_ref_size": 2048, **(teacher_model.get("time") or {}),
-                     **self._time_override}
+        self.time = {**self._time_override, **(teacher_model.get("time") or {})}
         self.net = net  # the student (pid.lit.ema, pid.api.export_decoder and the image grids use `net`)
         self.fake_score = copy.deepcopy(net)
         self.teacher = copy.deepcopy(net).requires_grad_(False).eval()
@@ -181,22 +186,19 @@ class DMD2Module(pl.LightningModule):
 
     # ------------------------------------------------------------------ setup
     def _load_teacher(self, net: nn.Module, path: Path) -> dict:
-        """Load the teacher's weights into ``net`` (strict) and its embedded latent; return its run config."""
-        from pid.api import _read
+        """Load the teacher's (EMA) weights into ``net`` strictly and its embedded latent; return its run config.
 
-        tensors, config = _read(path)
-        state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
-        result = net.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise PiDConfigError(
-                f"teacher {path} does not fit model.net: {len(result.missing_keys)} missing (e.g. "
-                f"{result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected (e.g. "
-                f"{result.unexpected_keys[:3]}). Use the teacher's model/net and adapter configs.")
-        latent_state = {k[7:]: v for k, v in tensors.items() if k.startswith("latent.")}
+        Any file :mod:`pid.weights` reads: our exports and checkpoints, or an official teacher release /
+        full ``model.pth`` / DCP folder (its aux RGB head is skipped: distillation builds the student, teacher
+        and fake score without it, as the official recipe does)."""
+        from pid.weights import load_weights, read_weights
+
+        wf = read_weights(path)
+        load_weights(net, wf, weights="ema", allow=("unused-aux-head",), config_key="model.teacher_ckpt")
+        latent_state = wf.groups.get("latent")
         if latent_state and getattr(self.latent, "store_in_checkpoint", False):
             self.latent.load_state_dict(latent_state, strict=True)  # the latent the teacher was trained on
-        log.info("teacher: %s", path)
-        return config or {}
+        return wf.config or {}
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -224,20 +226,31 @@ class DMD2Module(pl.LightningModule):
         return lq, self.latent.encode(lq).float()
 
     def encode_text(self, captions, keep=None):
+        """Caption states; a dropped caption (keep 0) is the empty caption, as in the official recipe."""
         if self.text_encoder is None or captions is None:
             return None, None
+        captions = list(captions)
+        if keep is not None:
+            captions = [c if k else "" for c, k in zip(captions, keep.bool().tolist())]
         with torch.no_grad():
-            return self.text_encoder(list(captions))
+            return self.text_encoder(captions)
+
+    def null_text(self) -> torch.Tensor | None:
+        """The text-CFG null caption's states (the encoder's ``null_caption``), None without an encoder."""
+        return None if self.text_encoder is None else self.text_encoder.null_states()
 
     def condition(self, hq: torch.Tensor, captions, gen: torch.Generator) -> dict[str, Any]:
-        """Noised latent (σ ~ U(0, σ_max) with prob p) and text; no dropout (the student is conditional)."""
+        """Noised latent (σ ~ U(0, σ_max) with prob p) and text with caption dropout (no latent dropout)."""
         _, z = self.encode_lq(hq)
         b = hq.shape[0]
         sigma = noising.sample_latent_sigma(b, self.latent_noise["sigma_max"], self.latent_noise["prob"],
                                             generator=gen, device=hq.device)
         form = getattr(self.latent, "noise_form", "flow")
         z = noising.noise_latent(z, sigma, _randn(z.shape, gen, z), form=form)
-        y, y_mask = self.encode_text(captions)
+        keep = None
+        if captions is not None and self.caption_dropout > 0:
+            keep = torch.rand(b, generator=gen) >= self.caption_dropout
+        y, y_mask = self.encode_text(captions, keep)
         return {"latent": z, "sigma": sigma, "y": y, "y_mask": y_mask}
 
     # ------------------------------------------------------------------ the three scores
@@ -251,8 +264,9 @@ class DMD2Module(pl.LightningModule):
         from pid.sampling import pid_denoiser
 
         text_scale = self.teacher_cfg["text"] if cond.get("y") is not None else 1.0
+        null = self.null_text() if cond.get("y") is not None else None
         model = DualCFG(pid_denoiser(self.teacher), text_scale=text_scale,
-                        latent_scale=self.teacher_cfg["latent"], cond=cond)
+                        latent_scale=self.teacher_cfg["latent"], cond={**cond, "y_null": null})
         with torch.no_grad():
             return flow.x0_from_v(x_t, model(x_t, t), t)
 
@@ -393,7 +407,7 @@ class DMD2Module(pl.LightningModule):
             opt.zero_grad(set_to_none=True)  # no stale grads (D's from the generator pass) in checkpoints
 
         self._last_logs.update({k: float(v) for k, v in logs.items()})
-        self._last_logs["student_updates"] = float((iteration + 1) // self.student_every)
+        self._last_logs["student_updates"] = float(iteration // self.student_every + 1)
         # The latest value of every term (each phase updates its own), so any logging step shows both phases.
         for k, v in self._last_logs.items():
             self.log(f"train/{k}", v, prog_bar=k in ("vsd", "dsm"), on_step=True, on_epoch=False,
@@ -441,7 +455,8 @@ class DMD2Module(pl.LightningModule):
         from pid.sampling import decode_latent
 
         steps = num_steps or self.sampling["num_steps"]
-        timesteps = schedules.student_timesteps(self.sampling["t_list"], steps)
+        timesteps = schedules.student_timesteps(self.sampling["t_list"], steps,
+                                                one_step_t=self.sampling["one_step_t"])
         return decode_latent(
             self.net, latent, sigma, sr_scale=self.sr_scale, latent_down=self.latent.down_factor,
             num_steps=len(timesteps) - 1,
@@ -450,26 +465,30 @@ class DMD2Module(pl.LightningModule):
             text=self.encode_text(captions) if captions is not None else (None, None),
             generator=generator, sampler=sampler or self.sampling["sampler"], timesteps=timesteps)
 
+    def _teacher_sampling(self) -> dict:
+        """The teacher's decode settings: its own run's (files of this project), else model.teacher_sampling."""
+        own = ((self.teacher_config or {}).get("model") or {}).get("sampling") or {}
+        return {**self.teacher_sampling, **own}
+
     @torch.no_grad()
     def decode_teacher(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *,
                        num_steps: int | None = None, generator: torch.Generator | None = None,
                        captions=None) -> torch.Tensor:
-        """Teacher decode with the teacher run's own sampling settings (Euler, shifted schedule, CFG)."""
+        """Teacher decode with the teacher's sampling settings (sampler, shifted grid, CFG)."""
         from pid.sampling import decode_latent
 
-        model_cfg = (self.teacher_config or {}).get("model") or {}
-        sampling = {"num_steps": 25, "text_cfg": 4.0, "latent_cfg": 1.0, **(model_cfg.get("sampling") or {})}
-        time = {**self.time, **(model_cfg.get("time") or {})}
+        sampling = self._teacher_sampling()
         return decode_latent(
             self.teacher, latent, sigma, sr_scale=self.sr_scale, latent_down=self.latent.down_factor,
-            num_steps=num_steps or int(sampling["num_steps"]), text_cfg=sampling["text_cfg"],
-            latent_cfg=sampling["latent_cfg"],
+            num_steps=num_steps or int(sampling["num_steps"]), sampler=sampling.get("sampler", "euler"),
+            text_cfg=sampling["text_cfg"], latent_cfg=sampling["latent_cfg"],
             text=self.encode_text(captions) if captions is not None else (None, None),
-            shift_base=time["shift_base"], shift_ref_size=time["shift_ref_size"], generator=generator)
+            null_text=self.null_text() if captions is not None else None,
+            shift_base=self.time["shift_base"], shift_ref_size=self.time["shift_ref_size"],
+            shift_rule=self.time.get("shift_rule", "area"), generator=generator)
 
     def teacher_full_steps(self) -> int:
-        model_cfg = (self.teacher_config or {}).get("model") or {}
-        return int((model_cfg.get("sampling") or {}).get("num_steps", 25))
+        return int(self._teacher_sampling()["num_steps"])
 
     def compare_on_heldout(self, datamodule, ema=None, out_dir: str | Path = ".",
                            **options) -> dict[str, float]:

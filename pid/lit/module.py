@@ -23,7 +23,7 @@ from pid.data.augment import augment_batch
 from pid.diffusion import flow, losses, noising
 from pid.lit.fault_tolerance import guard_loss
 from pid.lit.lr_schedule import DECAYS, LRFactor
-from pid.lit.pretrained import load_pretrained_net
+from pid.weights import load_weights
 from pid.utils.errors import PiDConfigError
 from pid.utils.images import downsample, to_signed
 
@@ -40,7 +40,10 @@ class PiDModule(pl.LightningModule):
         warmup_steps: linear learning-rate warm-up.
         lr_decay: after the warm-up, "constant" (the paper's recipe) or "cosine" down to
             ``min_lr_ratio`` × lr at the last step (``trainer.max_steps``); short runs gain most from it.
-        init_from: checkpoint to start the network from (pretrained PixelDiT prior or a PiD checkpoint).
+        init_from: weights to start the network from, any file :mod:`pid.weights` reads (a PixelDiT prior:
+            the adapter starts at init; a PiD teacher release, full model.pth, DCP folder or a run of ours).
+            Loaded strictly; the per-part report goes to the log.
+        init_weights: "ema" (default) or "raw" for files holding both.
         latent_noise: {sigma_max, prob} of latent noising (σ enters only through the adapter's gates).
         caption_dropout, latent_dropout: probabilities, for dual classifier-free guidance.
         time: {logit_mean, logit_std, shift_base, shift_ref_size} of the training t distribution.
@@ -63,6 +66,7 @@ class PiDModule(pl.LightningModule):
         lr_decay: str = "constant",
         min_lr_ratio: float = 0.0,
         init_from: str | None = None,
+        init_weights: str = "ema",
         latent_noise: dict | None = None,
         caption_dropout: float = 0.1,
         latent_dropout: float = 0.1,
@@ -82,17 +86,18 @@ class PiDModule(pl.LightningModule):
         self.text_encoder = text_encoder.requires_grad_(False).eval() if text_encoder is not None else None
         self.optimizer_factory = optimizer
         self.sr_scale = int(sr_scale)
-        self.latent_noise = {"sigma_max": 0.8, "prob": 0.75, **(latent_noise or {})}
-        self.time = {"logit_mean": 0.0, "logit_std": 1.0, "shift_base": 6.0, "shift_ref_size": 2048,
-                     **(time or {})}
-        self.sampling = {"num_steps": 25, "text_cfg": 4.0, "latent_cfg": 1.0, **(sampling or {})}
-        self.consistency = {"weight": 0.0, "pool": None, **(consistency or {})}
-        self.augment = {"rot90": False, "channel_permute": False, **(augment or {})}
+        # Values come from conf/model/teacher.yaml; nothing here repeats them.
+        self.latent_noise = dict(latent_noise or {})
+        self.time = dict(time or {})
+        self.sampling = dict(sampling or {})
+        self.consistency = dict(consistency or {"weight": 0.0, "pool": None})
+        self.augment = dict(augment or {})
         # Frozen encoders are rebuilt from config; only small embedded latents travel in checkpoints.
         self.strict_loading = False
         self.run_config: dict | None = None
         if init_from:
-            load_pretrained_net(self.net, init_from, config_key="model.init_from")
+            self.init_report = load_weights(self.net, init_from, weights=init_weights,
+                                            allow=("adapter-at-init",), config_key="model.init_from")
 
     # ------------------------------------------------------------------ conditioning
     @property
@@ -106,13 +111,20 @@ class PiDModule(pl.LightningModule):
         return lq, self.latent.encode(lq).float()
 
     def encode_text(self, captions: Sequence[str] | None, keep: torch.Tensor | None):
+        """Caption states (B, L, D) and mask; a dropped caption (keep 0) is the empty caption, as officially."""
         if self.text_encoder is None or captions is None:
             return None, None
-        with torch.no_grad():
-            y, y_mask = self.text_encoder(list(captions))
+        captions = list(captions)
         if keep is not None:
-            y = y * keep.view(-1, 1, 1).to(y.dtype)  # dropped captions → null (zero) text states
-        return y, y_mask
+            captions = [c if k else "" for c, k in zip(captions, keep.bool().tolist())]
+        with torch.no_grad():
+            return self.text_encoder(captions)
+
+    def null_text(self, batch: int) -> torch.Tensor | None:
+        """States of the text-CFG null caption (the encoder's ``null_caption``), or None without an encoder."""
+        if self.text_encoder is None:
+            return None
+        return self.text_encoder.null_states()
 
     def training_condition(self, hq: torch.Tensor, captions=None) -> dict[str, Any]:
         """Latent and text conditioning of one training batch, with noising and dropout."""
@@ -186,7 +198,7 @@ class PiDModule(pl.LightningModule):
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *, num_steps: int | None = None,
                text_cfg: float | None = None, latent_cfg: float | None = None, captions=None,
-               generator: torch.Generator | None = None, sampler: str = "euler") -> torch.Tensor:
+               generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
         """Generate the image for a (possibly noisy) normalised latent: [-1, 1], sr_scale × its image size."""
         from pid.sampling import decode_latent
 
@@ -196,8 +208,10 @@ class PiDModule(pl.LightningModule):
             text_cfg=self.sampling["text_cfg"] if text_cfg is None else text_cfg,
             latent_cfg=self.sampling["latent_cfg"] if latent_cfg is None else latent_cfg,
             text=self.encode_text(captions, None) if captions is not None else (None, None),
+            null_text=self.null_text(latent.shape[0]) if captions is not None else None,
             shift_base=self.time["shift_base"], shift_ref_size=self.time["shift_ref_size"],
-            generator=generator, sampler=sampler)
+            shift_rule=self.time.get("shift_rule", "area"), generator=generator,
+            sampler=sampler or self.sampling["sampler"])
 
     # ------------------------------------------------------------------ optimisation
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):

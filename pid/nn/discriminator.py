@@ -15,10 +15,11 @@ from torch import nn
 
 
 def _groups(channels: int, max_groups: int = 32) -> int:
-    g = min(max_groups, max(1, channels // 4))
-    while channels % g:
-        g -= 1
-    return g
+    """GroupNorm groups of the official ``Discriminator_ImageDiT`` head: max(1, C // 4) for C <= 32, else the
+    largest divisor of C that is <= 32 (e.g. 48 → 24, 768 → 32)."""
+    if channels <= max_groups:
+        return max(1, channels // 4)
+    return next(g for g in range(max_groups, 0, -1) if channels % g == 0)
 
 
 def conv_head(in_channels: int, num_conv_layers: int = 2, patch_logits: bool = False) -> nn.Sequential:

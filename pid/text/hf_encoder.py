@@ -19,10 +19,17 @@ class HFTextEncoder(nn.Module):
         dtype: torch dtype name for the weights.
         trust_remote_code: explicit opt-in for models that ship code.
         config_key: the config key named in the error when ``path`` is missing.
+        prefix: instruction put before every caption: ``"chi"`` (PixelDiT's, :data:`pid.text.prompts.CHI_PROMPT`),
+            any other string, or None. With a prefix the official selection applies (PixelDiT /
+            ``pixeldit_model._encode_text_raw``): the string is tokenised to n_prefix + max_length - 2
+            tokens (right padding, truncation), and BOS plus the last max_length - 1 states are kept.
+        null_caption: the caption whose states stand for "no caption" in text CFG (the official teacher
+            uses its negative prompt; training drops captions to the empty string).
     """
 
     def __init__(self, path: str | None, max_length: int = 300, dtype: str = "bfloat16",
-                 trust_remote_code: bool = False, config_key: str = "text.path"):
+                 trust_remote_code: bool = False, config_key: str = "text.path", prefix: str | None = None,
+                 null_caption: str = ""):
         super().__init__()
         if not path or (not Path(path).exists() and not _looks_like_hub_id(path)):
             raise MissingWeightsError("text encoder", config_key,
@@ -35,6 +42,12 @@ class HFTextEncoder(nn.Module):
                                           trust_remote_code=trust_remote_code)
         self.model = model.requires_grad_(False).eval()
         self.max_length = max_length
+        from pid.text.prompts import resolve_prefix
+
+        self.prefix = resolve_prefix(prefix)
+        self.num_prefix_tokens = len(self.tokenizer.encode(self.prefix)) if self.prefix else 0
+        self.null_caption = null_caption
+        self._null: torch.Tensor | None = None
 
     @property
     def dim(self) -> int:
@@ -42,11 +55,25 @@ class HFTextEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions → (states (B, max_length, D) float32, mask (B, max_length) bool)."""
         device = next(self.model.parameters()).device
-        tokens = self.tokenizer(captions, padding="max_length", truncation=True, max_length=self.max_length,
+        if not self.prefix:
+            tokens = self.tokenizer(captions, padding="max_length", truncation=True, max_length=self.max_length,
+                                    return_tensors="pt").to(device)
+            return self.model(**tokens).last_hidden_state.float(), tokens["attention_mask"].bool()
+        tokens = self.tokenizer([self.prefix + c for c in captions], padding="max_length", truncation=True,
+                                max_length=self.num_prefix_tokens + self.max_length - 2,
                                 return_tensors="pt").to(device)
-        hidden = self.model(**tokens).last_hidden_state
-        return hidden, tokens["attention_mask"].bool()
+        hidden = self.model(tokens["input_ids"], tokens["attention_mask"]).last_hidden_state.float()
+        keep = [0, *range(hidden.shape[1] - self.max_length + 1, hidden.shape[1])]  # BOS + the last L - 1
+        return hidden[:, keep], tokens["attention_mask"][:, keep].bool()
+
+    @torch.no_grad()
+    def null_states(self) -> torch.Tensor:
+        """(1, max_length, D) states of ``null_caption`` (computed once)."""
+        if self._null is None:
+            self._null = self([self.null_caption])[0]
+        return self._null
 
 
 def _looks_like_hub_id(path: str) -> bool:

@@ -121,7 +121,8 @@ def _from_flat(path: Path, tensors: dict[str, torch.Tensor]) -> WeightsFile:
     """A flat dict: official (``net.``-prefixed groups) or a bare / wrapped state dict of a network."""
     prefixes = {k.split(".", 1)[0] for k in tensors}
     if prefixes and prefixes <= set(OFFICIAL_GROUPS):
-        groups = {g: _official_names(t) for g, t in _split(tensors, OFFICIAL_GROUPS).items()}
+        groups = {g: (_official_discriminator_names(t) if g == "discriminator" else _official_names(t))
+                  for g, t in _split(tensors, OFFICIAL_GROUPS).items()}
         layout = "official-release" if prefixes == {"net"} else "official-full"
         return WeightsFile(path, layout, groups)
     for prefix in ("model.net.", "module.", "model."):
@@ -142,6 +143,10 @@ def _official_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             value = value.reshape(1)
         out[new] = value
     return out
+
+
+def _official_discriminator_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {official.discriminator_to_project_name(k): v for k, v in tensors.items()}
 
 
 def _split(tensors: dict[str, torch.Tensor], groups: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:

@@ -22,6 +22,9 @@ KEY_PREFIXES: tuple[tuple[str, str], ...] = (
     ("lq_proj.", "adapter."),
 )
 
+# official discriminator (Discriminator_ImageDiT) names -> ours (pid.nn.discriminator.FeatureDiscriminator)
+DISCRIMINATOR_PREFIXES: tuple[tuple[str, str], ...] = (("cls_pred_heads.", "heads."),)
+
 # official paths this project does not implement: the LQ *image* branch, REPA projector, encoder/decoder
 UNIMPLEMENTED_PREFIXES: tuple[str, ...] = (
     "lq_proj.image_conv.", "lq_proj.merge.", "encoder_ed.", "decoder_ed.", "s_ed_", "repa",
@@ -34,6 +37,14 @@ GATES = {"sigma_aware_per_token": "per_token", "sigma_aware_per_token_per_dim": 
 def to_project_name(name: str) -> str:
     """One official network parameter name (no ``net.`` prefix) → the project's name."""
     for old, new in KEY_PREFIXES:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def discriminator_to_project_name(name: str) -> str:
+    """An official discriminator parameter name (no ``discriminator.`` prefix) → the project's."""
+    for old, new in DISCRIMINATOR_PREFIXES:
         if name.startswith(old):
             return new + name[len(old):]
     return name
