@@ -49,7 +49,7 @@ def build(
     **scorer_kw,
 ) -> dict:
     work = Path(work)
-    ingest(work, folders, lists, multiaspect, verbose=verbose)
+    ingest(work, folders, lists, multiaspect, verbose=verbose, pdfs=pdfs)
     if pdfs:
         render_pdfs(work, pdfs, dpi=dpi, caption=caption, max_pages=max_pages, verbose=verbose)
     else:

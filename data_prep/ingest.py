@@ -1,9 +1,13 @@
 """ingest: image folders, file lists and the MultiAspect-4K-1M layout → ``W/ingest.jsonl``.
 
 Sources
-- ``--folder DIR``: every file under DIR (recursive, sorted) whose suffix looks like an image
-  (``.jpg .jpeg .png .webp .bmp .tif .tiff``); captions from a sidecar ``<stem>.txt`` or a
-  ``<stem>.json`` (``prompt``/``prompt_medium``/``prompt_short`` or ``caption``).
+- ``--folder DIR``: every file under DIR (recursive, sorted, symlinked folders followed) whose
+  suffix looks like an image (``pid.data.io.IMAGE_EXTENSIONS``: ``.png .jpg .jpeg .webp .bmp
+  .tif .tiff .gif .pgm .ppm .pnm``); captions from a sidecar ``<stem>.txt`` or a ``<stem>.json``
+  (``prompt``/``prompt_medium``/``prompt_short`` or ``caption``). Nothing under DIR is passed
+  over silently: folders named like images, symlink loops, broken links and files that are
+  neither images nor a sidecar of one are dropped with a reason (``pid.data.io.path_problem``,
+  ``not_an_image_suffix``).
 - ``--list FILE``: one path per line, optionally ``path<TAB>caption``; relative paths are
   relative to the list file.
 - ``--multiaspect ROOT``: MultiAspect-4K-1M as the PiD reference scripts lay it out, either
@@ -15,7 +19,9 @@ Sources
     (``image_path``, relative to ROOT, or ``ROOT/image/<stem>_<index:06d>.*``), else dropped
     with reason ``not_downloaded``. All scalar fields are kept under ``meta``.
 
-Every file is decoded once (``probe``): broken ones are dropped with a reason.
+Every file is decoded once (``probe``, with the one decoder of ``pid.data.io``): broken ones are
+dropped with a reason; animations and multi-page files keep their first frame (said in the
+record's ``convert``).
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from pathlib import Path
 from data_prep.probe import Rejected, probe_image_file
 from data_prep.progress import bar, summary
 from data_prep.records import dropped, safe_key, unique_keys, write_dropped, write_jsonl
+from pid.data.io import IMAGE_EXTENSIONS, path_problem, scan_image_files
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS
+SIDECAR_SUFFIXES = (".txt", ".json")
 CAPTION_FIELDS = {"long": ("prompt", "en_caption", "caption", "long_caption"),
                   "medium": ("prompt_medium", "medium_caption"),
                   "short": ("prompt_short", "short_caption")}  # fmt: skip
@@ -62,9 +70,39 @@ def sidecar_captions(path: Path) -> dict:
 
 
 # --- candidates: (path, key, source, captions, meta) ------------------------------------------
-def folder_candidates(root: Path) -> Iterator[tuple]:
+def _is_pdf(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".pdf") or name.endswith(".pdf.gz")
+
+
+def _within(path: Path, roots) -> bool:
+    real = Path(path).resolve()
+    return any(real == r or r in real.parents for r in roots)
+
+
+def folder_candidates(root: Path, passed_over: list[dict] | None = None, pdf_inputs=()) -> Iterator[tuple]:
+    """Image files under ``root``; every other entry that is not a caption sidecar of an image-named
+    file, nor a PDF under one of ``pdf_inputs`` (rendered by render-pdfs), goes to ``passed_over`` as
+    a dropped row with its reason."""
     root = Path(root)
-    for p in sorted(q for q in root.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES):
+    others: list[Path] = []
+    files, skipped = scan_image_files(root, IMAGE_SUFFIXES, others)
+    if passed_over is not None:
+        passed_over += [dropped(p, "ingest", reason, detail) for p, reason, detail in skipped]
+        stems = {p.with_suffix("") for p in files} | {p.with_suffix("") for p, _, _ in skipped}
+        pdf_roots = [Path(p).resolve() for p in pdf_inputs]
+        for p in others:
+            if p.suffix.lower() in SIDECAR_SUFFIXES and p.with_suffix("") in stems:
+                continue
+            if _is_pdf(p):
+                if not _within(p, pdf_roots):
+                    passed_over.append(dropped(p, "ingest", "pdf_not_rendered",
+                                               "a PDF: pass it (or its folder) with --pdfs to render its pages"))
+                continue
+            why = (f"suffix {p.suffix or '(none)'!r} is not one of {' '.join(IMAGE_SUFFIXES)} and the file "
+                   "is not a caption sidecar; rename it if it is an image")  # fmt: skip
+            passed_over.append(dropped(p, "ingest", "not_an_image_suffix", why))
+    for p in files:
         rel = p.relative_to(root).with_suffix("")
         yield p, safe_key(f"{root.name}/{rel}"), f"folder:{root.name}", sidecar_captions(p), {}
 
@@ -133,24 +171,29 @@ def multiaspect_candidates(root: Path, missing: list[dict]) -> Iterator[tuple]:
 
 
 def ingest(
-    work, folders=(), lists=(), multiaspect=(), max_pixels: int | None = None, verbose: bool = True
+    work, folders=(), lists=(), multiaspect=(), max_pixels: int | None = None, verbose: bool = True,
+    pdfs=(),
 ) -> dict:
-    """Probe every candidate; write ``W/ingest.jsonl`` and ``W/ingest.dropped.jsonl``."""
+    """Probe every candidate; write ``W/ingest.jsonl`` and ``W/ingest.dropped.jsonl``.
+
+    ``pdfs``: the PDF inputs of render-pdfs; PDFs found in ``folders`` under them are left to it,
+    other PDFs there are dropped with the hint to pass them with ``--pdfs``. Returns counts."""
     from pid.data.transforms import DEFAULT_MAX_PIXELS
 
     work = Path(work)
     drops: list[dict] = []
     cands: list[tuple] = []
     for f in folders:
-        cands += folder_candidates(Path(f))
+        cands += folder_candidates(Path(f), drops, pdfs)
     for lf in lists:
         cands += list_candidates(Path(lf))
     for root in multiaspect:
         cands += multiaspect_candidates(Path(root), drops)
     records = []
     for path, key, source, caps, meta in bar(cands, "ingest", enabled=verbose):
-        if not Path(path).is_file():
-            drops.append(dropped(path, "ingest", "missing_file", "listed but not found"))
+        problem = path_problem(path)
+        if problem is not None:
+            drops.append(dropped(path, "ingest", *problem))
             continue
         try:
             info = probe_image_file(path, max_pixels or DEFAULT_MAX_PIXELS)

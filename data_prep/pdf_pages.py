@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import inspect
+import math
 import os
 import re
 from pathlib import Path
@@ -58,12 +59,57 @@ def page_count(path: str | os.PathLike) -> int:
         pdf.close()
 
 
-def render_page(path: str | os.PathLike, index: int, dpi: float = 150.0) -> np.ndarray:
-    """Render page ``index`` at ``dpi`` to an (H, W, 3) uint8 RGB array (white background)."""
+MAX_RENDER_PIXELS = 32_000_000  # ~5660² px: an A2 page at 300 dpi; 128 MB as the renderer's BGRA
+
+
+def render_scale(width_pt: float, height_pt: float, dpi: float, max_pixels: int = MAX_RENDER_PIXELS) -> float:
+    """Pixels per PDF point for a page: ``dpi / 72``, reduced so the render holds at most ``max_pixels``.
+
+    Raises ``ValueError`` for a page without area (zero, negative or non-finite size).
+    """
+    area = float(width_pt) * float(height_pt)
+    if not (area > 0 and math.isfinite(area)):
+        raise ValueError(f"the page has no area ({width_pt} x {height_pt} pt)")
+    scale = min(dpi / 72.0, math.sqrt(max_pixels / area))
+    while scale > 0 and math.ceil(width_pt * scale) * math.ceil(height_pt * scale) > max_pixels:
+        scale *= 0.999  # the renderer rounds sides up
+    return scale
+
+
+def render_pdf_page(page, dpi: float = 150.0, max_pixels: int = MAX_RENDER_PIXELS) -> tuple[np.ndarray, dict]:
+    """Render a ``pypdfium2`` page on white: ((H, W, 3) uint8 RGB, info).
+
+    The pixel area is capped at ``max_pixels`` *before* rendering (time and memory stay bounded for
+    any page size): ``info`` holds the ``dpi`` actually used and, when it was reduced, ``capped``, a
+    sentence saying from what and why. Raises ``ValueError`` for a page without area.
+    """
+    info = render_plan(page, dpi, max_pixels)
+    bitmap = page.render(scale=info["dpi"] / 72.0, fill_color=(255, 255, 255, 255))
+    return np.asarray(bitmap.to_pil().convert("RGB"), dtype=np.uint8).copy(), info
+
+
+def render_plan(page, dpi: float = 150.0, max_pixels: int = MAX_RENDER_PIXELS) -> dict:
+    """How ``render_pdf_page`` renders a ``pypdfium2`` page, from its size only: ``{"dpi": used}``
+    plus ``"capped": <why>`` when the requested ``dpi`` was reduced. Raises ``ValueError`` for a page
+    without area."""
+    w_pt, h_pt = page.get_size()
+    scale = render_scale(w_pt, h_pt, dpi, max_pixels)
+    info: dict = {"dpi": scale * 72.0}
+    if scale < dpi / 72.0:
+        full = (round(w_pt * dpi / 72.0), round(h_pt * dpi / 72.0))
+        info["capped"] = (f"page {w_pt:.0f}x{h_pt:.0f} pt at {dpi:g} dpi would be {full[0]}x{full[1]} px; "
+                          f"rendered at {info['dpi']:.1f} dpi to stay within {max_pixels} px")  # fmt: skip
+    return info
+
+
+def render_page(
+    path: str | os.PathLike, index: int, dpi: float = 150.0, max_pixels: int = MAX_RENDER_PIXELS
+) -> np.ndarray:
+    """Render page ``index`` at ``dpi`` (capped at ``max_pixels``, see ``render_pdf_page``) to an
+    (H, W, 3) uint8 RGB array (white background)."""
     pdf = open_pdf(path)
     try:
-        bitmap = pdf[index].render(scale=dpi / 72.0, fill_color=(255, 255, 255, 255))
-        return np.asarray(bitmap.to_pil().convert("RGB"), dtype=np.uint8).copy()
+        return render_pdf_page(pdf[index], dpi, max_pixels)[0]
     finally:
         pdf.close()
 

@@ -1,9 +1,12 @@
 """render-pdfs: PDF pages → PNG images + records (``W/pdf.jsonl``), with pypdfium2.
 
 Every page (or ``--max-pages`` spread over the document) is rendered at ``--dpi`` on white and
-gets the fixed ``--caption``. Dropped with a reason: ``encrypted_pdf`` (password needed),
-``broken_pdf`` (cannot be parsed), ``empty_pdf`` (no pages), ``empty_page`` (blank render),
-``render_failed``. PNGs are written atomically and re-used on a re-run.
+gets the fixed ``--caption``. A page whose render would exceed ``max_pixels`` is rendered at a
+reduced dpi decided from its size before any pixel is drawn (``pdf_pages.render_plan``: time and
+memory stay bounded for any page size); its record's ``meta`` holds the dpi used and
+``render_capped``, saying why. Dropped with a reason: ``encrypted_pdf`` (password needed),
+``broken_pdf`` (cannot be parsed), ``empty_pdf`` (no pages), ``empty_page`` (blank render, or a
+page without area), ``render_failed``. PNGs are written atomically and re-used on a re-run.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ import hashlib
 import os
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from data_prep.progress import bar, summary
 from data_prep.records import dropped, safe_key, unique_keys, write_dropped, write_jsonl
+from pid.data.io import open_image
 from data_prep import pdf_pages
 
 DEFAULT_CAPTION = "a page of a typeset document"
@@ -45,6 +48,12 @@ def _open(path: Path):
         return None, ("broken_pdf", f"{type(e).__name__}: {e}")
 
 
+def _pixel_std(rgb) -> float:
+    """Pixel standard deviation, from at most ~2 M pixels (a strided sample keeps memory bounded)."""
+    step = max(1, int((rgb.shape[0] * rgb.shape[1] / 2e6) ** 0.5))
+    return float(rgb[::step, ::step].std(dtype="float32"))
+
+
 def render_pdfs(
     work,
     inputs,
@@ -53,7 +62,10 @@ def render_pdfs(
     max_pages: int | None = None,
     blank_std: float = 1.0,
     verbose: bool = True,
+    max_pixels: int = pdf_pages.MAX_RENDER_PIXELS,
 ) -> dict:
+    """Render the pages of the PDFs in ``inputs`` (files or folders) to ``W/pdf_pages/*.png`` and
+    records in ``W/pdf.jsonl``; problems go to ``W/render_pdfs.dropped.jsonl``. Returns counts."""
     work = Path(work)
     out_dir = work / "pdf_pages"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,10 +85,18 @@ def render_pdfs(
             for page in pages:
                 key = f"pdf_{stem}_{tag}_p{page + 1:04d}"
                 png = out_dir / f"{key}.png"
+                where = f"{path}#page={page + 1}"
+                try:
+                    plan = pdf_pages.render_plan(doc[page], dpi, max_pixels)
+                except ValueError as e:
+                    drops.append(dropped(where, "render_pdfs", "empty_page", str(e)))
+                    continue
+                except Exception as e:  # noqa: BLE001
+                    drops.append(dropped(where, "render_pdfs", "render_failed", f"{type(e).__name__}: {e}"))
+                    continue
                 if not png.is_file():
                     try:
-                        bitmap = doc[page].render(scale=dpi / 72.0, fill_color=(255, 255, 255, 255))
-                        rgb = np.asarray(bitmap.to_pil().convert("RGB"), dtype=np.uint8)
+                        rgb, _ = pdf_pages.render_pdf_page(doc[page], dpi, max_pixels)
                     except Exception as e:  # noqa: BLE001
                         drops.append(
                             dropped(
@@ -87,7 +107,7 @@ def render_pdfs(
                             )
                         )
                         continue
-                    if rgb.size == 0 or float(rgb.std()) < blank_std:
+                    if rgb.size == 0 or _pixel_std(rgb) < blank_std:
                         drops.append(
                             dropped(f"{path}#page={page + 1}", "render_pdfs", "empty_page", "blank page")
                         )
@@ -96,14 +116,17 @@ def render_pdfs(
                     Image.fromarray(rgb).save(tmp, format="PNG", compress_level=6)
                     os.replace(tmp, png)
                 data = png.read_bytes()
-                with Image.open(png) as im:
+                with open_image(data) as im:
                     w, h = im.size
+                meta = {"pdf": str(path), "page": page + 1, "dpi": round(plan["dpi"], 3), "pages": n}
+                if "capped" in plan:
+                    meta.update(dpi_requested=dpi, render_capped=plan["capped"])
                 records.append({
                     "key": key, "source": "pdf", "path": str(png.resolve()), "width": w, "height": h,
                     "format": "PNG", "mode": "RGB", "orientation": 1, "bytes": len(data),
                     "sha256": hashlib.sha256(data).hexdigest(), "convert": None,
                     "captions": {"long": caption}, "scores": {},
-                    "meta": {"pdf": str(path), "page": page + 1, "dpi": dpi, "pages": n},
+                    "meta": meta,
                 })  # fmt: skip
         finally:
             doc.close()
