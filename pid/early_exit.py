@@ -235,7 +235,8 @@ def run_pipeline_to_step(
     )
     if exit_after not in capture.states:
         raise RuntimeError(
-            f"{type(pipe).__name__} ran {capture.num_steps} denoising steps, fewer than exit_after={exit_after}"
+            f"{type(pipe).__name__} ran {capture.num_steps} denoising steps, fewer than "
+            f"exit_after={exit_after}"
             f" (of num_inference_steps={num_inference_steps}; img2img strength / denoising_start skip the "
             f"first ones): use exit_after <= {capture.num_steps}"
         )

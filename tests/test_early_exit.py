@@ -232,8 +232,8 @@ def _record_latents(store: dict, unpack=None):
 
 
 def test_flux_img2img_exit_reads_sigma_at_the_schedulers_own_index():
-    """Issue 15 item 8: FLUX.1 img2img, strength 0.6 of 10 steps, starts at schedule index 4; after 2 steps the
-    state is at σ = sigmas[6] = 0.4 (unshifted schedule), and the loop has 6 steps."""
+    """Issue 15 item 8: FLUX.1 img2img, strength 0.6 of 10 steps, starts at schedule index 4; after 2 steps
+    the state is at σ = sigmas[6] = 0.4 (unshifted schedule), and the loop has 6 steps."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxPipeline
 
     components = _tiny_flux_pipeline().components
@@ -277,8 +277,8 @@ def test_flux_img2img_exit_reads_sigma_at_the_schedulers_own_index():
 
 
 def _tiny_sd3_img2img_pipeline(shift: float):
-    """A real diffusers StableDiffusion3Img2ImgPipeline at a tiny random size; prompts are given as embeddings,
-    so no text encoder is built."""
+    """A real diffusers StableDiffusion3Img2ImgPipeline at a tiny random size; prompts are given as
+    embeddings, so no text encoder is built."""
     from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
                            StableDiffusion3Img2ImgPipeline)
 
@@ -300,7 +300,8 @@ def test_sd3_img2img_exit_reads_the_shifted_sigma_after_the_skipped_steps():
     pipe = _tiny_sd3_img2img_pipeline(shift=3.0)
     g = torch.Generator().manual_seed(1)
     kwargs = dict(image=torch.rand(1, 3, 32, 32), strength=0.5, guidance_scale=1.0,
-                  prompt_embeds=torch.randn(1, 5, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 64, generator=g))
+                  prompt_embeds=torch.randn(1, 5, 32, generator=g),
+                  pooled_prompt_embeds=torch.randn(1, 64, generator=g))
     seen = {}
     pipe(num_inference_steps=8, callback_on_step_end=_record_latents(seen),
          callback_on_step_end_tensor_inputs=["latents"], output_type="latent",
@@ -317,7 +318,8 @@ def test_sd3_img2img_exit_reads_the_shifted_sigma_after_the_skipped_steps():
 
     # FlowMatchEulerDiscreteScheduler: unshifted σ evenly spaced from 1 to the shifted σ_min = shift(1/1000)
     u = 1 + (start + 2) * (shifted(1 / 1000) - 1) / 7
-    assert state.sigma == pytest.approx(shifted(u), abs=1e-5) and state.sigma == pytest.approx(0.3380, abs=1e-4)
+    assert state.sigma == pytest.approx(shifted(u), abs=1e-5)
+    assert state.sigma == pytest.approx(0.3380, abs=1e-4)
     assert state.sigma == pytest.approx(float(sigmas[start + 2]))
     assert state.sigma != pytest.approx(float(sigmas[2]))
     torch.testing.assert_close(state.latent, seen[2])

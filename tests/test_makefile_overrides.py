@@ -37,7 +37,8 @@ def _make(tmp_path: Path, *args: str) -> tuple[list[list[str]], subprocess.Compl
     venv = _stub_venv(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
     proc = subprocess.run(
-        ["make", "-s", "-C", str(REPO), *args, f"VENV={venv}"], capture_output=True, text=True, env=env, timeout=60
+        ["make", "-s", "-C", str(REPO), *args, f"VENV={venv}"],
+        capture_output=True, text=True, env=env, timeout=60,
     )
     log = venv / "bin" / "python.argv"
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -70,7 +71,8 @@ def test_each_override_reaches_python_as_one_argument_in_order(tmp_path, target,
 
 
 def test_makes_own_variables_are_not_passed_and_exp_selects_the_experiment(tmp_path):
-    calls, proc = _make(tmp_path, "train", "exp=pid_vae_8x", "data.root=/data/my photos", "ARGS=-x", "PYTHON=py")
+    calls, proc = _make(tmp_path, "train", "exp=pid_vae_8x", "data.root=/data/my photos", "ARGS=-x",
+                        "PYTHON=py")
     assert proc.returncode == 0, proc.stderr
     assert calls == [["-m", "pid.train", "experiment=pid_vae_8x", "data.root=/data/my photos"]]
 
