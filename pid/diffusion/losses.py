@@ -94,8 +94,8 @@ def aux_rgb_loss(
 
     Args:
         pred: (B, 3, h, w) RGB predicted by the adapter's aux head, in [-1, 1].
-        target: (B, 3, H, W) low-res RGB the latent was encoded from, in [-1, 1]; clamped, and
-            area-resized to ``pred``'s size when they differ.
+        target: (B, 3, H, W) low-res RGB the latent was encoded from, in [-1, 1]; area-resized to
+            ``pred``'s size when they differ, then clamped. A sample whose target is all zero has weight 0.
         sigma: latent noise level per sample ((B,) or scalar; None = 0).
         keep: optional (B,) bool, False where the latent was dropped for CFG (no target then).
         normalize: True (PiD) divides by :math:`N = \max(\sum_i w_i, 10^{-6})` — a weighted mean;
@@ -105,13 +105,15 @@ def aux_rgb_loss(
     """
     dtype = compute_dtype(pred, target)
     pred = pred.to(dtype)
-    target = target.to(device=pred.device, dtype=dtype).clamp(-1, 1)
+    target = target.to(device=pred.device, dtype=dtype)
     if target.shape[-2:] != pred.shape[-2:]:
         target = F.interpolate(target, size=pred.shape[-2:], mode="area")
+    target = target.clamp(-1, 1)  # after the resize, as the official loss
     per_sample = ycbcr_charbonnier(pred, target, eps=eps, y_weight=y_weight, chroma_weight=chroma_weight)
 
     b = pred.shape[0]
-    w = torch.ones(b, device=pred.device, dtype=dtype)
+    # a sample without a target (all-zero low-res image) carries no weight, as in the official loss
+    w = (target.abs().flatten(1).mean(1) > 1e-6).to(dtype)
     if sigma is not None:
         s = torch.as_tensor(sigma, device=pred.device, dtype=dtype).reshape(-1).expand(b)
         w = w * (1 - s).clamp_min(0).pow(sigma_power)
