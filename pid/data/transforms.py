@@ -5,16 +5,20 @@
 - ``bucket_crop``: one random crop of a bucket's size. ``mode="cover"`` resizes the image *down*
   so it just covers the bucket, then crops; JPEGs are decoded with ``draft`` (DCT-domain
   1/2, 1/4, 1/8 scaling) when the image is at least twice the needed size, and only the crop's
-  source box is resampled (``Image.resize(box=...)``). ``mode="crop"`` takes a native-resolution
-  crop. Output: (H, W, 3) uint8, upright (EXIF applied).
+  source region is resampled (``resize_rgb8``: antialiased bicubic, PIL's filter, by torch's
+  vectorised uint8 kernel). ``mode="crop"`` takes a native-resolution crop. Output: (H, W, 3)
+  uint8, upright (EXIF applied).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import warnings
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from pid.data.buckets import Bucket, BucketSet
@@ -33,6 +37,28 @@ from pid.data.io import (  # noqa: F401 - the one decoder, re-exported for the c
 
 class TooSmallError(ValueError):
     """The image fits no bucket (it would need upsampling)."""
+
+
+def resize_rgb8(im: Image.Image, region: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    """Pixels ``region`` (x0, y0, x1, y1) of an RGB image resized to ``size`` (w, h): (h, w, 3) uint8.
+
+    Antialiased bicubic, the filter of ``Image.resize(..., BICUBIC)``, by torch's vectorised uint8
+    kernel written straight into an (h, w, 3) array (about 4x faster than PIL's on one thread;
+    values within 2 of PIL's). Only the region's pixels are read, so the filter is truncated at its
+    edges as PIL truncates it at image edges.
+    """
+    with warnings.catch_warnings():  # read-only export of the crop; torch only reads it
+        warnings.simplefilter("ignore", UserWarning)
+        src = torch.from_numpy(np.asarray(im.crop(region), dtype=np.uint8))
+    src = src.permute(2, 0, 1).unsqueeze(0)  # (1, 3, h, w), channels-last in memory
+    w, h = size
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    dst = torch.from_numpy(out).permute(2, 0, 1).unsqueeze(0)  # the same memory, channels-last
+    try:
+        torch.ops.aten._upsample_bicubic2d_aa.out(src, [h, w], False, None, None, out=dst)
+    except (AttributeError, RuntimeError):  # no out= variant in this torch: the public call and a copy
+        dst.copy_(F.interpolate(src, size=(h, w), mode="bicubic", antialias=True))
+    return out
 
 
 def _draft(im: Image.Image, need_w: int, need_h: int) -> None:
@@ -80,11 +106,12 @@ def bucket_crop(
         rw, rh = max(bw, round(w1 * s1)), max(bh, round(h1 * s1))  # the covering size
         x, y = rng.randint(0, rw - bw), rng.randint(0, rh - bh)
         fx, fy = w1 / rw, h1 / rh
-        box = (x * fx, y * fy, (x + bw) * fx, (y + bh) * fy)
         if (w1, h1) == (rw, rh):
             out = im.crop((x, y, x + bw, y + bh))
-        else:
-            out = im.resize((bw, bh), Image.Resampling.BICUBIC, box=box, reducing_gap=None)
+        else:  # the crop's source box, widened to whole pixels (< 1 px: the scale changes < 1/bw)
+            region = (math.floor(x * fx), math.floor(y * fy),
+                      min(w1, math.ceil((x + bw) * fx)), min(h1, math.ceil((y + bh) * fy)))  # fmt: skip
+            out = resize_rgb8(im, region, (bw, bh))
         info = {"scale": 1 / fx, "offset": (y, x)}
     elif mode == "crop":
         im = to_rgb8(upright(im))
