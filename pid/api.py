@@ -64,9 +64,16 @@ class PiDDecoder:
         return self.latent.encode(images.to(self.device))
 
     # ------------------------------------------------------------------ text
-    def _text_states(self, caption: str | Sequence[str] | None, batch: int
-                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _text_states(self, caption: str | Sequence[str] | None, batch: int,
+                     states: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(caption states (B, L, D), null states (1, L, D)); (None, None) for a text-free network."""
+        if states is not None:
+            if caption is not None:
+                raise ValueError("give caption= or caption_states=, not both")
+            if states.ndim != 3 or states.shape[0] not in (1, batch):
+                raise ValueError(f"caption_states must be (B, L, D) for {batch} latents, got {tuple(states.shape)}")
+            null = self.text_encoder.null_states().to(self.device) if self.text_encoder is not None else None
+            return states.to(self.device).float().expand(batch, -1, -1), null
         if not self.text.get("uses_text"):
             if caption is not None:
                 raise PiDConfigError("this decoder was trained without captions; decode without caption=")
@@ -91,7 +98,8 @@ class PiDDecoder:
     # ------------------------------------------------------------------ decode
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *,
-               caption: str | Sequence[str] | None = None, num_steps: int | None = None,
+               caption: str | Sequence[str] | None = None, caption_states: torch.Tensor | None = None,
+               num_steps: int | None = None,
                text_cfg: float | None = None, latent_cfg: float | None = None, sampler: str | None = None,
                timesteps=None, generator: torch.Generator | None = None, frame: str = "train") -> torch.Tensor:
         """Decode a normalised latent at noise level σ to an image in [-1, 1].
@@ -101,6 +109,7 @@ class PiDDecoder:
             sigma: its noise level, scalar or (B,), in [0, 1] in the training frame (``frame="ve"``: an
                 Euler/VE-frame σ ≥ 0 of SDXL's EulerDiscreteScheduler, converted exactly to the VP frame).
             caption: text per image (needs the decoder's text encoder); None: the release's null caption.
+            caption_states: precomputed caption states (B, L, D) of the decoder's text encoder instead.
             num_steps, sampler, text_cfg, latent_cfg: override the file's / release's sampling defaults
                 (students: "sde" on their t-list, 1 step at t = 1.0; teachers: "dpmpp_2m" with text CFG).
             timesteps: an explicit time grid (wins over num_steps).
@@ -128,7 +137,7 @@ class PiDDecoder:
         if timesteps is None and self.sampling.get("t_list"):
             timesteps = student_timesteps(self.sampling["t_list"], num_steps,
                                           one_step_t=float(self.sampling.get("one_step_t", 1.0)))
-        y, y_null = self._text_states(caption, latent.shape[0])
+        y, y_null = self._text_states(caption, latent.shape[0], caption_states)
         return decode_latent(
             self.net, latent.to(self.device).float(), sigma, sr_scale=self.sr_scale,
             latent_down=self.latent.down_factor, num_steps=num_steps, sampler=sampler,

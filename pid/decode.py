@@ -3,6 +3,12 @@
     python -m pid.decode --ckpt logs/…/pid_decoder.safetensors --latent z.safetensors --sigma 0.3 \
         --out img.png
     python -m pid.decode --ckpt … --latent sdxl_step40.pt --sigma 1.7 --frame ve --out img.png  # SDXL Euler
+    python -m pid.decode --release flux_2kto4k_v1pt5 --ckpt …/model_ema_bf16.pth --latent z.safetensors \
+        --out img.png                                     # an NVIDIA release (text: --text-encoder, --caption)
+    python -m pid.decode --release flux_2kto4k_v1pt5 --ckpt … --image photo.png --latent-path …/FLUX.1-dev/vae \
+        --out img.png                                     # from clean: encode, then PiD-decode at 4x
+    python -m pid.decode --release flux_2kto4k_v1pt5 --ckpt … --pipeline …/FLUX.1-dev --prompt "…" \
+        --pipeline-steps 28 --exit-after 20 --out img.png # from LDM: the generator stopped at step K
 
 ``--latent``: a ``.safetensors`` file (tensor ``latent``, else its only tensor) or a ``.pt`` file
 (a tensor, or a dict with ``latent``; loaded weights-only), shaped (C, h, w) or (B, C, h, w),
@@ -24,37 +30,36 @@ import torch
 from pid.utils.errors import MissingWeightsError, PiDConfigError
 
 
-def read_latent(path: str | Path) -> tuple[torch.Tensor, float | None]:
-    """(latent (B, C, h, w) float32, stored σ or None) from a .safetensors or .pt file."""
+def read_latent(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(latent (B, C, h, w) float32, stored σ (scalar or (B,)) or None, caption states (B, L, D) or None).
+
+    A ``.safetensors`` file holds tensor ``latent`` (else its only tensor) and optionally ``sigma`` and
+    ``text`` (precomputed caption states of the decoder's text encoder); a ``.pt`` file a tensor or a dict
+    with the same keys (loaded weights-only).
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(
             "latent file", "--latent", "a .safetensors or .pt file holding the latent", path=path
         )
-    sigma = None
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        tensors = load_file(str(path))
-        if "sigma" in tensors:
-            sigma = float(tensors.pop("sigma").reshape(-1)[0])
-        if "latent" in tensors:
-            latent = tensors["latent"]
-        elif len(tensors) == 1:
-            latent = next(iter(tensors.values()))
-        else:
-            raise PiDConfigError(f"{path} holds {sorted(tensors)}; name the latent tensor 'latent'")
+        obj = load_file(str(path))
+        if "latent" not in obj:
+            others = {k: v for k, v in obj.items() if k not in ("sigma", "text")}
+            if len(others) != 1:
+                raise PiDConfigError(f"{path} holds {sorted(obj)}; name the latent tensor 'latent'")
+            obj["latent"] = next(iter(others.values()))
     else:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        if isinstance(obj, dict):
-            if "latent" not in obj:
-                raise PiDConfigError(f"{path} holds a dict without a 'latent' entry ({sorted(obj)})")
-            if obj.get("sigma") is not None:
-                sigma = float(torch.as_tensor(obj["sigma"]).reshape(-1)[0])
-            latent = obj["latent"]
-        else:
-            latent = obj
-    latent = torch.as_tensor(latent).float()
+        if isinstance(obj, dict) and "latent" not in obj:
+            raise PiDConfigError(f"{path} holds a dict without a 'latent' entry ({sorted(obj)})")
+        if not isinstance(obj, dict):
+            obj = {"latent": obj}
+    latent = torch.as_tensor(obj["latent"]).float()
+    sigma = None if obj.get("sigma") is None else torch.as_tensor(obj["sigma"]).float().reshape(-1)
+    text = None if obj.get("text") is None else torch.as_tensor(obj["text"]).float()
     if latent.ndim == 5 and latent.shape[2] == 1:  # (B, C, 1, h, w) video-style latents
         latent = latent[:, :, 0]
     if latent.ndim == 3:
@@ -63,7 +68,9 @@ def read_latent(path: str | Path) -> tuple[torch.Tensor, float | None]:
         raise PiDConfigError(
             f"{path}: expected a (C, h, w) or (B, C, h, w) latent, got {tuple(latent.shape)}"
         )
-    return latent, sigma
+    if text is not None and text.ndim == 2:
+        text = text[None]
+    return latent, sigma, text
 
 
 def save_images(images: torch.Tensor, out: str | Path) -> list[Path]:
@@ -83,51 +90,106 @@ def save_images(images: torch.Tensor, out: str | Path) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pid.decode", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--ckpt", required=True, help="pid_decoder.safetensors export or a .ckpt of pid.train"
-    )
-    parser.add_argument("--latent", required=True, help=".safetensors or .pt latent file")
-    parser.add_argument(
-        "--sigma", type=float, default=None, help="noise level of the latent (default: stored σ or 0)"
-    )
-    parser.add_argument(
-        "--frame",
-        default="train",
-        choices=["train", "flow", "vp", "ve"],
-        help="'ve' for Euler/VE-frame states (SDXL); otherwise the latent is in PiD's frame",
-    )
+    parser.add_argument("--ckpt", required=True,
+                        help="pid_decoder.safetensors / .ckpt of pid.train, or (with --release) an official "
+                             "model_ema_bf16.pth, model.pth or DCP folder")
+    parser.add_argument("--release", default=None,
+                        help="release preset (name, alias, official name or preset file) of --ckpt")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--latent", help=".safetensors or .pt latent file")
+    source.add_argument("--image", help="an image: encoded with the decoder's latent space, then decoded "
+                                        "(the official 'from clean'); needs latent.path via --latent-path")
+    source.add_argument("--pipeline", help="a local diffusers pipeline folder run to --exit-after steps "
+                                           "(the official 'from LDM'); needs --prompt")
+    parser.add_argument("--latent-path", default=None, help="weights of the latent space (for --image)")
+    parser.add_argument("--prompt", default=None, help="--pipeline: the generator's prompt")
+    parser.add_argument("--pipeline-steps", type=int, default=28, help="--pipeline: its schedule length N")
+    parser.add_argument("--exit-after", type=int, default=None, help="--pipeline: stop after K steps (default N)")
+    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="--pipeline: the generator's image size; --image: resize to it first")
+    parser.add_argument("--sigma", type=float, default=None, help="noise level of the latent (default: stored σ or 0)")
+    parser.add_argument("--frame", default="train", choices=["train", "flow", "vp", "ve"],
+                        help="'ve' for Euler/VE-frame states (SDXL); otherwise the latent is in PiD's frame")
+    parser.add_argument("--caption", default=None, help="text for the decoder (needs --text-encoder)")
+    parser.add_argument("--text-encoder", default=None, help="local Gemma-2 folder for --caption")
     parser.add_argument("--out", required=True, help="output image (.png/.jpg)")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the file's)")
-    parser.add_argument("--sampler", default=None, help="euler | sde | … (default: the file's)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the file's / release's)")
+    parser.add_argument("--sampler", default=None, help="sde | dpmpp_2m | euler | heun (default: the release's)")
     parser.add_argument("--latent-cfg", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _latent_from_image(decoder, path: str, size) -> torch.Tensor:
+    from pid.data.io import load_rgb
+
+    rgb = torch.from_numpy(np.asarray(load_rgb(path))).permute(2, 0, 1).float() / 127.5 - 1
+    rgb = rgb[None]
+    f = decoder.latent.down_factor
+    h, w = (size if size else (rgb.shape[-2] // f * f, rgb.shape[-1] // f * f))
+    if (h, w) != tuple(rgb.shape[-2:]):
+        rgb = torch.nn.functional.interpolate(rgb, size=(h, w), mode="bicubic", antialias=True).clamp(-1, 1)
+    return decoder.encode(rgb.to(decoder.device)).cpu()
+
+
+def _latent_from_pipeline(decoder, args) -> tuple[torch.Tensor, float, str]:
+    from diffusers import DiffusionPipeline
+
+    from pid.early_exit import run_pipeline_to_step
+
+    if not args.prompt:
+        raise PiDConfigError("--pipeline needs --prompt")
+    if not Path(args.pipeline).is_dir():
+        raise MissingWeightsError("diffusers pipeline", "--pipeline", "a local diffusers pipeline folder",
+                                  path=args.pipeline)
+    pipe = DiffusionPipeline.from_pretrained(args.pipeline, local_files_only=True).to(args.device)
+    height, width = args.size or (1024, 1024)
+    state = run_pipeline_to_step(pipe, args.exit_after or args.pipeline_steps, args.pipeline_steps,
+                                 prompt=args.prompt, height=height, width=width,
+                                 generator=torch.Generator(device="cpu").manual_seed(args.seed))
+    return state.latent, float(state.sigma), "train"  # ExitState is in PiD's training frame already
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = _parser().parse_args(argv)
     from pid.api import load_decoder
 
-    latent, stored_sigma = read_latent(args.latent)
-    sigma = args.sigma if args.sigma is not None else (stored_sigma or 0.0)
-    decoder = load_decoder(args.ckpt, device=args.device, build_latent=False)
+    build_latent = bool(args.image)
+    latent_obj = None
+    if args.image and args.release:
+        from hydra.utils import instantiate
+
+        from pid.weights.release import load_release
+
+        cfg = dict(load_release(args.release).latent_config() or {})
+        if "path" in cfg:
+            cfg["path"] = args.latent_path
+        latent_obj = instantiate(cfg)
+    decoder = load_decoder(args.ckpt, device=args.device, build_latent=build_latent, latent=latent_obj,
+                           release=args.release, text_encoder=args.text_encoder)
+    frame = args.frame
+    stored_sigma, states = None, None
+    if args.latent:
+        latent, stored_sigma, states = read_latent(args.latent)
+    elif args.image:
+        latent = _latent_from_image(decoder, args.image, args.size)
+    else:
+        latent, stored_sigma, frame = _latent_from_pipeline(decoder, args)
+    sigma = args.sigma if args.sigma is not None else (stored_sigma if stored_sigma is not None else 0.0)
     if latent.shape[1] != decoder.latent.channels:
         raise PiDConfigError(
-            f"{args.latent} has {latent.shape[1]} channels; the decoder expects "
+            f"the latent has {latent.shape[1]} channels; the decoder expects "
             f"{decoder.latent.channels} ({decoder.latent.name})"
         )
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    images = decoder.decode(
-        latent,
-        sigma,
-        num_steps=args.steps,
-        latent_cfg=args.latent_cfg,
-        sampler=args.sampler,
-        generator=generator,
-        frame=args.frame,
-    )
+    images = decoder.decode(latent, sigma, caption=args.caption, caption_states=states, num_steps=args.steps,
+                            latent_cfg=args.latent_cfg, sampler=args.sampler, generator=generator, frame=frame)
     paths = save_images(images, args.out)
-    print(f"decoded {tuple(latent.shape)} at σ={sigma:g} ({args.frame}) → " + ", ".join(map(str, paths)))
+    shown = ", ".join(f"{float(v):g}" for v in torch.as_tensor(sigma).reshape(-1))
+    print(f"decoded {tuple(latent.shape)} at σ={shown} ({frame}) → " + ", ".join(map(str, paths)))
     return paths
 
 
@@ -136,6 +198,6 @@ if __name__ == "__main__":
 
     try:
         main()
-    except (MissingWeightsError, PiDConfigError) as err:
+    except (MissingWeightsError, PiDConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

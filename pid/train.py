@@ -29,6 +29,7 @@ def build(cfg: DictConfig):
     from pid.utils.loggers import instantiate_callbacks, instantiate_loggers
     from pid.utils.run_naming import apply_run_naming, remember_wandb_id
 
+    apply_release(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
 
@@ -121,8 +122,7 @@ def finish_wandb() -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        apply_release(cfg)
-        check_config(cfg)
+        check_config(apply_release(cfg))
         try:
             metrics = train(cfg)
         finally:

@@ -1,0 +1,99 @@
+"""The inputs of an evaluation: checkpoints, the device, the evaluation set and its groups."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from pid.utils.errors import MissingWeightsError, PiDConfigError
+
+
+def resolve_ckpt(path: str | None, key: str) -> Path | None:
+    """A checkpoint path; a glob resolves to its newest match. Missing: MissingWeightsError naming ``key``."""
+    if path in (None, "", "null"):
+        return None
+    path = str(path)
+    if any(c in path for c in "*?["):
+        matches = sorted(glob.glob(path), key=os.path.getmtime)
+        if not matches:
+            raise MissingWeightsError(f"checkpoint for `{key}`", key, "a pid_decoder.safetensors export",
+                                      "`make train` (quickstart) or a run of pid.train", path=path)
+        return Path(matches[-1])
+    if not Path(path).is_file():
+        raise MissingWeightsError(f"checkpoint for `{key}`", key, "a pid_decoder.safetensors export",
+                                  path=path)
+    return Path(path)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_eval_set(cfg: DictConfig, decoder) -> dict:
+    """{"truth": (N,3,H,W) [-1,1] or None, "z": (N,C,h,w), "sigma": float, "captions": [...],
+    "keys": [...]}."""
+    from pid.utils.images import downsample, to_signed
+
+    d = cfg.data
+    sr = decoder.sr_scale
+    if d.kind == "latents":
+        from pid.decode import read_latent
+
+        z, sigma, _ = read_latent(d.latents)
+        cap_file = Path(str(d.latents)).with_suffix(".json")
+        caps = json.loads(cap_file.read_text()) if cap_file.is_file() else [d.default_caption] * len(z)
+        n = min(len(z), d.max_images or len(z))
+        return {"truth": None, "z": z[:n].float(), "sigma": 0.0 if sigma is None else float(sigma[0]),
+                "captions": list(caps)[:n], "keys": [f"latent_{i}" for i in range(n)]}
+    if d.crop_size % (sr * decoder.latent.down_factor):
+        raise PiDConfigError(f"data.crop_size={d.crop_size} must be a multiple of sr_scale × latent down "
+                             f"factor = {sr * decoder.latent.down_factor}")
+    if d.kind == "folder":
+        from pid.data.image_folder import FixedCropDataset
+
+        ds = FixedCropDataset(str(d.root), d.crop_size, d.crops_per_image, select=d.select)
+    elif d.kind == "shards":
+        from pid.data.shard_val import FixedCropShardDataset
+
+        root = str(d.root)
+        shards = sorted(glob.glob(root if root.endswith(".tar") or "*" in root else f"{root}/**/*.tar",
+                                  recursive=True))
+        ds = FixedCropShardDataset(shards, d.crop_size, d.crops_per_image)
+    else:
+        raise PiDConfigError(f"data.kind must be folder, shards or latents, got {d.kind!r}")
+    n = len(ds) if not d.max_images else min(len(ds), int(d.max_images))
+    if n == 0:
+        raise PiDConfigError(f"data.root={d.root}: no image holds a {d.crop_size}px crop")
+    items = [ds[i] for i in range(n)]
+    truth = to_signed(torch.stack([it["image"] for it in items]))
+    z = torch.cat([decoder.encode(downsample(truth[i:i + d.batch_size], sr)).cpu()
+                   for i in range(0, n, d.batch_size)])
+    captions = [it.get("caption") or d.default_caption for it in items]
+    return {"truth": truth, "z": z.float(), "sigma": 0.0, "captions": captions,
+            "keys": [it["key"] for it in items]}
+
+
+def group_masks(keys: list[str], patterns: dict[str, str] | None) -> dict[str, torch.Tensor]:
+    """Boolean masks over the evaluation set per named group (``fnmatch`` on the crop key, whose part
+    before ``@`` is the file stem), plus ``other`` for the crops no pattern matches; empty groups are left
+    out. A crop matching several patterns goes to the first."""
+    from fnmatch import fnmatch
+
+    stems = [k.split("@")[0] for k in keys]
+    taken = torch.zeros(len(keys), dtype=torch.bool)
+    out = {}
+    for name, pattern in (patterns or {}).items():
+        mask = torch.tensor([fnmatch(s, str(pattern)) for s in stems], dtype=torch.bool) & ~taken
+        taken |= mask
+        if mask.any():
+            out[str(name)] = mask
+    if out and (~taken).any():
+        out["other"] = ~taken
+    return out
