@@ -230,7 +230,7 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
     else:
         if not wf.config:
             raise PiDConfigError(f"{path} carries no config ({wf.layout}): name its network with release=... "
-                                 "(a preset name or file, see conf/release/)")
+                                 "(a preset name or file, see conf/releases/)")
         config = wf.config
         from hydra.utils import instantiate
 

@@ -1,4 +1,4 @@
-"""Release presets: one YAML file per released checkpoint under ``conf/release/``.
+"""Release presets: one YAML file per released checkpoint under ``conf/releases/``.
 
 A preset fixes what a released file needs to be used as NVIDIA trained it: the network config (PiD v1 or
 v1.5, gate mode, PiT injection, aux head only where the file has one, RoPE mode and reference grid), the
@@ -22,7 +22,7 @@ from pid.utils.errors import PiDConfigError
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-RELEASE_DIR = CONF_DIR / "release"
+RELEASE_DIR = CONF_DIR / "releases"
 KINDS = ("student", "teacher", "prior")
 
 
@@ -62,7 +62,7 @@ class Release:
 
 
 def preset_names() -> list[str]:
-    """Stems of every preset under ``conf/release/``."""
+    """Stems of every preset under ``conf/releases/``."""
     return sorted(p.stem for p in RELEASE_DIR.glob("*.yaml"))
 
 
