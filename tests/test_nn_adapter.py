@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pid.nn import LatentAdapter, PiDNet, PixelDiT, SigmaAwareGate, latent_grid_ratio
 
@@ -222,15 +223,17 @@ def test_grid_alignment_upsample_and_fold():
     assert a.shape == (1, 16, 3, 2)
     # channel c*4 + 2i + j of cell (p, q) is latent pixel (2p + i, 2q + j) of channel c
     assert torch.equal(a[0, 1 * 4 + 2 * 1 + 0, 2, 1], z[0, 1, 5, 2])
-    with pytest.raises(ValueError, match="latent spatial size"):
-        fold.align(torch.randn(1, 4, 5, 4), (3, 2))
-    with pytest.raises(ValueError, match="latent spatial size"):
-        up.align(torch.randn(1, 4, 6, 2), (6, 4))
-    # 48 px at 4x / 8x-down is a 1.5-pixel latent: an encoder-rounded 1 or 2 is accepted, 3 is not
+    # as the official LQProjection2D: a finer latent of another size is bilinear-resized, then folded
+    odd = torch.randn(1, 4, 5, 4)
+    want = F.interpolate(odd, size=(6, 4), mode="bilinear", align_corners=False)
+    assert torch.equal(fold.align(odd, (3, 2)), fold.align(want, (3, 2)))
+    # a coarser latent is nearest-resized to the grid whatever its size (ratio 4 / 8 latents of v1 FLUX.2,
+    # DINOv2, SigLIP on a ratio-2 net; an encoder-rounded 48 px latent)
+    assert up.align(torch.randn(1, 4, 1, 1), (8, 8)).shape == (1, 4, 8, 8)
     assert up.align(torch.randn(1, 4, 2, 1), (3, 2)).shape == (1, 4, 3, 2)
-    assert up.align(torch.randn(1, 4, 1, 1), (3, 2)).shape == (1, 4, 3, 2)
-    with pytest.raises(ValueError, match="should be 1.5x1"):
-        up.align(torch.randn(1, 4, 3, 1), (3, 2))
+    # larger than the patch grid (the latent of the high-resolution image): an error
+    with pytest.raises(ValueError, match="latent spatial size"):
+        up.align(torch.randn(1, 4, 12, 8), (6, 4))
     with pytest.raises(ValueError, match=r"\(B, 4, h, w\)"):
         up.align(torch.randn(1, 3, 3, 2), (6, 4))
 
