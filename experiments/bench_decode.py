@@ -86,8 +86,9 @@ def bench_size(size: int, pid_net, latent, sr_net, rgb, sr_scale: int, rounds: i
         "backbone": lambda: PixelDiT.forward(pid_net, x, t),
         "pid_step": lambda: pid_net(x, t, sigma=sigma, latent_features=feats),
         "pid_step_adapter_each_step": lambda: pid_net(x, t, latent=z, sigma=sigma),
-        "student_4": lambda: decode_latent(pid_net, z, 0.0, sr_scale=sr_scale, latent_down=down, sampler="sde",
-                                           timesteps=t4, generator=torch.Generator().manual_seed(0)),
+        "student_4": lambda: decode_latent(pid_net, z, 0.0, sr_scale=sr_scale, latent_down=down, num_steps=4,
+                                           sampler="sde", timesteps=t4,
+                                           generator=torch.Generator().manual_seed(0)),
         "cascade_25": cascade,
     }
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -136,7 +137,8 @@ def main() -> None:
             rows.append(row)
             m = row["median_ms"]
             print(f"{size:>5}px  backbone {m['backbone']:.1f} ms  pid step {m['pid_step']:.1f} ms "
-                  f"({row['pid_step_over_backbone']:.3f}x; adapter each step {row['adapter_each_step_over_backbone']:.3f}x)"
+                  f"({row['pid_step_over_backbone']:.3f}x; "
+                  f"adapter each step {row['adapter_each_step_over_backbone']:.3f}x)"
                   f"  student@4 {m['student_4']:.1f} ms  cascade@25 {m['cascade_25']:.1f} ms "
                   f"({row['cascade_over_student']:.2f}x)", flush=True)
     payload = {
@@ -160,7 +162,8 @@ def main() -> None:
         f"the per-round ratio ({args.rounds} decode rounds, {args.rounds * args.step_rounds} step rounds). "
         "`pid step`: one sampler step with the adapter features computed once per decode; "
         "`adapter each step`: the same call recomputing the adapter trunk (before the cache). "
-        "Cascade: native patch-PCA decode + the same backbone class on the low-res RGB image, 25 Euler steps.",
+        "Cascade: native patch-PCA decode + the same backbone class on the low-res RGB image, "
+        "25 Euler steps.",
         "",
         "| size | backbone ms | pid step ms | step / backbone | adapter each step / backbone "
         "| student@4 ms | cascade@25 ms | cascade / student |",
@@ -168,9 +171,9 @@ def main() -> None:
     ]
     for r in rows:
         m = r["median_ms"]
-        lines.append(f"| {r['size']}² | {m['backbone']:.1f} | {m['pid_step']:.1f} | {r['pid_step_over_backbone']:.3f}× "
-                     f"| {r['adapter_each_step_over_backbone']:.3f}× | {m['student_4']:.1f} | {m['cascade_25']:.1f} "
-                     f"| {r['cascade_over_student']:.2f}× |")
+        lines.append(f"| {r['size']}² | {m['backbone']:.1f} | {m['pid_step']:.1f} "
+                     f"| {r['pid_step_over_backbone']:.3f}× | {r['adapter_each_step_over_backbone']:.3f}× "
+                     f"| {m['student_4']:.1f} | {m['cascade_25']:.1f} | {r['cascade_over_student']:.2f}× |")
     lines += ["", "Goals: step / backbone ≤ 1.05; cascade / student ≥ 6.0."]
     (out / "decode.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'decode.json'} and {out / 'decode.md'}")

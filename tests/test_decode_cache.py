@@ -16,7 +16,7 @@ V15 = dict(width=16, gate="per_token", pit_injection=True, padding_mode="replica
 T4 = student_timesteps([0.999, 0.866, 0.634, 0.342])
 SAMPLERS = {
     "euler_teacher": dict(sampler="euler", num_steps=6),
-    "sde_student": dict(sampler="sde", timesteps=T4),
+    "sde_student": dict(sampler="sde", num_steps=4, timesteps=T4),
 }
 
 
@@ -47,7 +47,9 @@ def decode(net, cache: bool, monkeypatch, **kw):
 
 
 @pytest.mark.parametrize("adapter_cfg", [V1, V15], ids=["v1", "v1_5"])
-@pytest.mark.parametrize("cfg", [(1.0, 1.0), (3.0, 1.0), (3.0, 2.0)], ids=["no_cfg", "text_cfg", "text_latent_cfg"])
+@pytest.mark.parametrize(
+    "cfg", [(1.0, 1.0), (3.0, 1.0), (3.0, 2.0)], ids=["no_cfg", "text_cfg", "text_latent_cfg"]
+)
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_adapter_trunk_runs_once_and_output_is_unchanged(sampler, cfg, adapter_cfg, monkeypatch):
     net = make_net(adapter_cfg)
@@ -55,7 +57,7 @@ def test_adapter_trunk_runs_once_and_output_is_unchanged(sampler, cfg, adapter_c
     net.adapter.latent_proj.register_forward_hook(lambda m, i, o: trunk_calls.append(i[0].shape[0]))
     net.register_forward_hook(lambda m, i, o: net_calls.append(i[0].shape[0]))
     kw = dict(SAMPLERS[sampler], text_cfg=cfg[0], latent_cfg=cfg[1])
-    steps = kw.get("num_steps") or len(T4) - 1
+    steps = kw["num_steps"]
     branches = 1 + (cfg[0] != 1.0) + (cfg[1] != 1.0)
 
     cached = decode(net, True, monkeypatch, **kw)

@@ -1,0 +1,229 @@
+"""Our PiDNet vs NVIDIA's reference PidNet at the same config: forward and forward+backward time, peak memory.
+
+Runs when ``PID_OFFICIAL_CODE`` names a checkout of nv-tlabs/PiD (its ``pid/_src/networks`` files are
+imported with stubs for their framework-only imports, as in tests/test_nn_official_parity.py);
+otherwise prints why and exits 0. Nothing of the official code is copied into this repository.
+
+Config (both networks, the official state dict loaded into ours, so the weights are identical and the
+outputs are checked equal first): hidden 384, 6 heads, 6 patch + 2 pixel blocks, patch 16, pixel width
+16, v1 adapter (width 256, per-token-per-channel gates, injection every 2nd block) on a 16-channel
+latent (8x down, SR 4x), 32 text tokens of width 256, batch 2 at 256², fp32, ``--threads`` threads.
+
+- time: forward (no grad) and forward+backward (loss = mean of the squared velocity), rounds
+  alternate the order of the two networks; the ratio is the median over rounds of ours / official;
+- peak memory: CPU, the torch profiler's per-op allocations net of frees (``profile_memory``) replayed
+  in the order the ops ended, the highest total allocated during one forward+backward above what was
+  allocated before it; CUDA,
+  ``torch.cuda.max_memory_allocated`` above the allocation before the call.
+
+Writes benchmarks/official.json and benchmarks/official.md (ratios < 1: ours is faster / smaller).
+
+    PID_OFFICIAL_CODE=/path/to/PiD OMP_WAIT_POLICY=PASSIVE python experiments/bench_official.py [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CONFIG = dict(hidden_size=384, num_groups=6, patch_depth=6, pixel_depth=2, patch_size=16,
+              pixel_hidden_size=16, txt_embed_dim=256, txt_max_length=32)  # fmt: skip
+ADAPTER = dict(width=256, interval=2)
+LATENT = dict(channels=16, down=8, sr=4)
+BATCH, SIZE, TEXT_LEN = 2, 256, 32
+
+
+def import_official(networks: Path) -> dict:
+    """The official network modules, with stub modules for their framework imports."""
+    stubs = {
+        "pid._src": {},
+        "pid._src.utils": {},
+        "pid._src.utils.context_parallel": {"cat_outputs_cp_with_grad": None, "split_inputs_cp": None},
+        "pid._ext": {},
+        "pid._ext.imaginaire": {},
+        "pid._ext.imaginaire.utils": {"log": types.SimpleNamespace(info=lambda *a, **k: None)},
+        "pid._src.networks": {},
+    }
+    for name, attrs in stubs.items():
+        sys.modules.setdefault(name, types.ModuleType(name))
+        for k, v in attrs.items():
+            setattr(sys.modules[name], k, v)
+    mods = {}
+    for name in ["pixeldit_official", "lq_projection_2d", "pid_net"]:
+        full = f"pid._src.networks.{name}"
+        spec = importlib.util.spec_from_file_location(full, networks / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[full] = mod
+        spec.loader.exec_module(mod)
+        mods[name] = mod
+    return mods
+
+
+def build(mods: dict):
+    from pid.nn import LatentAdapter, PiDNet, convert_official_state_dict
+
+    torch.manual_seed(0)
+    off = mods["pid_net"].PidNet(
+        **CONFIG, rope_mode="ntk_aware", rope_ref_h=SIZE, rope_ref_w=SIZE, lq_in_channels=0,
+        lq_latent_channels=LATENT["channels"], lq_hidden_dim=ADAPTER["width"],
+        lq_gate_type="sigma_aware_per_token_per_dim", lq_interval=ADAPTER["interval"], sr_scale=LATENT["sr"],
+        latent_spatial_down_factor=LATENT["down"],
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in off.parameters():  # random everything (zero-init heads included), so every path computes
+            p.normal_(0, 0.02)
+    ours = PiDNet(
+        adapter=functools.partial(LatentAdapter, gate="per_token_per_channel", **ADAPTER),
+        latent_channels=LATENT["channels"], latent_down=LATENT["down"], sr_scale=LATENT["sr"],
+        rope_mode="ntk_aware", rope_ref_h=SIZE, rope_ref_w=SIZE, **CONFIG,
+    )  # fmt: skip
+    ours.load_state_dict(convert_official_state_dict(off.state_dict()), strict=True)
+    return ours, off
+
+
+def inputs(device):
+    g = torch.Generator().manual_seed(0)
+    cell = LATENT["down"] * LATENT["sr"]
+    x = torch.randn(BATCH, 3, SIZE, SIZE, generator=g)
+    t = torch.rand(BATCH, generator=g)
+    y = torch.randn(BATCH, TEXT_LEN, CONFIG["txt_embed_dim"], generator=g)
+    z = torch.randn(BATCH, LATENT["channels"], SIZE // cell, SIZE // cell, generator=g)
+    sigma = torch.rand(BATCH, generator=g)
+    return [v.to(device) for v in (x, t, y, z, sigma)]
+
+
+def calls(ours, off, batch):
+    x, t, y, z, sigma = batch
+    return {
+        "ours": lambda: ours(x, t, latent=z, sigma=sigma, y=y),
+        "official": lambda: off(x, t * 1000, y, lq_latent=z, degrade_sigma=sigma),
+    }
+
+
+def step(fn, backward: bool, device) -> float:
+    """Milliseconds of one call (forward, or forward + backward of mean(v²))."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    if backward:
+        fn().square().mean().backward()
+    else:
+        with torch.no_grad():
+            fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def peak_mb(fn, nets, device) -> float:
+    """Peak memory (MiB) allocated by one forward+backward above what was allocated before it."""
+    for net in nets:
+        net.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn().square().mean().backward()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn().square().mean().backward()
+    # each op's own allocations net of its own frees (frees outside ops are "[memory]" events), in
+    # the order the ops ended
+    events = sorted(
+        (e.time_range.end, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage
+    )
+    cur = peak = 0
+    for _, nbytes in events:
+        cur += nbytes
+        peak = max(peak, cur)
+    return peak / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(REPO / "benchmarks"))
+    args = ap.parse_args()
+    code = os.environ.get("PID_OFFICIAL_CODE")
+    if not code:
+        print("PID_OFFICIAL_CODE is not set (a checkout of nv-tlabs/PiD): nothing to compare with; skipped")
+        return
+    networks = Path(code) / "pid" / "_src" / "networks"
+    if not (networks / "pid_net.py").is_file():
+        print(f"PID_OFFICIAL_CODE={code} has no pid/_src/networks/pid_net.py: not a PiD checkout; skipped")
+        return
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ours, off = build(import_official(networks))
+    ours, off = ours.to(device).train(), off.to(device).train()
+    fns = calls(ours, off, inputs(device))
+    with torch.no_grad():
+        a, b = fns["ours"](), fns["official"]()
+    max_diff = float((a - b).abs().max())
+    print(f"outputs: max |ours - official| = {max_diff:.3g}")
+
+    times = {(k, bw): [] for k in fns for bw in (False, True)}
+    for bw in (False, True):
+        for k in fns:  # warm-up
+            step(fns[k], bw, device)
+    for r in range(args.rounds):
+        for bw in (False, True):
+            for k in (fns if r % 2 == 0 else reversed(list(fns))):
+                times[(k, bw)].append(step(fns[k], bw, device))
+    mem = {k: [] for k in fns}
+    for r in range(3):
+        for k in fns:
+            mem[k].append(peak_mb(fns[k], (ours, off), device))
+
+    def ratio(bw: bool) -> float:
+        return statistics.median(o / f for o, f in zip(times[("ours", bw)], times[("official", bw)]))
+
+    med = {
+        f"{k}_{'fwd_bwd' if bw else 'fwd'}_ms": round(statistics.median(v), 1) for (k, bw), v in times.items()
+    }
+    peak = {f"{k}_peak_mb": round(min(v), 1) for k, v in mem.items()}
+    result = {
+        "forward_ratio": round(ratio(False), 3),
+        "forward_backward_ratio": round(ratio(True), 3),
+        "peak_memory_ratio": round(peak["ours_peak_mb"] / peak["official_peak_mb"], 3),
+        **med,
+        **peak,
+        "max_abs_output_diff": max_diff,
+    }
+    payload = {
+        "what": "ours / official PidNet, same config and weights; ratio < 1: ours faster or smaller",
+        "config": {**CONFIG, "adapter": ADAPTER, "latent": LATENT, "batch": BATCH, "size": SIZE,
+                   "text_tokens": TEXT_LEN, "dtype": "fp32"},  # fmt: skip
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} threads",
+        "memory": "cuda max_memory_allocated" if device.type == "cuda" else "profiler per-op allocations",
+        "rounds": args.rounds,
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "results": result,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "official.json").write_text(json.dumps(payload, indent=1))
+    print(json.dumps(result, indent=1))
+    print(f"wrote {out / 'official.json'} (benchmarks/official.md carries the reading)")
+
+
+if __name__ == "__main__":
+    main()
