@@ -2,15 +2,17 @@
 
 import csv
 import json
+import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CONF_DIR, compose_train
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from types import SimpleNamespace
 
-from conftest import CONF_DIR, compose_train
+from pid.eval.registry import Column, Metric
 
 
 def _export(path, cfg, latent_cfg: dict, latent, sampling: dict):
@@ -56,9 +58,9 @@ def test_quickstart_sr_experiment_is_an_rgb_conditioned_pid():
 
 
 def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_root, tmp_path):
-    from pid.evaluate import evaluate
-
     from spandrel.architectures.ESRGAN import ESRGAN
+
+    from pid.evaluate import evaluate
 
     torch.manual_seed(0)  # Real-ESRGAN's architecture (RRDBNet) at a tiny random size, loaded back by spandrel
     torch.save(ESRGAN(num_filters=8, num_blocks=1, scale=4).state_dict(), tmp_path / "tiny_esrgan.pth")
@@ -70,7 +72,7 @@ def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_
             f"report.out_dir={out}", "methods.upscalers=[{name: RealESRGAN_x4plus, weights: /nonexistent.pth}, "
             f"{{name: tiny_esrgan, weights: {tmp_path / 'tiny_esrgan.pth'}}}]",
             "+data.groups.space=hubble*",
-            "+clip.model_cfg={embed_dim: 16, vision_cfg: {image_size: 32, layers: 1, width: 32, patch_size: 16, "
+            "metrics.clip.model_cfg={embed_dim: 16, vision_cfg: {image_size: 32, layers: 1, width: 32, patch_size: 16, "
             "head_width: 16}, text_cfg: {context_length: 16, vocab_size: 49408, width: 32, heads: 2, layers: 1}}",
         ])
     result = evaluate(cfg)
@@ -100,7 +102,7 @@ def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_
         assert set(by[name]["by_group"]) == {"space"}  # text_pages matches no crop here: left out
         assert group["psnr"] == pytest.approx(by[name]["psnr"]) and group["ssim"] == pytest.approx(by[name]["ssim"])
     assert "Fidelity by group" in md and f"space (n={by['native_bicubic']['by_group']['space']['n']})" in md
-    assert "fewer than the 2048 Inception dimensions" in result["notes"]["patch_kid"]  # a few tiny crops
+    assert "fewer than the 2048 Inception dimensions" in result["notes"]["patch_fid"]  # a few tiny crops
     assert [s.split(":")[0] for s in result["summary"]] == ["patch-FID", "patch-KID×1e3", "speed"]
     for f in ("quality_vs_latency.png", "quality_vs_sigma.png", "compare.html"):
         assert (out / f).stat().st_size > 0
@@ -110,7 +112,8 @@ def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_
 
 
 def test_clip_reported_as_not_configured_and_missing_ckpt_names_key(checkpoints, tiny_image_root, tmp_path):
-    from pid.evaluate import evaluate, resolve_ckpt
+    from pid.eval.inputs import resolve_ckpt
+    from pid.evaluate import evaluate
     from pid.utils.errors import MissingWeightsError
 
     with pytest.raises(MissingWeightsError, match="sr_cascade_ckpt"):
@@ -119,7 +122,7 @@ def test_clip_reported_as_not_configured_and_missing_ckpt_names_key(checkpoints,
         cfg = compose("eval", overrides=[
             "eval=tiny", f"ckpt={checkpoints['teacher']}", f"data.root={tiny_image_root / 'val'}",
             f"report.out_dir={tmp_path}", "methods.early_exit.enabled=false", "latency.enabled=false",
-            "methods.native_lanczos=false", "metrics.fid=false"])
+            "methods.native_lanczos=false", "metrics.fid=null"])
     result = evaluate(cfg)
     skipped = {s["name"] for s in result["skipped"]}
     assert {"sr_cascade", "spandrel"} <= skipped
@@ -131,15 +134,57 @@ def test_clip_reported_as_not_configured_and_missing_ckpt_names_key(checkpoints,
 def test_qalign_in_eval_names_its_config_keys(tmp_path):
     import json as _json
 
-    from pid.eval.noref import qalign_scorer
+    from pid.eval.metrics import QAlign
+    from pid.eval.registry import EvalContext
     from pid.utils.errors import MissingWeightsError, PiDConfigError
 
-    assert qalign_scorer({"path": None}, "cpu") is None
+    def setup(**kw):
+        metric = QAlign(**kw)
+        metric.name = "qalign"
+        return metric.setup(EvalContext(None, []))
+
+    assert "not configured" in setup(path=None)
     with pytest.raises(MissingWeightsError, match="metrics.qalign.path") as err:
-        qalign_scorer({"path": str(tmp_path / "absent")}, "cpu")
+        setup(path=str(tmp_path / "absent"))
     assert err.value.config_key == "metrics.qalign.path"
     (tmp_path / "one-align").mkdir()
     (tmp_path / "one-align" / "config.json").write_text(_json.dumps({"auto_map": {"AutoModelForCausalLM": "x.Y"}}))
     with pytest.raises(PiDConfigError, match="metrics.qalign.trust_remote_code=true"):
-        qalign_scorer({"path": str(tmp_path / "one-align")}, "cpu")
-    assert qalign_scorer({"path": str(tmp_path / "one-align"), "trust_remote_code": True}, "cpu") is not None
+        setup(path=str(tmp_path / "one-align"))
+    assert setup(path=str(tmp_path / "one-align"), trust_remote_code=True) is None
+
+
+class MeanBrightness(Metric):
+    """A toy metric, registered by its config entry alone: the mean pixel value on the 0–255 scale."""
+
+    columns = (Column("brightness", "mean brightness", ".1f", "higher"),)
+
+    def score(self, images, ctx):
+        return {"brightness": float(images.add(1).mul(127.5).mean())}
+
+
+def test_a_new_metric_is_one_class_and_one_config_entry(checkpoints, tiny_image_root, tmp_path, caplog):
+    from pid.evaluate import evaluate
+
+    caplog.set_level(logging.INFO, logger="pid.evaluate")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[
+            "eval=tiny", f"ckpt={checkpoints['teacher']}", f"data.root={tiny_image_root / 'val'}",
+            f"report.out_dir={tmp_path}", "methods.early_exit.enabled=false", "methods.native_lanczos=false",
+            "methods.sr_cascade.enabled=false", "methods.student.enabled=false", "metrics.fid=null",
+            "~metrics.qalign", f"+metrics.mean_brightness={{_target_: {__name__}.MeanBrightness}}"])
+    result = evaluate(cfg)
+    by = {r["name"]: r for r in result["rows"]}
+    truth = by["ground_truth"]
+    assert truth["brightness"] > 0
+    md = (tmp_path / "results.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert "mean brightness↑" in header and "Q-Align" not in header and "FID↓" not in header.replace("patch-FID", "")
+    assert f"| {truth['brightness']:.1f} |" in md
+    rows = {r["name"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
+    for name in ("ground_truth", "native_bicubic", "pid_teacher@2"):
+        assert float(rows[name]["brightness"]) == pytest.approx(by[name]["brightness"])
+    lines = [r.getMessage() for r in caplog.records if r.name == "pid.evaluate"]
+    for name in ("native_bicubic", "pid_teacher@2"):
+        line = next(m for m in lines if m.startswith(name))
+        assert f"brightness={by[name]['brightness']:.3g}" in line and "patch_fid=" in line

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from pid.eval import inception
-from pid.eval.detail import grid_patches, inception_feature_distance, patch_fid, psnr, to_uint8
 from pid.eval.frechet import frechet_distance
+from pid.eval.functional import inception_feature_distance, patch_fid, psnr
+from pid.eval.images import as_metric_images, grid_patches
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +42,17 @@ def test_psnr_known_values():
     assert psnr(gt, gt).item() == math.inf
     per_image = psnr(torch.stack([gt[0] + 0.1, gt[1] + 0.2]), gt, reduction="none")
     assert per_image.shape == (2,) and per_image[0] > per_image[1]
-    # predictions are clamped to [-1, 1] first
-    assert psnr(gt + 5.0, gt).item() == pytest.approx(10 * math.log10(4 / 1.0))
-    with pytest.raises(TypeError):
+    # uint8 and [-1, 1] floats mix; floats outside [-1, 1] are refused, naming the range
+    assert psnr(a + 10, a.double() / 127.5 - 1).item() == pytest.approx(10 * math.log10(255**2 / 100), abs=1e-9)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        psnr(gt + 5.0, gt)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         psnr(a, a.float())
 
 
-def test_to_uint8_maps_range():
-    x = torch.tensor([-1.0, 0.0, 1.0, 2.0]).view(1, 1, 1, 4)
-    assert to_uint8(x).flatten().tolist() == [0, 128, 255, 255]
+def test_as_metric_images_maps_range():
+    x = torch.tensor([-1.0, 0.0, 1.0, 1.004]).view(1, 1, 1, 4).expand(1, 3, 1, 4)
+    assert as_metric_images(x, "uint8")[0, 0].flatten().tolist() == [0, 128, 255, 255]  # within one step: clamped
 
 
 def test_grid_patches():
@@ -100,16 +103,16 @@ def test_frechet_distance_matches_torchmetrics_formula():
 
 def test_patch_fid_zero_for_identical_sets_and_grows_with_noise(extractor):
     x = torch.from_numpy(skd.astronaut()).permute(2, 0, 1)[None].contiguous()[..., 192:256, 192:320]
-    noisy = to_uint8(_noise(x.float() / 127.5 - 1, 0.3))  # two 64-px crops each
+    noisy = as_metric_images(_noise(x.float() / 127.5 - 1, 0.3), "uint8")  # two 64-px crops each
     assert abs(patch_fid(x, x, patch=64, extractor=extractor)) < 1e-6
     assert patch_fid(noisy, x, patch=64, extractor=extractor) > 1.0
 
 
 def test_streaming_metric_accumulates_over_batches(monkeypatch):
-    from pid.eval import detail
+    from pid.eval import functional
 
-    monkeypatch.setattr(detail, "inception_feature_extractor", lambda *_a, **_k: _PixelFeatures())
-    metric = detail.InceptionFeatureDistance()
+    monkeypatch.setattr(functional, "inception_feature_extractor", lambda *_a, **_k: _PixelFeatures())
+    metric = functional.InceptionFeatureDistance()
     gt = torch.zeros(2, 3, 2, 2)
     metric.update(gt, gt)
     metric.update(gt + 1.5 / 127.5, gt)

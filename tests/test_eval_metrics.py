@@ -1,14 +1,14 @@
 """Eval metrics: FID/KID of feature sets, seeded patch crops, SSIM, latency probe, Lanczos cascade."""
 
+import pytest
 import skimage.data as skd
 import torch
 import torch.nn.functional as F
 
-import pytest
-
 from pid.eval import inception
+from pid.eval.functional import fid_from_features, inception_features, kid_from_features, ssim
+from pid.eval.images import crop_positions, take_crops
 from pid.eval.latency import measure
-from pid.eval.metrics import crop_positions, fid_from_features, inception_features, kid_from_features, ssim, take_crops
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_kid_equals_torchmetrics_polynomial_mmd_on_the_whole_set():
 
 
 def test_group_masks_match_file_stems_first_pattern_wins_and_collect_the_rest():
-    from pid.eval.metrics import group_masks
+    from pid.eval.inputs import group_masks
 
     keys = ["pdf_manual_p3@0,64", "skimage_coffee@32,0", "pdf_nettle_p7@0,0", "photo_pdf_like@0,0"]
     masks = group_masks(keys, {"text_pages": "pdf_*", "also_pdf": "pdf_nettle*", "none": "zzz*"})

@@ -183,3 +183,20 @@ def _as_list(value) -> list[int]:
     if isinstance(value, (int, float, str)):
         return [int(value)]
     return [int(v) for v in value]
+
+
+def decode_all(method: Method, z: torch.Tensor, base_sigma: float, xi: torch.Tensor, form: str, batch_size: int,
+               device, seed: int) -> torch.Tensor:
+    """Decode every latent with ``method`` (early-exit rows: noised to method.sigma with the fixed noise ``xi``
+    first), in batches with per-batch seeded generators; float [-1, 1] on the CPU."""
+    from pid.diffusion.noising import noise_latent
+
+    out = []
+    sigma = method.sigma if method.family == "early_exit" else base_sigma
+    for i in range(0, len(z), batch_size):
+        zb = z[i:i + batch_size]
+        if method.family == "early_exit" and method.sigma > 0:
+            zb = noise_latent(zb, method.sigma, noise=xi[i:i + batch_size], form=form)
+        g = torch.Generator().manual_seed(seed + i)
+        out.append(method.run(zb.to(device), sigma, g).float().cpu())
+    return torch.cat(out)

@@ -1,10 +1,10 @@
 """CLIP score (image–caption agreement) through open_clip with *local* weights only.
 
 CLIPScore = 100 · max(cos(E_img, E_txt), 0), averaged over images (Hessel et al. 2021; the same
-definition as torchmetrics). Configure ``clip.model_name`` (an open_clip architecture, e.g.
-``ViT-B-32``) and ``clip.pretrained`` (a local ``open_clip_pytorch_model.bin``/``.safetensors``), or
-``clip.model_cfg`` (an open_clip CLIP config dict, e.g. a tiny one for tests; random weights unless
-``clip.pretrained`` is set). With neither, :func:`build_clip_scorer` returns None and the report says
+definition as torchmetrics). Configure ``metrics.clip.model_name`` (an open_clip architecture, e.g.
+``ViT-B-32``) and ``metrics.clip.pretrained`` (a local ``open_clip_pytorch_model.bin``/``.safetensors``),
+or ``metrics.clip.model_cfg`` (an open_clip CLIP config dict, e.g. a tiny one for tests; random weights
+unless ``pretrained`` is set). With neither, :func:`build_clip_scorer` returns None and the report says
 "not configured" instead of printing a number.
 """
 
@@ -15,12 +15,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pid.eval.images import as_metric_images
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class CLIPScorer:
-    """Scores (images in [-1, 1], captions) with an open_clip model and its tokenizer."""
+    """Scores (images: uint8 or floats in [-1, 1], see pid.eval.images; captions) with an open_clip model."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD,
                  name: str = "clip"):
@@ -33,7 +35,7 @@ class CLIPScorer:
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Resize the shorter side to the model's size (bicubic, antialiased), centre-crop, normalise."""
-        x = images.float().clamp(-1, 1).add(1).div(2)
+        x = as_metric_images(images).add(1).div(2)
         h, w = x.shape[-2:]
         s = self.image_size / min(h, w)
         nh, nw = max(self.image_size, round(h * s)), max(self.image_size, round(w * s))
@@ -70,7 +72,7 @@ def build_clip_scorer(model_name: str | None = None, pretrained: str | None = No
     import open_clip
 
     if pretrained and not Path(str(pretrained)).expanduser().is_file():
-        raise FileNotFoundError(f"clip.pretrained={pretrained} does not exist (a local open_clip weights file; "
+        raise FileNotFoundError(f"metrics.clip.pretrained={pretrained} does not exist (a local open_clip weights file; "
                                 "nothing is downloaded at run time)")
     if model_cfg:
         cfg = dict(model_cfg)

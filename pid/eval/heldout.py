@@ -2,7 +2,7 @@
 
 Both start from the same latent of the same bicubic-downsampled crop; both are scored against the
 ground-truth crop with PSNR (pixel fidelity) and the Inception feature distance (detail: rewards
-*correct* detail; blur, noise and wrong texture all increase it — see pid/eval/detail.py).
+*correct* detail; blur, noise and wrong texture all increase it — see pid/eval/functional.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pid.eval.detail import inception_feature_distance, psnr
+from pid.eval.functional import inception_feature_distance, psnr
 from pid.eval.inception import inception_feature_extractor
 from pid.utils.images import to_signed, upsample
 

