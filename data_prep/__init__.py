@@ -9,8 +9,10 @@ Stages (each re-runnable, each reading and writing JSON-lines files in one work 
     python -m data_prep filter       --work W [--buckets single --base-size 2048] [--min-score ...]
     python -m data_prep write-shards --work W --out SHARDS [--shard-bytes 256MB]
     python -m data_prep build        --work W --out SHARDS --folder DIR --pdf DIR   (all of the above)
-    python -m data_prep sample       [--out data/sample_shards]   (the offline embedded data set)
+    python -m data_prep sample       [--out data/sample_shards]   (the offline embedded data set; make data)
+    python -m data_prep.sample_set   OUT_DIR                      (its image folders only: train/, val/)
 
 Every dropped input is written to ``W/<stage>.dropped.jsonl`` with a reason; ``write-shards``
-collects them into ``SHARDS/report.{json,md}`` with PNG histograms.
+collects them into ``SHARDS/report.{json,md}`` with PNG histograms. Quality scorers (NIQE, BRISQUE,
+Q-Align) come from ``pid.eval``; data_prep imports pid, never the reverse.
 """
