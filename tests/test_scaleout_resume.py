@@ -223,3 +223,102 @@ def test_nonfinite_loss_is_skipped_counted_and_stops_when_persistent(tiny_image_
     module.diffusion_loss = broken
     with pytest.raises(NonFiniteLossError, match="3 consecutive training steps"):
         trainer.fit(module, datamodule=dm)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+def test_signal_to_the_whole_process_group_with_dataloader_workers_saves_and_resumes(
+        tiny_image_root, tmp_path, signame):
+    """Issue 15 item 11: a cluster signals every process of the job, DataLoader workers included (here: the
+    whole process group of a run with 2 workers, mid-step). last.ckpt is written at the current step, and the
+    same command resumes from it and finishes."""
+    cmd = _command(tiny_image_root, tmp_path, "+callbacks.probe.sleep=0.25", "trainer.max_steps=12",
+                   "callbacks.model_checkpoint.every_n_train_steps=100")
+    cmd = [c for c in cmd if c != "data.num_workers=0"] + ["data.num_workers=2"]
+    probe = tmp_path / "probe_rank0.jsonl"
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(r["event"] == "batch" and r["step"] >= 3 for r in _records(probe)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the signal:\n" + proc.stderr.read().decode()[-3000:]
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) >= 2, "the run has its DataLoader worker processes"
+    os.killpg(proc.pid, getattr(signal, signame))
+    _, err = proc.communicate(timeout=600)
+    err = err.decode()
+    assert proc.returncode == 143, err[-3000:]  # saved and stopped (not requeued: not under SLURM)
+    assert "killed by signal" not in err and "exited unexpectedly" not in err, err[-3000:]
+    run_dir = next((tmp_path / "logs" / "quickstart" / "runs").iterdir())
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    end = [r for r in _records(probe) if r["event"] == "end"][-1]
+    assert 3 <= ckpt["global_step"] == end["step"] < 12  # the step the run was at
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["last.ckpt"]
+
+    time.sleep(1.1)  # a new Hydra run folder (timestamped to the second)
+    rerun = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
+    starts = [r for r in _records(probe) if r["event"] == "start"]
+    assert len(starts) == 2 and starts[1]["step"] == ckpt["global_step"]
+    assert starts[1]["output_dir"] == str(run_dir)
+    assert [r for r in _records(probe) if r["event"] == "end"][-1]["step"] == 12
+
+
+def _worker_init(worker_id: int) -> None:
+    torch.manual_seed(1000 + worker_id)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR2"])
+def test_shielded_dataloader_workers_keep_serving_through_outside_signals(signame):
+    """A DataLoader whose workers got ShieldedWorkerInit: a signal from outside (a `kill` process, not the
+    workers' parent) leaves every worker serving (unshielded, each would die of it and the main process would
+    raise "DataLoader worker ... is killed by signal"); the DataLoader's own shutdown still ends them."""
+    from torch.utils.data import DataLoader
+
+    from pid.lit.fault_tolerance import ShieldedWorkerInit, shield_loaders
+
+    loader = shield_loaders(DataLoader(list(range(64)), batch_size=4, num_workers=2,
+                                       worker_init_fn=_worker_init))
+    assert isinstance(loader.worker_init_fn, ShieldedWorkerInit)
+    assert loader.worker_init_fn.inner is _worker_init
+    assert shield_loaders(loader).worker_init_fn.inner is _worker_init  # shielding twice wraps once
+    it = iter(loader)
+    first = [next(it) for _ in range(4)]
+    workers = list(it._workers)
+    for w in workers:
+        subprocess.run(["kill", f"-{signame.removeprefix('SIG')}", str(w.pid)], check=True)
+    time.sleep(0.5)
+    assert all(w.is_alive() for w in workers), [w.exitcode for w in workers]
+    rest = list(it)
+    assert torch.cat(first + rest).tolist() == list(range(64)), "every batch arrived"
+    for w in workers:  # iteration over: the DataLoader shut its workers down; they ended cleanly
+        w.join(10)
+        assert w.exitcode == 0
+
+
+def test_shielded_worker_still_ends_on_its_parents_sigterm():
+    """multiprocessing's exit (and the DataLoader's last resort) terminate workers with SIGTERM from the
+    parent: a shielded worker exits at once, with status 0, as PyTorch's own handler makes it."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_shielded_child, args=(ready,), daemon=True)
+    proc.start()
+    assert ready.wait(30)
+    subprocess.run(["kill", "-TERM", str(proc.pid)], check=True)  # not the parent: ignored
+    time.sleep(0.5)
+    assert proc.is_alive()
+    proc.terminate()  # the parent: ends it
+    proc.join(10)
+    assert proc.exitcode == 0
+
+
+def _shielded_child(ready) -> None:
+    from pid.lit.fault_tolerance import shield_dataloader_worker
+
+    assert shield_dataloader_worker()
+    ready.set()
+    time.sleep(60)

@@ -13,6 +13,15 @@
   (``scontrol requeue``) when running under SLURM, and training stops without the end-of-run export.
   A handler installed before ours (submitit's, under ``hydra/launcher=slurm``) is called after the save
   instead, and requeues as usual. Re-running the same command resumes (pid.utils.resume).
+* DataLoader workers outlive a job-wide signal: a cluster (SLURM at a time limit or preemption, ``kill`` of
+  the process group) signals *every* process of the job, workers included. PyTorch's worker dies of a
+  SIGTERM that its parent did not send (and of SIGUSR1/SIGUSR2, whose default action is to terminate), and
+  the main process then raises "DataLoader worker ... is killed by signal" from its SIGCHLD handler,
+  wherever it is, before it could save. :func:`shield_dataloader_worker` (run first in every worker through
+  :class:`ShieldedWorkerInit`, which ``PreemptionHandler`` puts on the datamodule's loaders) keeps the
+  worker serving through those signals; the main process saves, stops and shuts the workers down itself.
+  A SIGTERM from the worker's own parent (the DataLoader's shutdown, multiprocessing's exit) still ends it
+  at once, quietly, as PyTorch's own handler does.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +191,92 @@ def guard_loss(module: pl.LightningModule, loss: torch.Tensor):
 
 
 # ---------------------------------------------------------------------------------------- preemption
+PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+
+
+def _signal_numbers(signals) -> set[int]:
+    return {int(getattr(signal, s)) if isinstance(s, str) else int(s) for s in signals
+            if not isinstance(s, str) or hasattr(signal, s)}
+
+
+def shield_dataloader_worker(signals=PREEMPTION_SIGNALS) -> bool:
+    """Keep this DataLoader worker process alive through job-wide preemption signals.
+
+    Call it first thing in a worker (``worker_init_fn``; :class:`ShieldedWorkerInit` does). ``signals`` (names
+    or numbers) are blocked in the worker and taken by a daemon thread with ``sigwaitinfo``: SIGTERM sent by
+    the worker's parent (PyTorch's DataLoader shutdown, multiprocessing at exit) or arriving after the parent
+    is gone ends the worker at once with status 0, as PyTorch's own SIGTERM handler does; every other one is
+    dropped, so the main process (which gets the same signal) can finish its step, save and shut the workers
+    down. Threads the worker starts later inherit the block, and so do programs it executes.
+
+    Returns:
+        True when the worker was shielded; False where ``sigwaitinfo`` does not exist (macOS, Windows): there
+        only SIGUSR1/SIGUSR2 are ignored, and a SIGTERM from elsewhere still ends the worker.
+    """
+    numbers = _signal_numbers(signals)
+    if not (hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwaitinfo")):
+        for s in numbers - {int(signal.SIGTERM)}:
+            signal.signal(s, signal.SIG_IGN)
+        return False
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, numbers)
+
+    def take_signals() -> None:
+        while True:
+            info = signal.sigwaitinfo(numbers)
+            if info.si_signo == signal.SIGTERM and (info.si_pid == parent or os.getppid() != parent):
+                os._exit(0)
+
+    threading.Thread(target=take_signals, name="pid-worker-signals", daemon=True).start()
+    return True
+
+
+class ShieldedWorkerInit:
+    """A DataLoader ``worker_init_fn``: :func:`shield_dataloader_worker`, then the loader's own init function.
+
+    Args:
+        inner: the loader's previous ``worker_init_fn`` (or None).
+        rank: the global rank, for Lightning's per-worker seeding, which runs instead of ``inner`` when
+            ``inner`` is None and ``seed_everything(workers=True)`` asked for it (``PL_SEED_WORKERS=1``), as
+            Lightning would have added it to a loader without an init function.
+        signals: the signals to shield from.
+    """
+
+    def __init__(self, inner=None, rank: int = 0, signals=PREEMPTION_SIGNALS):
+        self.inner, self.rank, self.signals = inner, int(rank), tuple(signals)
+        self.seed_workers = bool(int(os.environ.get("PL_SEED_WORKERS", 0)))
+
+    def __call__(self, worker_id: int) -> None:
+        shield_dataloader_worker(self.signals)
+        if self.inner is not None:
+            self.inner(worker_id)
+        elif self.seed_workers:
+            from lightning.fabric.utilities.seed import pl_worker_init_function
+
+            pl_worker_init_function(worker_id, rank=self.rank)
+
+
+def shield_loaders(loaders, rank: int = 0, signals=PREEMPTION_SIGNALS):
+    """Give every multi-process ``DataLoader`` in ``loaders`` (one, or a list/tuple/dict of them) a
+    :class:`ShieldedWorkerInit`; returns ``loaders``. Loaders without workers, or already shielded, are left
+    as they are."""
+    from torch.utils.data import DataLoader
+
+    if isinstance(loaders, DataLoader):
+        if loaders.num_workers > 0 and not isinstance(loaders.worker_init_fn, ShieldedWorkerInit):
+            loaders.worker_init_fn = ShieldedWorkerInit(loaders.worker_init_fn, rank, signals)
+    elif isinstance(loaders, dict):
+        for v in loaders.values():
+            shield_loaders(v, rank, signals)
+    elif isinstance(loaders, (list, tuple)):
+        for v in loaders:
+            shield_loaders(v, rank, signals)
+    return loaders
+
+
+LOADER_HOOKS = ("train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader")
+
+
 def slurm_job_id() -> str | None:
     array = os.environ.get("SLURM_ARRAY_JOB_ID")
     if array is not None and os.environ.get("SLURM_ARRAY_TASK_ID") is not None:
@@ -190,6 +286,10 @@ def slurm_job_id() -> str | None:
 
 class PreemptionHandler(pl.Callback):
     """Save ``last.ckpt`` and stop (and requeue on SLURM) on SIGTERM / SIGUSR1.
+
+    The datamodule's loaders get :class:`ShieldedWorkerInit` (at ``setup``, before any worker starts), so a
+    signal sent to the whole job does not kill their workers and, through them, the main process before
+    it saves.
 
     Args:
         signals: signal names to handle.
@@ -208,6 +308,25 @@ class PreemptionHandler(pl.Callback):
         self.requeued = False
         self.saved_path: str | None = None
         self._previous: dict[int, Any] = {}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Wrap the datamodule's ``*_dataloader`` hooks so every loader they return is shielded."""
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        for name in LOADER_HOOKS:
+            hook = getattr(datamodule, name, None)
+            if hook is None or getattr(hook, "_pid_shielded", False) or not is_overridden(name, datamodule):
+                continue
+
+            def shielded(*args, _hook=hook, **kwargs):
+                return shield_loaders(_hook(*args, **kwargs), trainer.global_rank, self.signals)
+
+            shielded._pid_shielded = True
+            shielded.__wrapped__ = hook
+            setattr(datamodule, name, shielded)
 
     def _handler(self, signum, frame) -> None:
         # Only set a flag: saving inside a signal handler could interleave with an optimiser step.
@@ -256,6 +375,9 @@ class PreemptionHandler(pl.Callback):
         self.preempted = True
         self.saved_path = self.checkpoint_path(trainer)
         trainer.save_checkpoint(self.saved_path)  # collective under DDP/FSDP: every rank calls it
+        if hasattr(trainer.checkpoint_callback, "last_model_path"):
+            # ModelCheckpoint(save_last) then keeps this file as its last.ckpt instead of adding last-v1.ckpt
+            trainer.checkpoint_callback.last_model_path = self.saved_path
         name = signal.Signals(self.received).name if self.received is not None else "a signal on another rank"
         log.warning("received %s: saved %s at step %d", name, self.saved_path, trainer.global_step)
         job = slurm_job_id()
