@@ -132,8 +132,10 @@ class PiDDecoder:
             from pid.diffusion.noising import ve_to_vp
 
             latent, sigma = ve_to_vp(latent.float(), sigma)
-        sampler = sampler or self.sampling["sampler"]
-        num_steps = num_steps or self.sampling["num_steps"]
+        sampler = sampler or self.sampling.get("sampler")
+        num_steps = num_steps or self.sampling.get("num_steps")
+        if not sampler or not num_steps:
+            raise ValueError("this decoder has no sampling defaults: pass sampler= and num_steps=")
         if timesteps is None and self.sampling.get("t_list"):
             timesteps = student_timesteps(self.sampling["t_list"], num_steps,
                                           one_step_t=float(self.sampling.get("one_step_t", 1.0)))

@@ -153,7 +153,8 @@ def test_decode_api_converts_ve_states(monkeypatch):
         return torch.zeros(1)
 
     monkeypatch.setattr(pid.sampling, "decode_latent", fake_decode_latent)
-    decoder = PiDDecoder(torch.nn.Linear(1, 1), LatentGeometry(4, 8, "vp"), sr_scale=4)
+    decoder = PiDDecoder(torch.nn.Linear(1, 1), LatentGeometry(4, 8, "vp"), sr_scale=4,
+                         sampling={"sampler": "euler", "num_steps": 2})
     z_ve = torch.randn(1, 4, 2, 2)
     decoder.decode(z_ve, 2.0, frame="ve")
     torch.testing.assert_close(seen["latent"], z_ve / math.sqrt(5.0))

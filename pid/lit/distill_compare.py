@@ -75,8 +75,9 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
         from pid.sampling import decode_latent
 
         return decode_latent(module.teacher, z, 0.0, sr_scale=module.sr_scale,
-                             latent_down=module.latent.down_factor, generator=gen, sampler=sampler,
-                             timesteps=schedules.student_timesteps(module.sampling["t_list"], k))
+                             latent_down=module.latent.down_factor, generator=gen, sampler=sampler, num_steps=k,
+                             timesteps=schedules.student_timesteps(module.sampling["t_list"], k,
+                                                                   one_step_t=module.sampling["one_step_t"]))
 
     decoders = {
         f"student_{k}step": student,

@@ -110,8 +110,8 @@ def _read_safetensors(path: Path) -> WeightsFile:
 def _from_lightning(path: Path, ckpt: dict) -> WeightsFile:
     groups = _split(ckpt["state_dict"], LIGHTNING_GROUPS)
     shadow = (ckpt.get("ema") or {}).get("shadow") or {}
-    if shadow:
-        groups["net_ema"] = dict(shadow)
+    if shadow:  # the EMA tracks the trained tensors; the rest (frozen parts) are the same in both
+        groups["net_ema"] = {**groups.get("net", {}), **shadow}
     groups.pop("text_encoder", None)
     meta = {"global_step": ckpt.get("global_step"), "distill": (ckpt["pid"] or {}).get("distill")}
     return WeightsFile(path, "lightning", groups, ckpt["pid"].get("config") or None, meta)
