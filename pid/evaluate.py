@@ -31,11 +31,17 @@ def load_decoders(cfg: DictConfig, device) -> tuple:
     from pid.eval.inputs import resolve_ckpt
 
     teacher_path = resolve_ckpt(cfg.ckpt, "ckpt")
-    teacher = load_decoder(teacher_path, device=device)
+    release, student_release = cfg.get("release"), cfg.get("student_release")
+    latent = None
+    if release or student_release:  # NVIDIA's files: the latent space comes from the release preset
+        from pid.weights.release import load_release
+
+        latent = load_release(release or student_release).build_latent(cfg.get("latent_path"))
+    teacher = load_decoder(teacher_path, device=device, release=release, latent=latent)
     student = sr_dec = None
     if cfg.methods.student.enabled and cfg.student_ckpt:
         student = load_decoder(resolve_ckpt(cfg.student_ckpt, "student_ckpt"), device=device,
-                               latent=teacher.latent)
+                               latent=teacher.latent, release=student_release)
     if cfg.methods.sr_cascade.enabled and cfg.sr_cascade_ckpt:
         sr_dec = load_decoder(resolve_ckpt(cfg.sr_cascade_ckpt, "sr_cascade_ckpt"), device=device)
         rgb = sr_dec.latent.down_factor == 1 and sr_dec.latent.channels == 3

@@ -46,8 +46,10 @@ def golden():
         (OFFICIAL / "tiny" / "cases.json").read_text())
 
 
-def tiny_preset(tmp_path: Path, net: str) -> Path:
-    """A release preset file for a tiny official net, made from its ``*.config.json`` as a user would."""
+def tiny_preset(tmp_path: Path, net: str, latent: str | None = None) -> Path:
+    """A release preset file for a tiny official net, made from its ``*.config.json`` as a user would.
+
+    ``latent``: a conf/latent name of 16 channels at 8x (default: a geometry-only stand-in, as the cases')."""
     cfg = json.loads((OFFICIAL / "tiny" / f"{TINY[net]}.config.json").read_text())
     net_cfg = net_config_from_official(cfg["net_config"])
     if net == "v1_5_student":  # distilled students are released without the aux RGB head
@@ -55,14 +57,14 @@ def tiny_preset(tmp_path: Path, net: str) -> Path:
     student = net != "v1_5_teacher"
     preset = {
         "release": cfg["release"], "kind": "student" if student else "teacher", "sr_scale": 4,
-        "latent": {"_target_": "pid.latents.geometry.LatentGeometry", "channels": 16, "down_factor": 8},
+        "latent": latent or {"_target_": "pid.latents.geometry.LatentGeometry", "channels": 16, "down_factor": 8},
         "net": net_cfg,
         "sampling": ({"sampler": "sde", "num_steps": 4, "t_list": [0.999, 0.866, 0.634, 0.342], "one_step_t": 1.0}
                      if student else {"sampler": "dpmpp_2m", "num_steps": 6, "text_cfg": 5.0, "latent_cfg": 1.0}),
         "time": {"shift_rule": "area", "shift_base": 6.0, "shift_ref_size": 2048},
         "text": {"prefix": "chi", "max_length": 12},
     }
-    path = tmp_path / f"tiny_{net}.yaml"
+    path = tmp_path / f"tiny_{net}{'_' + latent if latent else ''}.yaml"
     path.write_text(yaml.safe_dump(preset, sort_keys=False))
     return path
 

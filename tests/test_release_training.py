@@ -66,3 +66,28 @@ def test_a_release_with_another_latent_space_says_which_to_select(tmp_path, tiny
 
     with pytest.raises(PiDConfigError, match="latent=flux1"):
         build_run(tmp_path, tiny_image_root, "release=flux_2kto4k_v1pt5")
+
+
+def test_make_eval_scores_official_files_named_by_their_presets(tmp_path, tiny_image_root):
+    """`make eval ckpt=<teacher .pth> student_ckpt=<student .pth> release=... student_release=... latent_path=`."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF_DIR
+    from pid.evaluate import evaluate
+    from test_latents_vae import tiny_release_vae
+
+    tiny_release_vae("flux1").save_pretrained(tmp_path / "vae")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[
+            "eval=tiny", f"ckpt={OFFICIAL / 'tiny' / 'v1_5_teacher_full.pth'}",
+            f"student_ckpt={OFFICIAL / 'tiny' / 'v1_5_student_release.pth'}",
+            f"release={tiny_preset(tmp_path, 'v1_5_teacher', 'flux1')}",
+            f"student_release={tiny_preset(tmp_path, 'v1_5_student', 'flux1')}", f"latent_path={tmp_path / 'vae'}",
+            f"data.root={tiny_image_root / 'val'}", f"report.out_dir={tmp_path / 'report'}",
+            "methods.sr_cascade.enabled=false", "methods.early_exit.enabled=false", "latency.enabled=false",
+        ])
+    result = evaluate(cfg)
+    by = {r["name"]: r for r in result["rows"]}
+    for name in ("pid_teacher@2", "pid_student@2"):
+        assert by[name]["psnr"] == by[name]["psnr"], name  # scored, not NaN
+    assert (tmp_path / "report" / "results.md").is_file()

@@ -54,6 +54,21 @@ class Release:
             cfg = OmegaConf.merge({"sr_scale": self.sr_scale}, {"latent": cfg}).latent
         return OmegaConf.to_container(cfg, resolve=False)
 
+    def build_latent(self, path: str | None = None, geometry_only: bool = False):
+        """The latent space (its encoder weights from ``path``, e.g. a local VAE folder), or only its geometry."""
+        from hydra.utils import instantiate
+
+        from pid.latents.geometry import LatentGeometry
+
+        cfg = dict(self.latent_config() or {})
+        if not cfg:
+            raise PiDConfigError(f"release {self.name} ({self.kind}) has no latent space")
+        if geometry_only:
+            return LatentGeometry.from_config(cfg)
+        if "path" in cfg and path is not None:
+            cfg["path"] = str(path)
+        return instantiate(cfg)
+
     def build_net(self):
         """Instantiate the network (random init; load weights with :func:`pid.weights.load_weights`)."""
         from hydra.utils import instantiate
