@@ -114,6 +114,23 @@ def calls(ours, off, batch):
     }
 
 
+def checkpointed_pixel_blocks(net, fn):
+    """``fn`` with each of ``net``'s PiT blocks under activation checkpointing (recomputed in backward)."""
+    from torch.utils.checkpoint import checkpoint
+
+    def run():
+        for block in net.pixel_blocks:
+            bound = type(block).forward.__get__(block)
+            block.forward = functools.partial(checkpoint, bound, use_reentrant=False)
+        try:
+            return fn()
+        finally:
+            for block in net.pixel_blocks:
+                del block.forward
+
+    return run
+
+
 def step(fn, backward: bool, device) -> float:
     """Milliseconds of one call (forward, or forward + backward of mean(v²))."""
     if device.type == "cuda":
@@ -180,21 +197,22 @@ def main() -> None:
     max_diff = float((a - b).abs().max())
     print(f"outputs: max |ours - official| = {max_diff:.3g}")
 
-    times = {(k, bw): [] for k in fns for bw in (False, True)}
-    for bw in (False, True):
-        for k in fns:  # warm-up
-            step(fns[k], bw, device)
+    ckpt = checkpointed_pixel_blocks(ours, fns["ours"])
+    runs = [(k, bw) for bw in (False, True) for k in fns] + [("ours_ckpt_pixel", True)]
+    fn_of = {**fns, "ours_ckpt_pixel": ckpt}
+    times = {run: [] for run in runs}
+    for k, bw in runs:  # warm-up
+        step(fn_of[k], bw, device)
     for r in range(args.rounds):
-        for bw in (False, True):
-            for k in (fns if r % 2 == 0 else reversed(list(fns))):
-                times[(k, bw)].append(step(fns[k], bw, device))
-    mem = {k: [] for k in fns}
+        for k, bw in runs if r % 2 == 0 else reversed(runs):
+            times[(k, bw)].append(step(fn_of[k], bw, device))
+    mem = {k: [] for k in fn_of}
     for r in range(3):
-        for k in fns:
-            mem[k].append(peak_mb(fns[k], (ours, off), device))
+        for k in fn_of:
+            mem[k].append(peak_mb(fn_of[k], (ours, off), device))
 
-    def ratio(bw: bool) -> float:
-        return statistics.median(o / f for o, f in zip(times[("ours", bw)], times[("official", bw)]))
+    def ratio(bw: bool, ours_run: str = "ours") -> float:
+        return statistics.median(o / f for o, f in zip(times[(ours_run, bw)], times[("official", bw)]))
 
     med = {
         f"{k}_{'fwd_bwd' if bw else 'fwd'}_ms": round(statistics.median(v), 1) for (k, bw), v in times.items()
@@ -204,6 +222,8 @@ def main() -> None:
         "forward_ratio": round(ratio(False), 3),
         "forward_backward_ratio": round(ratio(True), 3),
         "peak_memory_ratio": round(peak["ours_peak_mb"] / peak["official_peak_mb"], 3),
+        "ckpt_pixel_forward_backward_ratio": round(ratio(True, "ours_ckpt_pixel"), 3),
+        "ckpt_pixel_peak_memory_ratio": round(peak["ours_ckpt_pixel_peak_mb"] / peak["official_peak_mb"], 3),
         **med,
         **peak,
         "max_abs_output_diff": max_diff,
@@ -221,8 +241,53 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "official.json").write_text(json.dumps(payload, indent=1))
+    (out / "official.md").write_text(markdown(payload))
     print(json.dumps(result, indent=1))
-    print(f"wrote {out / 'official.json'} (benchmarks/official.md carries the reading)")
+    print(f"wrote {out / 'official.json'} and {out / 'official.md'}")
+
+
+def markdown(payload: dict) -> str:
+    r = payload["results"]
+    return "\n".join([
+        "# Ours vs NVIDIA's PidNet: same config, same weights",
+        "",
+        f"hidden 384, 6 heads, 6 patch + 2 pixel blocks, patch 16, v1 adapter (width 256), batch {BATCH} at "
+        f"{SIZE}², {TEXT_LEN} text tokens, fp32; {payload['device']}, `OMP_WAIT_POLICY=PASSIVE`; ratios are "
+        f"medians over {payload['rounds']} rounds of ours / official (< 1: ours faster or smaller). Peak "
+        f"memory: {payload['memory']}. Outputs agree to {r['max_abs_output_diff']:.1g} (max abs).",
+        "",
+        "| measure | ours | official | ours / official |",
+        "|---|---:|---:|---:|",
+        f"| forward | {r['ours_fwd_ms']:.0f} ms | {r['official_fwd_ms']:.0f} ms | {r['forward_ratio']:.3f} |",
+        f"| forward + backward | {r['ours_fwd_bwd_ms']:.0f} ms | {r['official_fwd_bwd_ms']:.0f} ms "
+        f"| {r['forward_backward_ratio']:.3f} |",
+        f"| peak memory (forward + backward) | {r['ours_peak_mb']:.0f} MB | {r['official_peak_mb']:.0f} MB "
+        f"| {r['peak_memory_ratio']:.3f} |",
+        f"| forward + backward, our PiT blocks checkpointed | {r['ours_ckpt_pixel_fwd_bwd_ms']:.0f} ms "
+        f"| {r['official_fwd_bwd_ms']:.0f} ms | {r['ckpt_pixel_forward_backward_ratio']:.3f} |",
+        f"| peak memory, our PiT blocks checkpointed | {r['ours_ckpt_pixel_peak_mb']:.0f} MB "
+        f"| {r['official_peak_mb']:.0f} MB | {r['ckpt_pixel_peak_memory_ratio']:.3f} |",
+        "",
+        "## Reading",
+        "",
+        "The two networks run the same operations in the same order (the official weights load strictly; "
+        "tests/test_nn_official_parity.py checks the outputs bit for bit), so eager time and memory are at "
+        "parity by construction: the first three ratios are 1 up to the noise of a shared machine. What "
+        "would put us ahead without giving up that parity of results:",
+        "",
+        "- **Memory: checkpoint the pixel level.** The PiT blocks keep one token per pixel and a per-pixel "
+        "adaLN (6 × pixel width per pixel) for backward. Recomputing them in backward (last two rows) lowers "
+        "the peak by the ratio shown, for one more pixel-level forward per training step.",
+        "- **Time: fuse the pixel level.** Elementwise work on the per-pixel tokens (modulate, gates, "
+        "RMSNorm, GELU: `aten::mul`/`add`/`copy_`/`cat` are a quarter to a third of the CPU time in a "
+        "profile of either network) is memory-bound; `torch.compile` (`compile:` in conf/train.yaml) can "
+        "fuse these chains, which the official eager code does not (not measured here).",
+        "- **Decode: no per-step adapter.** At inference our samplers compute the adapter features once per "
+        "decode (`PiDNet.encode_latent`), while the official forward recomputes them every step "
+        "(benchmarks/decode.md, 'adapter each step').",
+        "",
+        "Run: `PID_OFFICIAL_CODE=/path/to/PiD OMP_WAIT_POLICY=PASSIVE python experiments/bench_official.py`.",
+    ]) + "\n"
 
 
 if __name__ == "__main__":
