@@ -276,8 +276,8 @@ def markdown(payload: dict) -> str:
         "would put us ahead without giving up that parity of results:",
         "",
         "- **Memory: checkpoint the pixel level.** The PiT blocks keep one token per pixel and a per-pixel "
-        "adaLN (6 × pixel width per pixel) for backward. Recomputing them in backward (last two rows) lowers "
-        "the peak by the ratio shown, for one more pixel-level forward per training step.",
+        "adaLN (6 × pixel width per pixel) for backward. Recomputing them in backward (last two rows) "
+        "lowers the peak by the ratio shown, for one more pixel-level forward per training step.",
         "- **Time: fuse the pixel level.** Elementwise work on the per-pixel tokens (modulate, gates, "
         "RMSNorm, GELU: `aten::mul`/`add`/`copy_`/`cat` are a quarter to a third of the CPU time in a "
         "profile of either network) is memory-bound; `torch.compile` (`compile:` in conf/train.yaml) can "
