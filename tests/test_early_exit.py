@@ -324,3 +324,45 @@ def test_sd3_img2img_exit_reads_the_shifted_sigma_after_the_skipped_steps():
     assert state.sigma == pytest.approx(float(sigmas[start + 2]))
     assert state.sigma != pytest.approx(float(sigmas[2]))
     torch.testing.assert_close(state.latent, seen[2])
+
+
+def test_sdxl_img2img_euler_exit_converts_the_sigma_it_really_stopped_at():
+    """The same kind with a VE-frame sampler: SDXL img2img with Euler, strength 0.5 of 10 steps, starts at
+    index 5; after 2 steps the state is at the Euler σ_ve = sigmas[7], converted to σ_vp = σ_ve/√(σ_ve²+1)."""
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
+                           UNet2DConditionModel)
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=80,  # 6 size/crop ids × 8 + the 32-d pooled prompt
+        cross_attention_dim=16, norm_num_groups=4).eval()
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4,
+                        layers_per_block=1, scaling_factor=0.13025).eval()
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       timestep_spacing="leading", steps_offset=1)  # SDXL's
+    pipe = StableDiffusionXLImg2ImgPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                            tokenizer_2=None, unet=unet, scheduler=scheduler,
+                                            requires_aesthetics_score=False)
+    g = torch.Generator().manual_seed(1)
+    kwargs = dict(image=torch.rand(1, 3, 32, 32), strength=0.5, guidance_scale=1.0,
+                  prompt_embeds=torch.randn(1, 5, 16, generator=g),
+                  pooled_prompt_embeds=torch.randn(1, 32, generator=g))
+    seen = {}
+    pipe(num_inference_steps=10, callback_on_step_end=_record_latents(seen),
+         callback_on_step_end_tensor_inputs=["latents"], output_type="latent",
+         generator=torch.Generator().manual_seed(3), **kwargs)
+    assert sorted(seen) == [1, 2, 3, 4, 5]
+    state = run_pipeline_to_step(pipe, exit_after=2, num_inference_steps=10,
+                                 generator=torch.Generator().manual_seed(3), **kwargs)
+    assert (state.step, state.num_steps, state.start, state.frame) == (2, 5, 5, "ve")
+    s_ve = float(pipe.scheduler.sigmas[5 + 2])
+    assert state.raw_sigma == pytest.approx(s_ve)
+    assert state.raw_sigma != pytest.approx(float(pipe.scheduler.sigmas[2]))
+    assert state.sigma == pytest.approx(s_ve / math.sqrt(s_ve**2 + 1))
+    torch.testing.assert_close(state.latent, seen[2] / math.sqrt(s_ve**2 + 1))
