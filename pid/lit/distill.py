@@ -171,6 +171,9 @@ class DMD2Module(pl.LightningModule):
         self.strict_loading = False
         self.run_config: dict | None = None
 
+        adapter = getattr(net, "adapter", None)
+        if adapter is not None and adapter.aux_rgb_head is not None:
+            adapter.aux_rgb_head = None  # distillation has no aux RGB loss: student, teacher and critic drop it
         self.latent = latent.requires_grad_(False).eval()
         self.text_encoder = text_encoder.requires_grad_(False).eval() if text_encoder is not None else None
         self.teacher_path = resolve_teacher_path(teacher_ckpt)

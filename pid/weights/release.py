@@ -144,8 +144,6 @@ def apply_release(cfg: DictConfig) -> DictConfig:
     if "adapter" in net and net.adapter is not None and "adapter" in model.net and model.net.adapter is not None:
         model.net.adapter = net.adapter  # the preset's adapter replaces the group's whole
     model.net = OmegaConf.merge(model.net, net)
-    if str(model.get("_target_", "")).endswith("DMD2Module") and model.net.get("adapter") is not None:
-        model.net.adapter.aux_rgb_head = False  # official distillation builds student, teacher and critic without it
     if rel.sr_scale is not None:
         cfg.sr_scale = rel.sr_scale
         model.net.sr_scale = rel.sr_scale
