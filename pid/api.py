@@ -225,7 +225,8 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
         net = rel.build_net()
         load_weights(net, wf, weights=weights, config_key="ckpt")
         latent = latent or _latent_for(rel.latent_config() or {}, build=False)
-        text = {"uses_text": True, "max_length": net.txt_max_length, "dim": rel.net.get("txt_embed_dim"),
+        text = {"uses_text": bool(rel.text.get("states", True)), "max_length": net.txt_max_length,
+                "dim": rel.net.get("txt_embed_dim"),
                 "negative_prompt": rel.text.get("negative_prompt")}
         sampling, time, sr_scale = dict(rel.sampling), dict(rel.time), int(rel.sr_scale or 1)
         text_cfg = rel.text

@@ -253,6 +253,26 @@ def test_resume_is_exact_and_the_student_exports_as_a_plain_decoder(setup):
                               generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(explicit, expected, rtol=0, atol=0)
 
+    # Exported in NVIDIA's released layout (model_ema_bf16.pth + its preset), the student loads as an official
+    # release file and decodes identically (float32: exact; bfloat16 as the releases: the same rounded weights).
+    from pid.weights import load_weights, read_weights
+    from pid.weights.export import main as export_release_cli
+
+    for dtype in ("float32", "bfloat16"):
+        released = export_release_cli([str(export), str(out / dtype / "model_ema_bf16.pth"), "--dtype", dtype])
+        raw = torch.load(released, weights_only=True)
+        assert all(k.startswith("net.") for k in raw) and raw["net.lq_proj.gate_modules.0.log_alpha"].ndim == 0
+        official = load_decoder(released, release=released.with_suffix(".yaml"))
+        assert read_weights(released).layout == "official-release"
+        if dtype == "float32":
+            got = official.decode(z, 0.3, generator=torch.Generator().manual_seed(5))
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        else:
+            ours = {k: v.to(torch.bfloat16).float() for k, v in load_decoder(export).net.state_dict().items()}
+            assert all(torch.equal(ours[k], v) for k, v in official.net.state_dict().items())
+            report = load_weights(official.net, released)
+            assert report.num_left_at_init == 0 and not report.skipped
+
     # The held-out report runs (a stand-in feature extractor keeps it fast) and says who wins.
     from pid.lit.distill_compare import compare_student_teacher
 

@@ -65,3 +65,51 @@ def export_release(net_state: dict[str, torch.Tensor], path: str | Path, dtype: 
     torch.save(release_state_dict(net_state, dtype), str(tmp))
     tmp.replace(path)
     return path
+
+
+def release_preset_for(config: dict, kind: str, name: str) -> dict:
+    """A release preset (``conf/releases/`` format) describing a network trained here, from its run config."""
+    model = config["model"]
+    net = dict(model["net"])
+    sampling = dict(model.get("sampling") or {})
+    if sampling.get("t_list"):
+        sampling.setdefault("one_step_t", 1.0)
+    latent = config.get("latent") or {}
+    return {"release": name, "kind": kind, "latent": latent.get("name") or dict(latent),
+            "sr_scale": int(config["sr_scale"]), "net": net, "sampling": sampling,
+            "time": {k: v for k, v in (model.get("time") or {}).items() if k.startswith("shift")},
+            "text": {"states": bool((config.get("text") or {}).get("_target_")),
+                     **{k: v for k, v in (config.get("text") or {}).items() if k in ("prefix", "max_length")}}}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``python -m pid.weights.export SRC OUT``: a run's export / .ckpt → the released layout + its preset."""
+    import argparse
+
+    import yaml
+
+    from pid.weights.formats import read_weights
+    from pid.weights.load import choose_group
+
+    parser = argparse.ArgumentParser(prog="python -m pid.weights.export", description=main.__doc__)
+    parser.add_argument("src", help="pid_decoder.safetensors or a .ckpt of pid.train")
+    parser.add_argument("out", help="output .pth (e.g. model_ema_bf16.pth); the preset goes beside it (.yaml)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="bfloat16 as the releases; float32 keeps the weights exact")
+    parser.add_argument("--weights", default="ema", choices=["ema", "raw"])
+    args = parser.parse_args(argv)
+    wf = read_weights(args.src)
+    if not wf.config:
+        raise SystemExit(f"{args.src} carries no run config: only files written by pid.train can be exported")
+    state = wf.groups[choose_group(wf, args.weights)]
+    out = export_release(state, args.out, getattr(torch, args.dtype))
+    kind = "student" if (wf.config["model"].get("sampling") or {}).get("t_list") else "teacher"
+    preset = release_preset_for(wf.config, kind, Path(args.out).parent.name or Path(args.out).stem)
+    out.with_suffix(".yaml").write_text("# Written by python -m pid.weights.export\n"
+                                        + yaml.safe_dump(preset, sort_keys=False))
+    print(f"wrote {out} ({len(state)} tensors, {args.dtype}) and its preset {out.with_suffix('.yaml')}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -4,7 +4,8 @@ A preset fixes what a released file needs to be used as NVIDIA trained it: the n
 v1.5, gate mode, PiT injection, aux head only where the file has one, RoPE mode and reference grid), the
 latent space (a ``conf/latent/`` name or an inline config), the sr scale, the sampler and its defaults
 (the students' t-list and 1-step t, the teachers' DPM-Solver++ with text CFG), the time-shift rule and
-the text preprocessing. ``release=`` takes a preset name (the file's stem), one of its aliases, the
+the text preprocessing (``text.states: false`` for a network trained without caption states; released
+models always have them). ``release=`` takes a preset name (the file's stem), one of its aliases, the
 official release name, or the path of a preset file.
 """
 
