@@ -1,0 +1,60 @@
+"""Decoding refuses invalid inputs with a message that names the problem (σ out of range, non-finite values)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import compose_train
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+    from pid.api import export_decoder, load_decoder
+
+    out = tmp_path_factory.mktemp("export")
+    cfg = compose_train(["experiment=quickstart", "latent=sdxl", f"paths.output_dir={out}",
+                         "model.sampling.num_steps=1"])
+    torch.manual_seed(0)
+    module = SimpleNamespace(net=instantiate(cfg.model.net), latent=SimpleNamespace(),
+                             run_config=OmegaConf.to_container(cfg, resolve=True), sr_scale=int(cfg.sr_scale))
+    return load_decoder(export_decoder(module, out / "pid_decoder.safetensors"), build_latent=False)
+
+
+@pytest.mark.parametrize("sigma", [1.5, -0.3, 14.6, math.nan, math.inf])
+def test_sigma_outside_the_training_frame_is_refused(decoder, sigma):
+    z = torch.randn(1, 4, 2, 2)
+    with pytest.raises(ValueError, match="sigma") as err:
+        decoder.decode(z, sigma=sigma)
+    if 1 < sigma < math.inf:  # an SDXL Euler σ given without frame="ve"
+        assert "frame='ve'" in str(err.value)
+
+
+def test_per_sample_sigma_is_checked_too(decoder):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        decoder.decode(torch.randn(2, 4, 2, 2), sigma=torch.tensor([0.2, 1.2]))
+    with pytest.raises(ValueError, match="one value per latent"):
+        decoder.decode(torch.randn(2, 4, 2, 2), sigma=torch.tensor([0.2, 0.3, 0.4]))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_latent_is_refused(decoder, bad):
+    z = torch.randn(1, 4, 2, 2)
+    z[0, 1, 1, 0] = bad
+    with pytest.raises(ValueError, match="1 non-finite value"):
+        decoder.decode(z, sigma=0.0)
+
+
+def test_valid_inputs_still_decode(decoder):
+    z = torch.randn(1, 4, 2, 2)
+    out = decoder.decode(z, sigma=0.3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+    ve = decoder.decode(z, sigma=14.6, frame="ve", generator=torch.Generator().manual_seed(0))  # Euler σ, converted
+    assert torch.isfinite(ve).all()
+    with pytest.raises(ValueError, match=">= 0"):
+        decoder.decode(z, sigma=-1.0, frame="ve")
