@@ -1,6 +1,6 @@
 """Image files on disk and encoded image bytes: listing, header probing and THE decoder to RGB.
 
-Every path that turns a file into pixels (``data_prep`` ingest/score/filter/shards, the shard
+Every path that turns a file into pixels (data-set building: ingest/score/filter/shards; the shard
 stream and validation crops, image folders, latent fitting and statistics) goes through
 ``open_image`` + ``to_rgb8`` (or ``decode_rgb``, which is both plus EXIF orientation), so one file
 gives the same pixels everywhere. The rules:

@@ -258,8 +258,8 @@ class BucketedShardStream(IterableDataset):
             first = self.passed_over[0]
             raise ValueError(
                 f"no usable sample in the {len(self.shards)} shard(s) at {shards!r}: {self.skipped} "
-                f"(e.g. {first[0]}: {first[1]}, {first[2]}); rebuild them with `python -m data_prep build` "
-                "or point the loader at other shards"
+                f"(e.g. {first[0]}: {first[1]}, {first[2]}); rebuild them (`make data` for the sample "
+                "set; the README's Training section for your own data) or point the loader at other shards"
             )
         if self.passed_over:
             warnings.warn(
