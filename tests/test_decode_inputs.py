@@ -18,11 +18,16 @@ def decoder(tmp_path_factory):
     from pid.api import export_decoder, load_decoder
 
     out = tmp_path_factory.mktemp("export")
-    cfg = compose_train(["experiment=quickstart", "latent=sdxl", f"paths.output_dir={out}",
-                         "model.sampling.num_steps=1"])
+    cfg = compose_train(
+        ["experiment=quickstart", "latent=sdxl", f"paths.output_dir={out}", "model.sampling.num_steps=1"]
+    )
     torch.manual_seed(0)
-    module = SimpleNamespace(net=instantiate(cfg.model.net), latent=SimpleNamespace(),
-                             run_config=OmegaConf.to_container(cfg, resolve=True), sr_scale=int(cfg.sr_scale))
+    module = SimpleNamespace(
+        net=instantiate(cfg.model.net),
+        latent=SimpleNamespace(),
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+        sr_scale=int(cfg.sr_scale),
+    )
     return load_decoder(export_decoder(module, out / "pid_decoder.safetensors"), build_latent=False)
 
 
@@ -54,7 +59,9 @@ def test_valid_inputs_still_decode(decoder):
     z = torch.randn(1, 4, 2, 2)
     out = decoder.decode(z, sigma=0.3, generator=torch.Generator().manual_seed(0))
     assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
-    ve = decoder.decode(z, sigma=14.6, frame="ve", generator=torch.Generator().manual_seed(0))  # Euler σ, converted
+    ve = decoder.decode(
+        z, sigma=14.6, frame="ve", generator=torch.Generator().manual_seed(0)
+    )  # Euler σ, converted
     assert torch.isfinite(ve).all()
     with pytest.raises(ValueError, match=">= 0"):
         decoder.decode(z, sigma=-1.0, frame="ve")

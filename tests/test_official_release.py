@@ -29,13 +29,21 @@ ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = ROOT.parent / "shared" / "official"
 pytestmark = pytest.mark.skipif(
     not (OFFICIAL / "tiny" / "cases.safetensors").is_file(),
-    reason=f"golden data of the official code not found at {OFFICIAL} (shared/ sits beside the repository in CI)")
+    reason=f"golden data of the official code not found at {OFFICIAL} (shared/ sits beside the repository in CI)",
+)
 
 NET_ATOL = 5e-4
 CFG_ATOL = 2e-2
 TINY = {"v1": "v1_release", "v1_5_student": "v1_5_student_release", "v1_5_teacher": "v1_5_teacher_full"}
-CASES = ["c1_square_native", "c2_tall_native", "c3_wide_ratio4", "c4_ratio8", "c5_text_short", "c6_text_long",
-         "c7_latent_dropped"]
+CASES = [
+    "c1_square_native",
+    "c2_tall_native",
+    "c3_wide_ratio4",
+    "c4_ratio8",
+    "c5_text_short",
+    "c6_text_long",
+    "c7_latent_dropped",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,8 @@ def golden():
     from safetensors.torch import load_file
 
     return load_file(str(OFFICIAL / "tiny" / "cases.safetensors")), json.loads(
-        (OFFICIAL / "tiny" / "cases.json").read_text())
+        (OFFICIAL / "tiny" / "cases.json").read_text()
+    )
 
 
 def tiny_preset(tmp_path: Path, net: str, latent: str | None = None) -> Path:
@@ -56,11 +65,17 @@ def tiny_preset(tmp_path: Path, net: str, latent: str | None = None) -> Path:
         net_cfg["adapter"]["aux_rgb_head"] = False
     student = net != "v1_5_teacher"
     preset = {
-        "release": cfg["release"], "kind": "student" if student else "teacher", "sr_scale": 4,
-        "latent": latent or {"_target_": "pid.latents.geometry.LatentGeometry", "channels": 16, "down_factor": 8},
+        "release": cfg["release"],
+        "kind": "student" if student else "teacher",
+        "sr_scale": 4,
+        "latent": latent
+        or {"_target_": "pid.latents.geometry.LatentGeometry", "channels": 16, "down_factor": 8},
         "net": net_cfg,
-        "sampling": ({"sampler": "sde", "num_steps": 4, "t_list": [0.999, 0.866, 0.634, 0.342], "one_step_t": 1.0}
-                     if student else {"sampler": "dpmpp_2m", "num_steps": 6, "text_cfg": 5.0, "latent_cfg": 1.0}),
+        "sampling": (
+            {"sampler": "sde", "num_steps": 4, "t_list": [0.999, 0.866, 0.634, 0.342], "one_step_t": 1.0}
+            if student
+            else {"sampler": "dpmpp_2m", "num_steps": 6, "text_cfg": 5.0, "latent_cfg": 1.0}
+        ),
         "time": {"shift_rule": "area", "shift_base": 6.0, "shift_ref_size": 2048},
         "text": {"prefix": "chi", "max_length": 12},
     }
@@ -79,8 +94,13 @@ def tiny_net(tmp_path, net: str, weights: str = "ema"):
 
 def case_inputs(c, case):
     src = "c1_square_native" if case == "c7_latent_dropped" else case
-    return (c[f"case.{src}.x_t"], c[f"case.{src}.t"], c[f"case.{case}.latent"], c[f"case.{src}.sigma"],
-            c[f"case.{src}.text"])
+    return (
+        c[f"case.{src}.x_t"],
+        c[f"case.{src}.t"],
+        c[f"case.{case}.latent"],
+        c[f"case.{src}.sigma"],
+        c[f"case.{src}.text"],
+    )
 
 
 # ---------------------------------------------------------------------------------------------- manifests
@@ -115,7 +135,10 @@ def test_every_release_manifest_maps_onto_its_preset(manifest):
         for entry in info["registry_entries"][1:]:  # aliases resolve to the same preset
             assert load_release(f"{entry[0]}_{entry[1]}").name == rel.name
     if rel.kind == "student":
-        assert rel.sampling["sampler"] == "sde" and rel.sampling["one_step_t"] == info["sampler"]["one_step_time"]
+        assert (
+            rel.sampling["sampler"] == "sde"
+            and rel.sampling["one_step_t"] == info["sampler"]["one_step_time"]
+        )
         assert [*rel.sampling["t_list"], 0.0] == info["sampler"]["student_t_list"]
     else:
         assert rel.sampling["sampler"] == "dpmpp_2m" and rel.time["shift_rule"] == "area"
@@ -147,7 +170,9 @@ def test_tiny_official_checkpoint_loads_strictly_and_reproduces_outputs(tmp_path
             v, extras = model(x, t, latent=z, sigma=s, y=y, return_extras=True)
         torch.testing.assert_close(v, c[f"out.{net}.{case}.velocity"], atol=NET_ATOL, rtol=0, msg=case)
         if f"out.{net}.{case}.aux_rgb" in c:
-            torch.testing.assert_close(extras["aux_rgb"], c[f"out.{net}.{case}.aux_rgb"], atol=NET_ATOL, rtol=0)
+            torch.testing.assert_close(
+                extras["aux_rgb"], c[f"out.{net}.{case}.aux_rgb"], atol=NET_ATOL, rtol=0
+            )
 
 
 def test_dropped_latent_is_a_zero_latent_input(tmp_path, golden):
@@ -159,17 +184,23 @@ def test_dropped_latent_is_a_zero_latent_input(tmp_path, golden):
     with torch.no_grad():
         dropped = model(x, t, latent=z, sigma=s, y=y, latent_keep=keep)
         zero_input = model(x, t, latent=c["case.c7_latent_dropped.latent"], sigma=s, y=y)
-        no_injection = model(x, t, sigma=s, y=y)  # what zeroing the adapter's outputs would give at init heads
+        no_injection = model(
+            x, t, sigma=s, y=y
+        )  # what zeroing the adapter's outputs would give at init heads
     assert torch.equal(dropped, zero_input)
     assert not torch.allclose(dropped[:2], no_injection[:2], atol=1e-3)
-    torch.testing.assert_close(dropped, c["out.v1_5_teacher.c7_latent_dropped.velocity"], atol=NET_ATOL, rtol=0)
+    torch.testing.assert_close(
+        dropped, c["out.v1_5_teacher.c7_latent_dropped.velocity"], atol=NET_ATOL, rtol=0
+    )
 
 
 def test_full_checkpoint_reads_ema_by_default_and_raw_on_request(tmp_path, golden):
     c, _ = golden
     x, t, z, s, y = case_inputs(c, "c5_text_short")
-    for weights, key in (("ema", "out.v1_5_teacher.c5_text_short.velocity"),
-                         ("raw", "out.v1_5_teacher_raw.c5_text_short.velocity")):
+    for weights, key in (
+        ("ema", "out.v1_5_teacher.c5_text_short.velocity"),
+        ("raw", "out.v1_5_teacher_raw.c5_text_short.velocity"),
+    ):
         model, report = tiny_net(tmp_path, "v1_5_teacher", weights=weights)
         assert report.skipped == {"other-weights": 202}
         with torch.no_grad():
@@ -184,13 +215,16 @@ def test_discriminator_features_and_logits(tmp_path, golden):
     model, _ = tiny_net(tmp_path, "v1_5_teacher")
     x, t, z, s, y = case_inputs(c, "c1_square_native")
     with torch.no_grad():
-        _, extras = model(x, t, latent=z, sigma=s, y=y, return_extras=True, feature_blocks=(1,),
-                          features_only=True)
+        _, extras = model(
+            x, t, latent=z, sigma=s, y=y, return_extras=True, feature_blocks=(1,), features_only=True
+        )
     feats = extras["features"][1]
-    torch.testing.assert_close(feats, c["out.v1_5_teacher.c1_square_native.features_block1"], atol=NET_ATOL, rtol=0)
+    torch.testing.assert_close(
+        feats, c["out.v1_5_teacher.c1_square_native.features_block1"], atol=NET_ATOL, rtol=0
+    )
     disc = FeatureDiscriminator(in_channels=16, num_blocks=4, feature_blocks=(1,))
     prefix = "dmd.disc.weights.discriminator."
-    state = _official_discriminator_names({k[len(prefix):]: v for k, v in c.items() if k.startswith(prefix)})
+    state = _official_discriminator_names({k[len(prefix) :]: v for k, v in c.items() if k.startswith(prefix)})
     disc.load_state_dict(state, strict=True)
     with torch.no_grad():
         logits = disc({1: c["out.v1_5_teacher.c1_square_native.features_block1"]})
@@ -208,9 +242,13 @@ def test_student_decode_reproduces_the_official_samples(tmp_path, golden):
     from pid.api import load_decoder
 
     c, info = golden
-    decoder = load_decoder(OFFICIAL / "tiny" / "v1_5_student_release.pth", release=tiny_preset(tmp_path, "v1_5_student"))
+    decoder = load_decoder(
+        OFFICIAL / "tiny" / "v1_5_student_release.pth", release=tiny_preset(tmp_path, "v1_5_student")
+    )
     for steps, key in ((4, "sde4.output"), (2, "sde2.x0_unclamped"), (1, "sde1.x0_unclamped")):
-        gen = torch.Generator().manual_seed(1234)  # the official seeded generator draws noise 0, then re-noise
+        gen = torch.Generator().manual_seed(
+            1234
+        )  # the official seeded generator draws noise 0, then re-noise
         images = _decode_with_text(decoder, c, steps, gen)
         torch.testing.assert_close(images, c[key].clamp(-1, 1), atol=NET_ATOL, rtol=0, msg=str(steps))
     assert info["student_decode"]["t_lists_by_num_steps"]["1"].startswith("num_steps=1")
@@ -222,9 +260,18 @@ def _decode_with_text(decoder, c, steps, gen):
     from pid.sampling import decode_latent
 
     ts = student_timesteps(decoder.sampling["t_list"], steps, one_step_t=decoder.sampling["one_step_t"])
-    return decode_latent(decoder.net, c["sde.latent"], c["sde.sigma"], sr_scale=4, latent_down=8, num_steps=steps,
-                         sampler=decoder.sampling["sampler"], text=(c["sde.text"], None), generator=gen,
-                         timesteps=ts)
+    return decode_latent(
+        decoder.net,
+        c["sde.latent"],
+        c["sde.sigma"],
+        sr_scale=4,
+        latent_down=8,
+        num_steps=steps,
+        sampler=decoder.sampling["sampler"],
+        text=(c["sde.text"], None),
+        generator=gen,
+        timesteps=ts,
+    )
 
 
 @pytest.mark.parametrize("run", ["a", "b", "c"])
@@ -239,12 +286,20 @@ def test_teacher_dpm_solver_reproduces_the_official_samples(tmp_path, golden, ru
     model, _ = tiny_net(tmp_path, "v1_5_teacher")
     grid = official_teacher_timesteps(spec["steps"], spec["shift"])
     assert torch.equal(grid, torch.tensor(spec["time_grid"]))
-    cond = {"latent": c["teacher.latent"], "sigma": c["teacher.sigma"], "y": c["teacher.text"],
-            "y_null": c["teacher.null_text"]}
+    cond = {
+        "latent": c["teacher.latent"],
+        "sigma": c["teacher.sigma"],
+        "y": c["teacher.text"],
+        "y_null": c["teacher.null_text"],
+    }
     states = []
     with torch.no_grad():
-        out = sample_dpmpp_2m(DualCFG(pid_denoiser(model), text_scale=spec["cfg_scale"], cond=cond),
-                              c["teacher.noise"], grid, callback=lambda d: states.append(d["x"]))
+        out = sample_dpmpp_2m(
+            DualCFG(pid_denoiser(model), text_scale=spec["cfg_scale"], cond=cond),
+            c["teacher.noise"],
+            grid,
+            callback=lambda d: states.append(d["x"]),
+        )
     atol = NET_ATOL if spec["cfg_scale"] == 1.0 else CFG_ATOL
     torch.testing.assert_close(out, c[f"teacher.{run}.x_unclamped"], atol=atol, rtol=0)
     if run == "a":
@@ -316,8 +371,10 @@ def test_dsm_and_gan_losses(golden):
     dsm.backward()
     torch.testing.assert_close(dsm.reshape(1), c["dmd.dsm.loss"], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(v.grad, c["dmd.dsm.grad_v_fake"], atol=1e-7, rtol=1e-5)
-    fake, real, alpha = (c[f"dmd.gan.{k}"].clone().requires_grad_(True)
-                         for k in ("fake_logits", "real_logits", "real_logits_alpha"))
+    fake, real, alpha = (
+        c[f"dmd.gan.{k}"].clone().requires_grad_(True)
+        for k in ("fake_logits", "real_logits", "real_logits_alpha")
+    )
     gen_loss = dmd.gan_generator_loss(fake)
     torch.testing.assert_close(gen_loss.reshape(1), c["dmd.gan.gen_loss"], atol=1e-6, rtol=1e-6)
     (g,) = torch.autograd.grad(gen_loss, fake)
@@ -343,7 +400,12 @@ def test_teacher_cfg_x0_target(tmp_path, golden):
     c, _ = golden
     model, _ = tiny_net(tmp_path, "v1_5_teacher")
     p = "dmd.teacher_x0."
-    cond = {"latent": c[p + "latent"], "sigma": c[p + "sigma"], "y": c[p + "text"], "y_null": c[p + "null_text"]}
+    cond = {
+        "latent": c[p + "latent"],
+        "sigma": c[p + "sigma"],
+        "y": c[p + "text"],
+        "y_null": c[p + "null_text"],
+    }
     for scale, key, atol in ((3.0, "x0_cfg3", 5 * NET_ATOL), (1.0, "x0_cfg1", NET_ATOL)):
         with torch.no_grad():
             v = DualCFG(pid_denoiser(model), text_scale=scale, cond=cond)(c[p + "x_t"], c[p + "t"])
@@ -357,14 +419,24 @@ def test_dmd2_schedules_follow_the_official_recipe(golden):
 
     _, info = golden
     rule = info["dmd2"]
-    phases = {str(i): ("student" if dmd.is_student_step(i, 6) else "fake_score+discriminator") for i in range(13)}
+    phases = {
+        str(i): ("student" if dmd.is_student_step(i, 6) else "fake_score+discriminator") for i in range(13)
+    }
     assert phases == rule["phase_schedule"]["iterations_0_to_12"]
     cfg = OmegaConf.load(ROOT / "conf" / "model" / "dmd2.yaml")
     p = cfg.perturb_t
     assert (p.min, p.max, p.shift, cfg.student_every, cfg.teacher_cfg.text, cfg.caption_dropout) == (
-        0.02, 0.99, False, 6, 3.0, 0.1)
+        0.02,
+        0.99,
+        False,
+        6,
+        3.0,
+        0.1,
+    )
     gen = torch.Generator().manual_seed(0)
-    t = dmd.sample_perturbation_t(100_000, p.logit_mean, p.logit_std, p.min, p.max, 1.0, generator=gen).double()
+    t = dmd.sample_perturbation_t(
+        100_000, p.logit_mean, p.logit_std, p.min, p.max, 1.0, generator=gen
+    ).double()
     for q, want in rule["renoise_t"]["quantiles"].items():
         assert float(torch.quantile(t, float(q))) == pytest.approx(want, abs=5e-3), q
     assert float(t.mean()) == pytest.approx(rule["renoise_t"]["mean"], abs=3e-3)
@@ -374,8 +446,13 @@ def test_aux_rgb_loss(golden):
     from pid.diffusion.losses import aux_rgb_loss
 
     c, _ = golden
-    loss = aux_rgb_loss(c["aux_loss.pred_lq_rgb"], c["aux_loss.target_lq"], c["aux_loss.sigma"], weight=1.0,
-                        keep=c["aux_loss.keep"].bool())
+    loss = aux_rgb_loss(
+        c["aux_loss.pred_lq_rgb"],
+        c["aux_loss.target_lq"],
+        c["aux_loss.sigma"],
+        weight=1.0,
+        keep=c["aux_loss.keep"].bool(),
+    )
     torch.testing.assert_close(loss.reshape(1), c["aux_loss.loss"], atol=1e-6, rtol=1e-6)
 
 
@@ -456,9 +533,22 @@ def test_decode_cli_with_a_release_preset_writes_the_official_decode(tmp_path, g
     c, _ = golden
     case = tmp_path / "case.safetensors"
     save_file({"latent": c["sde.latent"], "sigma": c["sde.sigma"], "text": c["sde.text"]}, str(case))
-    paths = main(["--release", str(tiny_preset(tmp_path, "v1_5_student")), "--ckpt",
-                  str(OFFICIAL / "tiny" / "v1_5_student_release.pth"), "--latent", str(case), "--seed", "1234",
-                  "--out", str(tmp_path / "out.png"), "--device", "cpu"])
+    paths = main(
+        [
+            "--release",
+            str(tiny_preset(tmp_path, "v1_5_student")),
+            "--ckpt",
+            str(OFFICIAL / "tiny" / "v1_5_student_release.pth"),
+            "--latent",
+            str(case),
+            "--seed",
+            "1234",
+            "--out",
+            str(tmp_path / "out.png"),
+            "--device",
+            "cpu",
+        ]
+    )
     want = ((c["sde4.output"].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     for path, ref in zip(paths, want):
         got = np.asarray(Image.open(path))

@@ -37,15 +37,26 @@ def test_init_from_an_official_teacher_leaves_nothing_at_init(tmp_path, tiny_ima
 def test_init_from_a_pixel_prior_starts_the_adapter_at_init(tmp_path, tiny_image_root, caplog):
     """A PixelDiT checkpoint (no adapter tensors at all) starts a teacher: the adapter is reported at init."""
     state = torch.load(OFFICIAL / "tiny" / "v1_5_teacher_full.pth", weights_only=True)
-    prior = {k: v for k, v in state.items() if k.startswith("net_ema.") and ".lq_proj." not in k
-             and "pit_lq_gate" not in k}
-    prior = {"net." + k[len("net_ema."):]: v for k, v in prior.items()}
+    prior = {
+        k: v
+        for k, v in state.items()
+        if k.startswith("net_ema.") and ".lq_proj." not in k and "pit_lq_gate" not in k
+    }
+    prior = {"net." + k[len("net_ema.") :]: v for k, v in prior.items()}
     torch.save(prior, tmp_path / "pixeldit.pth")
     with caplog.at_level(logging.INFO, logger="pid.weights.load"):
-        _, module, _ = build_run(tmp_path, tiny_image_root, f"release={tiny_preset(tmp_path, 'v1_5_teacher')}",
-                                 f"model.init_from={tmp_path / 'pixeldit.pth'}")
+        _, module, _ = build_run(
+            tmp_path,
+            tiny_image_root,
+            f"release={tiny_preset(tmp_path, 'v1_5_teacher')}",
+            f"model.init_from={tmp_path / 'pixeldit.pth'}",
+        )
     report = module.init_report
-    assert report.loaded["backbone"] == len(prior) and set(report.left_at_init) == {"adapter", "gates", "heads"}
+    assert report.loaded["backbone"] == len(prior) and set(report.left_at_init) == {
+        "adapter",
+        "gates",
+        "heads",
+    }
 
 
 def test_init_from_a_file_with_a_foreign_tensor_stops_naming_it(tmp_path, tiny_image_root):
@@ -55,8 +66,12 @@ def test_init_from_a_file_with_a_foreign_tensor_stops_naming_it(tmp_path, tiny_i
     state["net_ema.blocks.0.unknown_scale"] = torch.ones(3)
     torch.save(state, tmp_path / "model.pth")
     with pytest.raises(Exception) as err:
-        build_run(tmp_path, tiny_image_root, f"release={tiny_preset(tmp_path, 'v1_5_teacher')}",
-                  f"model.init_from={tmp_path / 'model.pth'}")
+        build_run(
+            tmp_path,
+            tiny_image_root,
+            f"release={tiny_preset(tmp_path, 'v1_5_teacher')}",
+            f"model.init_from={tmp_path / 'model.pth'}",
+        )
     cause = err.value if isinstance(err.value, PiDConfigError) else err.value.__cause__
     assert isinstance(cause, PiDConfigError) and "blocks.0.unknown_scale" in str(cause)
 
@@ -78,14 +93,22 @@ def test_make_eval_scores_official_files_named_by_their_presets(tmp_path, tiny_i
 
     tiny_release_vae("flux1").save_pretrained(tmp_path / "vae")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("eval", overrides=[
-            "eval=tiny", f"ckpt={OFFICIAL / 'tiny' / 'v1_5_teacher_full.pth'}",
-            f"student_ckpt={OFFICIAL / 'tiny' / 'v1_5_student_release.pth'}",
-            f"release={tiny_preset(tmp_path, 'v1_5_teacher', 'flux1')}",
-            f"student_release={tiny_preset(tmp_path, 'v1_5_student', 'flux1')}", f"latent_path={tmp_path / 'vae'}",
-            f"data.root={tiny_image_root / 'val'}", f"report.out_dir={tmp_path / 'report'}",
-            "methods.sr_cascade.enabled=false", "methods.early_exit.enabled=false", "latency.enabled=false",
-        ])
+        cfg = compose(
+            "eval",
+            overrides=[
+                "eval=tiny",
+                f"ckpt={OFFICIAL / 'tiny' / 'v1_5_teacher_full.pth'}",
+                f"student_ckpt={OFFICIAL / 'tiny' / 'v1_5_student_release.pth'}",
+                f"release={tiny_preset(tmp_path, 'v1_5_teacher', 'flux1')}",
+                f"student_release={tiny_preset(tmp_path, 'v1_5_student', 'flux1')}",
+                f"latent_path={tmp_path / 'vae'}",
+                f"data.root={tiny_image_root / 'val'}",
+                f"report.out_dir={tmp_path / 'report'}",
+                "methods.sr_cascade.enabled=false",
+                "methods.early_exit.enabled=false",
+                "latency.enabled=false",
+            ],
+        )
     result = evaluate(cfg)
     by = {r["name"]: r for r in result["rows"]}
     for name in ("pid_teacher@2", "pid_student@2"):

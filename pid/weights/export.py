@@ -23,24 +23,35 @@ def _atomic(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
-def write_export(path: str | Path, net_state: dict[str, torch.Tensor], config: dict, sr_scale: int,
-                 latent_state: dict[str, torch.Tensor] | None = None, ema: bool = False) -> Path:
+def write_export(
+    path: str | Path,
+    net_state: dict[str, torch.Tensor],
+    config: dict,
+    sr_scale: int,
+    latent_state: dict[str, torch.Tensor] | None = None,
+    ema: bool = False,
+) -> Path:
     """Write ``net_state`` (project names), optional latent tensors and the run config as a PiD export."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net_state.items()}
     tensors.update({f"latent.{k}": v.detach().cpu().contiguous() for k, v in (latent_state or {}).items()})
-    meta = {"format": EXPORT_FORMAT, "config": json.dumps(config or {}), "sr_scale": str(sr_scale),
-            "ema": str(bool(ema))}
+    meta = {
+        "format": EXPORT_FORMAT,
+        "config": json.dumps(config or {}),
+        "sr_scale": str(sr_scale),
+        "ema": str(bool(ema)),
+    }
     tmp = _atomic(path)
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
     return path
 
 
-def release_state_dict(net_state: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16
-                       ) -> dict[str, torch.Tensor]:
+def release_state_dict(
+    net_state: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16
+) -> dict[str, torch.Tensor]:
     """Project-named network tensors → the released layout (``net.`` + official names, 0-d log_alpha)."""
     out = {}
     for name, value in net_state.items():
@@ -53,8 +64,9 @@ def release_state_dict(net_state: dict[str, torch.Tensor], dtype: torch.dtype = 
     return out
 
 
-def export_release(net_state: dict[str, torch.Tensor], path: str | Path, dtype: torch.dtype = torch.bfloat16
-                   ) -> Path:
+def export_release(
+    net_state: dict[str, torch.Tensor], path: str | Path, dtype: torch.dtype = torch.bfloat16
+) -> Path:
     """Write ``net_state`` (e.g. the EMA weights of a trained teacher or student) as ``model_ema_bf16.pth``.
 
     ``dtype``: bfloat16 as the releases (float32 keeps the weights exact). The file holds plain tensors only
@@ -75,11 +87,19 @@ def release_preset_for(config: dict, kind: str, name: str) -> dict:
     if sampling.get("t_list"):
         sampling.setdefault("one_step_t", 1.0)
     latent = config.get("latent") or {}
-    return {"release": name, "kind": kind, "latent": latent.get("name") or dict(latent),
-            "sr_scale": int(config["sr_scale"]), "net": net, "sampling": sampling,
-            "time": {k: v for k, v in (model.get("time") or {}).items() if k.startswith("shift")},
-            "text": {"states": bool((config.get("text") or {}).get("_target_")),
-                     **{k: v for k, v in (config.get("text") or {}).items() if k in ("prefix", "max_length")}}}
+    return {
+        "release": name,
+        "kind": kind,
+        "latent": latent.get("name") or dict(latent),
+        "sr_scale": int(config["sr_scale"]),
+        "net": net,
+        "sampling": sampling,
+        "time": {k: v for k, v in (model.get("time") or {}).items() if k.startswith("shift")},
+        "text": {
+            "states": bool((config.get("text") or {}).get("_target_")),
+            **{k: v for k, v in (config.get("text") or {}).items() if k in ("prefix", "max_length")},
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -93,9 +113,15 @@ def main(argv: list[str] | None = None) -> Path:
 
     parser = argparse.ArgumentParser(prog="python -m pid.weights.export", description=main.__doc__)
     parser.add_argument("src", help="pid_decoder.safetensors or a .ckpt of pid.train")
-    parser.add_argument("out", help="output .pth (e.g. model_ema_bf16.pth); the preset goes beside it (.yaml)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                        help="bfloat16 as the releases; float32 keeps the weights exact")
+    parser.add_argument(
+        "out", help="output .pth (e.g. model_ema_bf16.pth); the preset goes beside it (.yaml)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=["bfloat16", "float32"],
+        help="bfloat16 as the releases; float32 keeps the weights exact",
+    )
     parser.add_argument("--weights", default="ema", choices=["ema", "raw"])
     args = parser.parse_args(argv)
     wf = read_weights(args.src)
@@ -105,8 +131,9 @@ def main(argv: list[str] | None = None) -> Path:
     out = export_release(state, args.out, getattr(torch, args.dtype))
     kind = "student" if (wf.config["model"].get("sampling") or {}).get("t_list") else "teacher"
     preset = release_preset_for(wf.config, kind, Path(args.out).parent.name or Path(args.out).stem)
-    out.with_suffix(".yaml").write_text("# Written by python -m pid.weights.export\n"
-                                        + yaml.safe_dump(preset, sort_keys=False))
+    out.with_suffix(".yaml").write_text(
+        "# Written by python -m pid.weights.export\n" + yaml.safe_dump(preset, sort_keys=False)
+    )
     print(f"wrote {out} ({len(state)} tensors, {args.dtype}) and its preset {out.with_suffix('.yaml')}")
     return out
 

@@ -102,8 +102,13 @@ def _read_safetensors(path: Path) -> WeightsFile:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if meta.get("format") == EXPORT_FORMAT:
         groups = _split(tensors, ("net", "latent"))
-        return WeightsFile(path, "pid-export", groups, json.loads(meta.get("config") or "{}"),
-                           {"ema": meta.get("ema") == "True", "sr_scale": meta.get("sr_scale")})
+        return WeightsFile(
+            path,
+            "pid-export",
+            groups,
+            json.loads(meta.get("config") or "{}"),
+            {"ema": meta.get("ema") == "True", "sr_scale": meta.get("sr_scale")},
+        )
     return _from_flat(path, tensors)
 
 
@@ -121,16 +126,20 @@ def _from_flat(path: Path, tensors: dict[str, torch.Tensor]) -> WeightsFile:
     """A flat dict: official (``net.``-prefixed groups) or a bare / wrapped state dict of a network."""
     prefixes = {k.split(".", 1)[0] for k in tensors}
     if prefixes and prefixes <= set(OFFICIAL_GROUPS):
-        groups = {g: (_official_discriminator_names(t) if g == "discriminator" else _official_names(t))
-                  for g, t in _split(tensors, OFFICIAL_GROUPS).items()}
+        groups = {
+            g: (_official_discriminator_names(t) if g == "discriminator" else _official_names(t))
+            for g, t in _split(tensors, OFFICIAL_GROUPS).items()
+        }
         layout = "official-release" if prefixes == {"net"} else "official-full"
         return WeightsFile(path, layout, groups)
     for prefix in ("model.net.", "module.", "model."):
         if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
             break
     if any(k.startswith(("lq_proj.", "pit_lq_gate.")) for k in tensors):  # an official net, unprefixed
-        return WeightsFile(path, "state-dict", {"net": _official_names(tensors)}, meta={"official_names": True})
+        return WeightsFile(
+            path, "state-dict", {"net": _official_names(tensors)}, meta={"official_names": True}
+        )
     return WeightsFile(path, "state-dict", {"net": tensors})
 
 
@@ -160,8 +169,10 @@ def _split(tensors: dict[str, torch.Tensor], groups: tuple[str, ...]) -> dict[st
         else:
             other.append(key)
     if other:
-        raise PiDConfigError(f"tensors outside the groups {groups}: {sorted(other)[:5]} "
-                             f"({len(other)} in all); the file is not of a layout pid reads")
+        raise PiDConfigError(
+            f"tensors outside the groups {groups}: {sorted(other)[:5]} "
+            f"({len(other)} in all); the file is not of a layout pid reads"
+        )
     return out
 
 
@@ -172,8 +183,10 @@ def _dcp_model_dir(path: Path) -> Path:
     if (path / "model" / ".metadata").is_file():
         path = path / "model"
     if not (path / ".metadata").is_file():
-        raise PiDConfigError(f"{path} is a folder but not a torch.distributed.checkpoint model folder (no "
-                             "'.metadata'); give the official checkpoints/, iter_*/ or model/ folder, or a file")
+        raise PiDConfigError(
+            f"{path} is a folder but not a torch.distributed.checkpoint model folder (no "
+            "'.metadata'); give the official checkpoints/, iter_*/ or model/ folder, or a file"
+        )
     return path
 
 
@@ -185,11 +198,16 @@ def _read_dcp(path: Path) -> WeightsFile:
     model_dir = _dcp_model_dir(path)
     reader = dcp.FileSystemReader(str(model_dir))
     metadata = reader.read_metadata()
-    state = {k: torch.empty(m.size, dtype=m.properties.dtype)
-             for k, m in metadata.state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)}
+    state = {
+        k: torch.empty(m.size, dtype=m.properties.dtype)
+        for k, m in metadata.state_dict_metadata.items()
+        if isinstance(m, TensorStorageMetadata)
+    }
     dcp.load(state, storage_reader=reader, no_dist=True)
     wf = _from_flat(model_dir, state)
     if not wf.official:
-        raise PiDConfigError(f"{model_dir}: DCP folder without the official net.* / net_ema.* groups "
-                             f"(found {sorted({k.split('.', 1)[0] for k in state})[:5]})")
+        raise PiDConfigError(
+            f"{model_dir}: DCP folder without the official net.* / net_ema.* groups "
+            f"(found {sorted({k.split('.', 1)[0] for k in state})[:5]})"
+        )
     return WeightsFile(model_dir, "official-dcp", wf.groups, meta={"folder": str(path)})

@@ -70,8 +70,10 @@ class LoadReport:
         loaded = ", ".join(f"{p} {self.loaded[p]}" for p in PARTS if self.loaded[p])
         skipped = ", ".join(f"{n} ({rule})" for rule, n in self.skipped.items()) or "none"
         left = ", ".join(f"{p} {len(v)}" for p, v in self.left_at_init.items()) or "0"
-        return (f"weights {self.source} [{self.layout}, {self.group}]: loaded {sum(self.loaded.values())} "
-                f"tensors ({loaded}); skipped: {skipped}; left at init: {left}")
+        return (
+            f"weights {self.source} [{self.layout}, {self.group}]: loaded {sum(self.loaded.values())} "
+            f"tensors ({loaded}); skipped: {skipped}; left at init: {left}"
+        )
 
 
 def choose_group(wf: WeightsFile, weights: str = "ema") -> str:
@@ -82,17 +84,25 @@ def choose_group(wf: WeightsFile, weights: str = "ema") -> str:
         return "net_ema"
     if "net" in wf.groups:
         if weights == "raw" and wf.layout == "official-release":
-            raise PiDConfigError(f"{wf.path} is a release file: it holds only the EMA weights (weights='raw' "
-                                 "needs a full model.pth or a DCP folder)")
+            raise PiDConfigError(
+                f"{wf.path} is a release file: it holds only the EMA weights (weights='raw' "
+                "needs a full model.pth or a DCP folder)"
+            )
         return "net"
     if "net_ema" in wf.groups:
         raise PiDConfigError(f"{wf.path} holds only EMA weights (net_ema); use weights='ema'")
     raise PiDConfigError(f"{wf.path} holds no network weights (groups: {sorted(wf.groups)})")
 
 
-def load_weights(net: nn.Module, source: str | Path | WeightsFile, *, weights: str = "ema",
-                 allow: tuple[str, ...] | list[str] = (), config_key: str = "ckpt",
-                 log_summary: bool = True) -> LoadReport:
+def load_weights(
+    net: nn.Module,
+    source: str | Path | WeightsFile,
+    *,
+    weights: str = "ema",
+    allow: tuple[str, ...] | list[str] = (),
+    config_key: str = "ckpt",
+    log_summary: bool = True,
+) -> LoadReport:
     """Load the network weights of ``source`` into ``net`` strictly; return (and log) the report.
 
     Args:
@@ -113,7 +123,9 @@ def load_weights(net: nn.Module, source: str | Path | WeightsFile, *, weights: s
     if not isinstance(source, WeightsFile):
         path = Path(str(source)).expanduser()
         if not path.exists():
-            raise MissingWeightsError("network weights", config_key, "a weights file or DCP folder", path=path)
+            raise MissingWeightsError(
+                "network weights", config_key, "a weights file or DCP folder", path=path
+            )
         source = read_weights(path)
     wf = source
     group = choose_group(wf, weights)
@@ -121,9 +133,14 @@ def load_weights(net: nn.Module, source: str | Path | WeightsFile, *, weights: s
     for other, tensors in wf.groups.items():
         if other == group:
             continue
-        rule = {"net": "other-weights", "net_ema": "other-weights", "fake_score": "distillation-critics",
-                "discriminator": "distillation-critics", "teacher": "frozen-teacher",
-                "latent": "latent-space"}.get(other)
+        rule = {
+            "net": "other-weights",
+            "net_ema": "other-weights",
+            "fake_score": "distillation-critics",
+            "discriminator": "distillation-critics",
+            "teacher": "frozen-teacher",
+            "latent": "latent-space",
+        }.get(other)
         if rule is None:
             raise PiDConfigError(f"{wf.path}: no rule for the file's group {other!r}")
         report.skipped[rule] = report.skipped.get(rule, 0) + len(tensors)
@@ -137,7 +154,8 @@ def load_weights(net: nn.Module, source: str | Path | WeightsFile, *, weights: s
                 raise PiDConfigError(
                     f"{wf.path}: tensor {name!r} has shape {tuple(value.shape)} in the file but "
                     f"{tuple(own[name].shape)} in the configured network ({config_key}); the file was trained "
-                    "with another net config: pick its release preset (release=...) or model.net")
+                    "with another net config: pick its release preset (release=...) or model.net"
+                )
             state[name] = value
         elif official.is_unimplemented(name):
             report.skipped["unimplemented-official"] = report.skipped.get("unimplemented-official", 0) + 1
@@ -149,7 +167,8 @@ def load_weights(net: nn.Module, source: str | Path | WeightsFile, *, weights: s
         raise PiDConfigError(
             f"{wf.path}: {len(unexplained)} tensor(s) of the file fit nowhere in the configured network "
             f"({config_key}), e.g. {unexplained[:5]}. The file is of another model or another net config "
-            "(aux head, PiT injection, adapter width): pick its release preset (release=...) or model.net")
+            "(aux head, PiT injection, adapter width): pick its release preset (release=...) or model.net"
+        )
 
     missing = [k for k in own if k not in state]
     file_has_adapter = any(k.startswith("adapter.") for k in state)
@@ -162,7 +181,8 @@ def load_weights(net: nn.Module, source: str | Path | WeightsFile, *, weights: s
         raise PiDConfigError(
             f"{wf.path}: {len(missing)} tensor(s) of the configured network are not in the file "
             f"({config_key}), e.g. {missing[:5]}. The file is of another model or another net config: pick "
-            "its release preset (release=...) or model.net")
+            "its release preset (release=...) or model.net"
+        )
     net.load_state_dict(state, strict=False)
     report.loaded.update(part_of(k) for k in state)
     if log_summary:

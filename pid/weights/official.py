@@ -27,7 +27,12 @@ DISCRIMINATOR_PREFIXES: tuple[tuple[str, str], ...] = (("cls_pred_heads.", "head
 
 # official paths this project does not implement: the LQ *image* branch, REPA projector, encoder/decoder
 UNIMPLEMENTED_PREFIXES: tuple[str, ...] = (
-    "lq_proj.image_conv.", "lq_proj.merge.", "encoder_ed.", "decoder_ed.", "s_ed_", "repa",
+    "lq_proj.image_conv.",
+    "lq_proj.merge.",
+    "encoder_ed.",
+    "decoder_ed.",
+    "s_ed_",
+    "repa",
 )
 
 # official gate names -> ours
@@ -38,7 +43,7 @@ def to_project_name(name: str) -> str:
     """One official network parameter name (no ``net.`` prefix) → the project's name."""
     for old, new in KEY_PREFIXES:
         if name.startswith(old):
-            return new + name[len(old):]
+            return new + name[len(old) :]
     return name
 
 
@@ -46,7 +51,7 @@ def discriminator_to_project_name(name: str) -> str:
     """An official discriminator parameter name (no ``discriminator.`` prefix) → the project's."""
     for old, new in DISCRIMINATOR_PREFIXES:
         if name.startswith(old):
-            return new + name[len(old):]
+            return new + name[len(old) :]
     return name
 
 
@@ -54,7 +59,7 @@ def to_official_name(name: str) -> str:
     """Inverse of :func:`to_project_name`."""
     for old, new in KEY_PREFIXES:
         if name.startswith(new):
-            return old + name[len(new):]
+            return old + name[len(new) :]
     return name
 
 
@@ -85,12 +90,25 @@ def net_config_from_official(cfg: dict[str, Any]) -> dict[str, Any]:
     LQ image branch, the encoder/decoder path, a non-ControlNet injection, an aux head fed from a ResBlock).
     """
     if cfg.get("enable_ed"):
-        raise PiDConfigError("official net config enables the encoder/decoder path (enable_ed), which pid does "
-                             "not implement")
+        raise PiDConfigError(
+            "official net config enables the encoder/decoder path (enable_ed), which pid does not implement"
+        )
     out: dict[str, Any] = {"_target_": "pid.nn.pid_net.PiDNet"}
-    for key in ("in_channels", "num_groups", "hidden_size", "pixel_hidden_size", "pixel_attn_hidden_size",
-                "pixel_num_groups", "patch_depth", "pixel_depth", "patch_size", "txt_embed_dim",
-                "txt_max_length", "use_text_rope", "text_rope_theta"):
+    for key in (
+        "in_channels",
+        "num_groups",
+        "hidden_size",
+        "pixel_hidden_size",
+        "pixel_attn_hidden_size",
+        "pixel_num_groups",
+        "patch_depth",
+        "pixel_depth",
+        "patch_size",
+        "txt_embed_dim",
+        "txt_max_length",
+        "use_text_rope",
+        "text_rope_theta",
+    ):
         if key in cfg:
             out[key] = cfg[key]
     # constructor defaults of the official classes (v1 releases set no RoPE arguments)
@@ -101,8 +119,9 @@ def net_config_from_official(cfg: dict[str, Any]) -> dict[str, Any]:
         out["adapter"] = None
         return out
     if cfg.get("lq_in_channels", 0):
-        raise PiDConfigError("official net config uses the LQ image branch (lq_in_channels > 0), which pid does "
-                             "not implement")
+        raise PiDConfigError(
+            "official net config uses the LQ image branch (lq_in_channels > 0), which pid does not implement"
+        )
     if cfg.get("lq_inject_mode", "controlnet") != "controlnet":
         raise PiDConfigError(f"official lq_inject_mode {cfg['lq_inject_mode']!r} is not implemented")
     if cfg.get("lq_aux_rgb_head") and cfg.get("lq_aux_rgb_head_latent_block_idx", -1) > 0:
@@ -110,12 +129,19 @@ def net_config_from_official(cfg: dict[str, Any]) -> dict[str, Any]:
     gate = cfg.get("lq_gate_type", "sigma_aware_per_token_per_dim")
     if gate not in GATES:
         raise PiDConfigError(f"official gate type {gate!r} is not one of {sorted(GATES)}")
-    out.update(latent_channels=int(cfg["lq_latent_channels"]), latent_down=int(cfg["latent_spatial_down_factor"]),
-               sr_scale=int(cfg["sr_scale"]), freeze_backbone=bool(cfg.get("train_lq_proj_only", False)))
+    out.update(
+        latent_channels=int(cfg["lq_latent_channels"]),
+        latent_down=int(cfg["latent_spatial_down_factor"]),
+        sr_scale=int(cfg["sr_scale"]),
+        freeze_backbone=bool(cfg.get("train_lq_proj_only", False)),
+    )
     out["adapter"] = {
-        "_target_": "pid.nn.adapter.LatentAdapter", "_partial_": True,
-        "width": int(cfg["lq_hidden_dim"]), "num_res_blocks": int(cfg.get("lq_num_res_blocks", 4)),
-        "interval": int(cfg.get("lq_interval", 2)), "gate": GATES[gate],
+        "_target_": "pid.nn.adapter.LatentAdapter",
+        "_partial_": True,
+        "width": int(cfg["lq_hidden_dim"]),
+        "num_res_blocks": int(cfg.get("lq_num_res_blocks", 4)),
+        "interval": int(cfg.get("lq_interval", 2)),
+        "gate": GATES[gate],
         "padding_mode": cfg.get("lq_conv_padding_mode", "zeros"),
         "pit_injection": bool(cfg.get("pit_lq_inject", False)),
         "aux_rgb_head": bool(cfg.get("lq_aux_rgb_head", False)),

@@ -90,8 +90,10 @@ def _find(name: str) -> Path:
         data = OmegaConf.load(path)
         if name == data.get("release") or name in (data.get("aliases") or []):
             return path
-    raise PiDConfigError(f"unknown release {name!r}: give a preset name ({', '.join(preset_names())}), one of "
-                         "their aliases or official names, or the path of a preset file")
+    raise PiDConfigError(
+        f"unknown release {name!r}: give a preset name ({', '.join(preset_names())}), one of "
+        "their aliases or official names, or the path of a preset file"
+    )
 
 
 def load_release(name_or_path: str | Path | Release) -> Release:
@@ -116,10 +118,19 @@ def load_release(name_or_path: str | Path | Release) -> Release:
     unknown = sorted(set(data) - known)
     if unknown:
         raise PiDConfigError(f"{path}: unknown preset keys {unknown}; expected {sorted(known)}")
-    return Release(name=path.stem, release=str(data.get("release") or path.stem), kind=data["kind"],
-                   net=dict(data["net"]), latent=data.get("latent"), sr_scale=data.get("sr_scale"),
-                   sampling=dict(data.get("sampling") or {}), time=dict(data.get("time") or {}),
-                   text=dict(data.get("text") or {}), aliases=list(data.get("aliases") or []), path=path)
+    return Release(
+        name=path.stem,
+        release=str(data.get("release") or path.stem),
+        kind=data["kind"],
+        net=dict(data["net"]),
+        latent=data.get("latent"),
+        sr_scale=data.get("sr_scale"),
+        sampling=dict(data.get("sampling") or {}),
+        time=dict(data.get("time") or {}),
+        text=dict(data.get("text") or {}),
+        aliases=list(data.get("aliases") or []),
+        path=path,
+    )
 
 
 def apply_release(cfg: DictConfig) -> DictConfig:
@@ -137,12 +148,19 @@ def apply_release(cfg: DictConfig) -> DictConfig:
     latent_name = rel.latent if isinstance(rel.latent, str) else None
     run_latent = (cfg.get("latent") or {}).get("name")
     if latent_name and run_latent != latent_name:
-        raise PiDConfigError(f"release {rel.name} decodes the {latent_name!r} latent space but the run uses "
-                             f"{run_latent!r}: add latent={latent_name} (and latent.path=...)")
+        raise PiDConfigError(
+            f"release {rel.name} decodes the {latent_name!r} latent space but the run uses "
+            f"{run_latent!r}: add latent={latent_name} (and latent.path=...)"
+        )
     OmegaConf.set_struct(cfg, False)
     model = cfg.model
     net = OmegaConf.create(rel.net)
-    if "adapter" in net and net.adapter is not None and "adapter" in model.net and model.net.adapter is not None:
+    if (
+        "adapter" in net
+        and net.adapter is not None
+        and "adapter" in model.net
+        and model.net.adapter is not None
+    ):
         model.net.adapter = net.adapter  # the preset's adapter replaces the group's whole
     model.net = OmegaConf.merge(model.net, net)
     if rel.sr_scale is not None:
