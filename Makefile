@@ -37,7 +37,7 @@ HYDRA_ARGS = $(if $(findstring $(newline),$(MAKEOVERRIDES)),$(error a make comma
   $(if $(filter $(OWN_VARS),$(firstword $(subst =, ,$(o)))),,$(call shell_quote,$(call decode_word,$(o))))))
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval sweep data test bench clean lock
+.PHONY: help install train eval sweep data test lint bench clean lock
 
 help: ## Show this help
 	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ data: $(STAMP) ## Build the embedded sample data set as WebDataset shards (offli
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP) ## Run ruff with the configured rules
+	$(BIN)/ruff check pid data_prep experiments tests
 
 bench: $(STAMP) ## Run the benchmarks (results under benchmarks/)
 	@for b in experiments/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
