@@ -80,7 +80,8 @@ def filter_records(
                     r["path"],
                     "filter",
                     "too_small",
-                    f"{r['width']}x{r['height']} fits no bucket (smallest {buckets.min_area_bucket.label}); never upsampled",
+                    f"{r['width']}x{r['height']} fits no bucket "
+                    f"(smallest {buckets.min_area_bucket.label}); never upsampled",
                 )
             )
             continue

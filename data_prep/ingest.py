@@ -96,8 +96,9 @@ def folder_candidates(root: Path, passed_over: list[dict] | None = None, pdf_inp
                 continue
             if _is_pdf(p):
                 if not _within(p, pdf_roots):
-                    passed_over.append(dropped(p, "ingest", "pdf_not_rendered",
-                                               "a PDF: pass it (or its folder) with --pdfs to render its pages"))
+                    passed_over.append(dropped(
+                        p, "ingest", "pdf_not_rendered",
+                        "a PDF: pass it (or its folder) with --pdfs to render its pages"))
                 continue
             why = (f"suffix {p.suffix or '(none)'!r} is not one of {' '.join(IMAGE_SUFFIXES)} and the file "
                    "is not a caption sidecar; rename it if it is an image")  # fmt: skip

@@ -36,7 +36,10 @@ PAPER_BASE = 2048
 
 @dataclass(frozen=True, order=True)
 class Bucket:
-    """One batch shape: ``width`` × ``height`` pixels; ``name`` is the aspect label, ``level`` the base size."""
+    """One batch shape: ``width`` × ``height`` pixels.
+
+    ``name`` is the aspect label, ``level`` the base size.
+    """
 
     height: int
     width: int
@@ -58,7 +61,10 @@ class Bucket:
 
 
 def snap_size(width: float, height: float, multiple: int, aspect_weight: float = 2.0) -> tuple[int, int]:
-    """The (w, h) on the ``multiple`` grid closest to (width, height): aspect error weighs ``aspect_weight``×."""
+    """The (w, h) on the ``multiple`` grid closest to (width, height).
+
+    The aspect error weighs ``aspect_weight``× in the cost.
+    """
     best, best_cost = None, math.inf
     ar, area = math.log(width / height), math.log(width * height)
     for kw in range(max(1, math.floor(width / multiple) - 2), math.ceil(width / multiple) + 3):

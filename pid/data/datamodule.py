@@ -68,8 +68,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         """Stop early, with the fix, when ``root/train`` holds no image at all."""
         if not list_image_files(self.root / "train"):
             raise PiDConfigError(
-                f"no training images under '{self.root / 'train'}': `make data` builds the embedded sample set "
-                "(data/sample_images); for your own images set data.root to a folder with train/ and val/"
+                f"no training images under '{self.root / 'train'}': `make data` builds the embedded "
+                "sample set (data/sample_images); for your own images set data.root to a folder with "
+                "train/ and val/"
             )
 
     def setup(self, stage: str | None = None) -> None:

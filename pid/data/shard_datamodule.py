@@ -124,7 +124,8 @@ class ShardDataModule(pl.LightningDataModule):
         n = shard_count(self.train_source)
         if n is None:
             raise PiDConfigError(
-                f"cannot count the samples of {self.train_source!r} (no shards.json): set data.steps_per_epoch"
+                f"cannot count the samples of {self.train_source!r} (no shards.json): "
+                "set data.steps_per_epoch"
             )
         _, world = dist_rank_world()
         return max(1, n // (world * hp.batch_size))
@@ -135,7 +136,8 @@ class ShardDataModule(pl.LightningDataModule):
             self._require_train_shards()
             self.train_set = BucketedShardStream(
                 self.train_source, self.bucket_set(), hp.batch_size, self.steps(), hp.mode, hp.seed,
-                hp.shuffle_buffer, hp.crop_mode, hp.hflip, start_pass=self.start_pass, min_std=hp.min_crop_std,
+                hp.shuffle_buffer, hp.crop_mode, hp.hflip,
+                start_pass=self.start_pass, min_std=hp.min_crop_std,
             )  # fmt: skip
         if self.val_set is None and stage in (None, "fit", "validate") and self.val_source:
             if list_shards(self.val_source):

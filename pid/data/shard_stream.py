@@ -351,9 +351,10 @@ class BucketedShardStream(IterableDataset):
             if share >= 2:
                 raise RuntimeError(
                     f"shard stream {g}/{n_streams}: no usable sample in a whole pass over all "
-                    f"{len(self.shards)} shard(s) (skipped so far: {self.skipped}); every sample is corrupt or "
-                    f"fits no bucket (smallest {self.buckets.min_area_bucket.label}): rebuild the shards or "
-                    "lower the bucket size"
+                    f"{len(self.shards)} shard(s) (skipped so far: {self.skipped}); "
+                    "every sample is corrupt or fits no bucket "
+                    f"(smallest {self.buckets.min_area_bucket.label}): "
+                    "rebuild the shards or lower the bucket size"
                 )
             share = 2 if (share == 1 or self.mode == "resampled" or keep is not None) else 1
             warnings.warn(

@@ -78,7 +78,9 @@ class FixedCropShardDataset(Dataset):
     def __init__(self, shards: str | Sequence[str], crop_size: int, crops_per_image: int = 2,
                  crop_mode: str = "cover", select: str = "grid"):
         if crop_mode not in ("cover", "crop") or select not in ("grid", "texture"):
-            raise ValueError(f"crop_mode must be cover|crop and select grid|texture, got {crop_mode!r}, {select!r}")
+            raise ValueError(
+                f"crop_mode must be cover|crop and select grid|texture, got {crop_mode!r}, {select!r}"
+            )
         self.shards = list_shards(shards)
         self.crop_size, self.crops_per_image = int(crop_size), int(crops_per_image)
         self.crop_mode = crop_mode
