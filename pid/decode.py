@@ -3,12 +3,15 @@
     python -m pid.decode --ckpt logs/…/pid_decoder.safetensors --latent z.safetensors --sigma 0.3 \
         --out img.png
     python -m pid.decode --ckpt … --latent sdxl_step40.pt --sigma 1.7 --frame ve --out img.png  # SDXL Euler
+    # an NVIDIA release (text: --text-encoder, --caption)
     python -m pid.decode --release flux_2kto4k_v1pt5 --ckpt …/model_ema_bf16.pth --latent z.safetensors \
-        --out img.png                                     # an NVIDIA release (text: --text-encoder, --caption)
-    python -m pid.decode --release flux_2kto4k_v1pt5 --ckpt … --image photo.png --latent-path …/FLUX.1-dev/vae \
-        --out img.png                                     # from clean: encode, then PiD-decode at 4x
+        --out img.png
+    # from clean: encode, then PiD-decode at 4x
+    python -m pid.decode --release flux_2kto4k_v1pt5 --ckpt … --image photo.png \
+        --latent-path …/FLUX.1-dev/vae --out img.png
+    # from LDM: the generator stopped at step K
     python -m pid.decode --release flux_2kto4k_v1pt5 --ckpt … --pipeline …/FLUX.1-dev --prompt "…" \
-        --pipeline-steps 28 --exit-after 20 --out img.png # from LDM: the generator stopped at step K
+        --pipeline-steps 28 --exit-after 20 --out img.png
 
 ``--latent``: a ``.safetensors`` file (tensor ``latent``, else its only tensor) or a ``.pt`` file
 (a tensor, or a dict with ``latent``; loaded weights-only), shaped (C, h, w) or (B, C, h, w),
@@ -106,17 +109,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--latent-path", default=None, help="weights of the latent space (for --image)")
     parser.add_argument("--prompt", default=None, help="--pipeline: the generator's prompt")
     parser.add_argument("--pipeline-steps", type=int, default=28, help="--pipeline: its schedule length N")
-    parser.add_argument("--exit-after", type=int, default=None, help="--pipeline: stop after K steps (default N)")
+    parser.add_argument("--exit-after", type=int, default=None,
+                        help="--pipeline: stop after K steps (default N)")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="--pipeline: the generator's image size; --image: resize to it first")
-    parser.add_argument("--sigma", type=float, default=None, help="noise level of the latent (default: stored σ or 0)")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="noise level of the latent (default: stored σ or 0)")
     parser.add_argument("--frame", default="train", choices=["train", "flow", "vp", "ve"],
                         help="'ve' for Euler/VE-frame states (SDXL); otherwise the latent is in PiD's frame")
     parser.add_argument("--caption", default=None, help="text for the decoder (needs --text-encoder)")
     parser.add_argument("--text-encoder", default=None, help="local Gemma-2 folder for --caption")
     parser.add_argument("--out", required=True, help="output image (.png/.jpg)")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the file's / release's)")
-    parser.add_argument("--sampler", default=None, help="sde | dpmpp_2m | euler | heun (default: the release's)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampling steps (default: the file's / release's)")
+    parser.add_argument("--sampler", default=None,
+                        help="sde | dpmpp_2m | euler | heun (default: the release's)")
     parser.add_argument("--latent-cfg", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -185,8 +192,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
             f"{decoder.latent.channels} ({decoder.latent.name})"
         )
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    images = decoder.decode(latent, sigma, caption=args.caption, caption_states=states, num_steps=args.steps,
-                            latent_cfg=args.latent_cfg, sampler=args.sampler, generator=generator, frame=frame)
+    images = decoder.decode(latent, sigma, caption=args.caption, caption_states=states,
+                            num_steps=args.steps, latent_cfg=args.latent_cfg, sampler=args.sampler,
+                            generator=generator, frame=frame)
     paths = save_images(images, args.out)
     shown = ", ".join(f"{float(v):g}" for v in torch.as_tensor(sigma).reshape(-1))
     print(f"decoded {tuple(latent.shape)} at σ={shown} ({frame}) → " + ", ".join(map(str, paths)))

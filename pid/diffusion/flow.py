@@ -133,7 +133,8 @@ def resolution_shift(height: int, width: int, base: float = 6.0, ref_size: float
 SHIFT_RULES = ("area", "max_side", "static")
 
 
-def release_shift(height: int, width: int, base: float = 6.0, ref_size: float = 2048, rule: str = "area") -> float:
+def release_shift(height: int, width: int, base: float = 6.0, ref_size: float = 2048,
+                  rule: str = "area") -> float:
     """The time shift of a release's sampler for an output of ``height`` × ``width`` pixels.
 
     ``rule``: "area" — :func:`resolution_shift` (teachers, PixelDiT and training: base·√(√(HW)/ref));

@@ -16,7 +16,9 @@ from torch import Tensor
 
 from ._util import compute_dtype
 
-__all__ = ["flow_matching_loss", "rgb_to_ycbcr", "ycbcr_charbonnier", "aux_rgb_loss", "latent_consistency_loss"]
+__all__ = [
+    "flow_matching_loss", "rgb_to_ycbcr", "ycbcr_charbonnier", "aux_rgb_loss", "latent_consistency_loss",
+]
 
 _REDUCTIONS = ("mean", "sum", "none", "per_sample")
 
@@ -125,7 +127,9 @@ def aux_rgb_loss(
 
 def latent_consistency_loss(x0_pred: Tensor, hq: Tensor, pool: int, sigma: Tensor | None = None,
                             keep: Tensor | None = None) -> Tensor:
-    r"""What the latent fixes, held fixed: :math:`\sum_i w_i \operatorname{mean}(P_k \hat x_{0,i} - P_k x_i)^2 / \sum_i w_i`.
+    r"""What the latent fixes, held fixed.
+
+    .. math:: \sum_i w_i \operatorname{mean}(P_k \hat x_{0,i} - P_k x_i)^2 / \sum_i w_i
 
     :math:`P_k` is a k×k average pool, :math:`\hat x_0` a network's clean-image estimate (a DMD2
     student's sample, or a teacher's :math:`x_t - t\,\hat v`), :math:`x` the real image, and

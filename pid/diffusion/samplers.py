@@ -30,7 +30,10 @@ from ._util import compute_dtype, randn_like
 from .flow import x0_from_v
 from .guidance import DualCFG, dual_cfg
 
-__all__ = ["sample_euler", "sample_heun", "sample_sde", "sample_dpmpp_2m", "SAMPLERS", "get_sampler", "DualCFG", "dual_cfg"]
+__all__ = [
+    "sample_euler", "sample_heun", "sample_sde", "sample_dpmpp_2m", "SAMPLERS", "get_sampler",
+    "DualCFG", "dual_cfg",
+]
 
 Model = Callable[[Tensor, Tensor], Tensor]
 
