@@ -18,7 +18,7 @@ latent (8x down, SR 4x), 32 text tokens of width 256, batch 2 at 256², fp32, ``
 
 Writes benchmarks/official.json and benchmarks/official.md (ratios < 1: ours is faster / smaller).
 
-    PID_OFFICIAL_CODE=/path/to/PiD OMP_WAIT_POLICY=PASSIVE python experiments/bench_official.py [--rounds 7]
+    PID_OFFICIAL_CODE=/path/to/PiD OMP_WAIT_POLICY=PASSIVE python experiments/bench_official.py [--rounds 15]
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def peak_mb(fn, nets, device) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "benchmarks"))
     args = ap.parse_args()
