@@ -108,7 +108,8 @@ def pid_method(decoder, num_steps: int, sampler: str | None = None) -> RunFn:
     return run
 
 
-def build_methods(cfg, teacher, student=None, sr_decoder=None, device="cpu") -> tuple[list[Method], list[Skipped]]:
+def build_methods(cfg, teacher, student=None, sr_decoder=None,
+                  device="cpu") -> tuple[list[Method], list[Skipped]]:
     """The methods of one evaluation, from the ``methods`` section of conf/eval.yaml."""
     m = cfg.methods
     latent, sr = teacher.latent, teacher.sr_scale
@@ -122,10 +123,13 @@ def build_methods(cfg, teacher, student=None, sr_decoder=None, device="cpu") -> 
                               label="native decode + Lanczos"))
     if m.sr_cascade.enabled:
         if sr_decoder is None:
-            skipped.append(Skipped("sr_cascade", "cascade", "not configured: set sr_cascade_ckpt= (train it with "
-                                   "`make train exp=quickstart_sr`)"))
+            skipped.append(Skipped("sr_cascade", "cascade", "not configured: set sr_cascade_ckpt= "
+                                   "(train it with `make train exp=quickstart_sr`)"))
         else:
-            steps = int(m.sr_cascade.num_steps or (list(m.teacher_steps or []) or [teacher.sampling.get("num_steps", 25)])[0])
+            steps = m.sr_cascade.num_steps
+            if not steps:
+                steps = (list(m.teacher_steps or []) or [teacher.sampling.get("num_steps", 25)])[0]
+            steps = int(steps)
             methods.append(Method(f"sr_cascade@{steps}", "cascade", sr_cascade(latent, sr_decoder, steps),
                                   steps=steps, label=f"native decode + diffusion SR ({steps} steps)"))
     for up in m.get("upscalers") or []:
@@ -142,15 +146,16 @@ def build_methods(cfg, teacher, student=None, sr_decoder=None, device="cpu") -> 
                               label=f"native decode + {up['name']}"))
     if not (m.get("upscalers") or []):
         skipped.append(Skipped("spandrel", "cascade", "no external upscaler configured (methods.upscalers: "
-                               "[{name: RealESRGAN_x4plus, weights: /path/RealESRGAN_x4plus.pth}]; needs spandrel"
-                               + ("" if _has_spandrel() else ", not installed") + ")"))
+                               "[{name: RealESRGAN_x4plus, weights: /path/RealESRGAN_x4plus.pth}]; "
+                               "needs spandrel" + ("" if _has_spandrel() else ", not installed") + ")"))
     for n in m.teacher_steps or []:
         n = int(n)
         methods.append(Method(f"pid_teacher@{n}", "pid", pid_method(teacher, n, "euler"), steps=n,
                               label=f"PiD teacher ({n} steps)"))
     if m.student.enabled:
         if student is None:
-            skipped.append(Skipped(f"pid_student@{_as_list(m.student.num_steps)[0]}", "pid", "not configured: set student_ckpt= (a DMD2 student, "
+            skipped.append(Skipped(f"pid_student@{_as_list(m.student.num_steps)[0]}", "pid",
+                                   "not configured: set student_ckpt= (a DMD2 student, "
                                    "`make train exp=quickstart_dmd2`)"))
         else:
             for n in _as_list(m.student.num_steps):
@@ -159,13 +164,17 @@ def build_methods(cfg, teacher, student=None, sr_decoder=None, device="cpu") -> 
     ee = m.early_exit
     if ee.enabled:
         dec, who = (student, "student") if (student is not None and ee.use_student) else (teacher, "teacher")
-        n = int(ee.num_steps or (_as_list(m.student.num_steps)[0] if who == "student" else (m.teacher_steps or [25])[0]))
+        n = ee.num_steps
+        if not n:
+            n = _as_list(m.student.num_steps)[0] if who == "student" else (m.teacher_steps or [25])[0]
+        n = int(n)
         for s in ee.sigmas:
             s = float(s)
             methods.append(Method(f"early_exit_pid@{s:g}", "early_exit", pid_method(dec, n), steps=n, sigma=s,
                                   label=f"PiD {who} at σ={s:g}"))
             if ee.include_native:
-                methods.append(Method(f"early_exit_native@{s:g}", "early_exit", native_cascade(latent, sr, "bicubic"),
+                methods.append(Method(f"early_exit_native@{s:g}", "early_exit",
+                                      native_cascade(latent, sr, "bicubic"),
                                       sigma=s, label=f"native + bicubic at σ={s:g}"))
     return methods, skipped
 
@@ -185,10 +194,13 @@ def _as_list(value) -> list[int]:
     return [int(v) for v in value]
 
 
-def decode_all(method: Method, z: torch.Tensor, base_sigma: float, xi: torch.Tensor, form: str, batch_size: int,
-               device, seed: int) -> torch.Tensor:
-    """Decode every latent with ``method`` (early-exit rows: noised to method.sigma with the fixed noise ``xi``
-    first), in batches with per-batch seeded generators; float [-1, 1] on the CPU."""
+def decode_all(method: Method, z: torch.Tensor, base_sigma: float, xi: torch.Tensor, form: str,
+               batch_size: int, device, seed: int) -> torch.Tensor:
+    """Decode every latent with ``method``, in batches with per-batch seeded generators.
+
+    Early-exit rows are first noised to method.sigma with the fixed noise ``xi``. Returns float [-1, 1]
+    on the CPU.
+    """
     from pid.diffusion.noising import noise_latent
 
     out = []

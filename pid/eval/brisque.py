@@ -1,4 +1,6 @@
-"""BRISQUE (Mittal, Moorthy & Bovik, "No-reference image quality assessment in the spatial domain", 2012), offline.
+"""BRISQUE, offline.
+
+Mittal, Moorthy & Bovik, "No-reference image quality assessment in the spatial domain", 2012.
 
 A numpy/scipy implementation of the features and the support-vector regression of the PyPI package
 ``brisque`` 0.2.0, whose model files (``models/svm.txt``, a libsvm ε-SVR with an RBF kernel, and
@@ -110,7 +112,8 @@ def mscn(luma: np.ndarray) -> np.ndarray:
 
 
 def _phi(alpha):
-    return scipy.special.gamma(2 / alpha) ** 2 / (scipy.special.gamma(1 / alpha) * scipy.special.gamma(3 / alpha))
+    gamma = scipy.special.gamma
+    return gamma(2 / alpha) ** 2 / (gamma(1 / alpha) * gamma(3 / alpha))
 
 
 def aggd_fit(x: np.ndarray) -> tuple[float, float, float, float]:
@@ -132,7 +135,8 @@ def features_one_scale(luma: np.ndarray) -> list[float]:
     m = mscn(luma)
     alpha, _, sl, sr = aggd_fit(m)
     feats = [alpha, (sl**2 + sr**2) / 2]
-    for prod in (m[:, :-1] * m[:, 1:], m[:-1, :] * m[1:, :], m[:-1, :-1] * m[1:, 1:], m[1:, :-1] * m[:-1, 1:]):
+    pairs = (m[:, :-1] * m[:, 1:], m[:-1, :] * m[1:, :], m[:-1, :-1] * m[1:, 1:], m[1:, :-1] * m[:-1, 1:])
+    for prod in pairs:
         alpha, mean, sl, sr = aggd_fit(prod)
         feats += [alpha, mean, sl**2, sr**2]
     return feats
@@ -171,7 +175,9 @@ def brisque(rgb: np.ndarray) -> float:
     """BRISQUE of an (H, W, 3) uint8 image (lower is better); ValueError for images under 16 px a side."""
     luma = luma01(rgb)
     if min(luma.shape) < MIN_SIDE:
-        raise ValueError(f"BRISQUE needs at least {MIN_SIDE} px per side, got {luma.shape[1]}x{luma.shape[0]}")
+        raise ValueError(
+            f"BRISQUE needs at least {MIN_SIDE} px per side, got {luma.shape[1]}x{luma.shape[0]}"
+        )
     svr, lo, hi = _model()
     f = features(luma)
     if not np.all(np.isfinite(f)):

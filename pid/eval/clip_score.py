@@ -63,7 +63,8 @@ class CLIPScorer:
         return float(self.scores(images, captions).mean())
 
 
-def build_clip_scorer(model_name: str | None = None, pretrained: str | None = None, model_cfg: dict | None = None,
+def build_clip_scorer(model_name: str | None = None, pretrained: str | None = None,
+                      model_cfg: dict | None = None,
                       device: str | torch.device = "cpu") -> CLIPScorer | None:
     """An open_clip scorer from local weights or an explicit config; None when nothing is configured.
 
@@ -72,8 +73,8 @@ def build_clip_scorer(model_name: str | None = None, pretrained: str | None = No
     import open_clip
 
     if pretrained and not Path(str(pretrained)).expanduser().is_file():
-        raise FileNotFoundError(f"metrics.clip.pretrained={pretrained} does not exist (a local open_clip weights file; "
-                                "nothing is downloaded at run time)")
+        raise FileNotFoundError(f"metrics.clip.pretrained={pretrained} does not exist "
+                                "(a local open_clip weights file; nothing is downloaded at run time)")
     if model_cfg:
         cfg = dict(model_cfg)
         model = open_clip.CLIP(**cfg)
@@ -85,7 +86,8 @@ def build_clip_scorer(model_name: str | None = None, pretrained: str | None = No
         size = cfg.get("vision_cfg", {}).get("image_size", 224)
         name = "open_clip(custom config" + (", random weights)" if not pretrained else ")")
     elif model_name and pretrained:
-        model = open_clip.create_model(model_name, pretrained=str(Path(pretrained).expanduser()), device="cpu")
+        model = open_clip.create_model(model_name, pretrained=str(Path(pretrained).expanduser()),
+                                       device="cpu")
         tokenizer = open_clip.get_tokenizer(model_name)
         size = model.visual.image_size
         name = f"open_clip {model_name}"

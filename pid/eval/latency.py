@@ -98,8 +98,8 @@ def measure(fn: Callable[[], object], device: str | torch.device = "cpu", warmup
         peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     else:
         kind = "process_peak_rss"
-    return Timing(statistics.median(times), _quantile(times, 0.1), _quantile(times, 0.9), min(times), max(times),
-                  len(times), float(peak), kind)
+    return Timing(statistics.median(times), _quantile(times, 0.1), _quantile(times, 0.9),
+                  min(times), max(times), len(times), float(peak), kind)
 
 
 def latency_latent(z: torch.Tensor, size: int | None, decoder, batch_size: int = 1) -> torch.Tensor:

@@ -82,7 +82,8 @@ def _patch_features(p: np.ndarray) -> list[float]:
     a, _, bl, br = aggd(p)
     feats = [a, (bl + br) / 2.0]
     shifts = (np.roll(p, 1, axis=1), np.roll(p, 1, axis=0),
-              np.roll(np.roll(p, 1, axis=0), 1, axis=1), np.roll(np.roll(p, 1, axis=0), -1, axis=1))  # fmt: skip
+              np.roll(np.roll(p, 1, axis=0), 1, axis=1),
+              np.roll(np.roll(p, 1, axis=0), -1, axis=1))  # fmt: skip
     for i, s in enumerate(shifts):
         a, n, bl, br = aggd(s * p)
         feats += [a, n, bl, br if i < 2 else bl]  # (sic) the reference repeats bl for the diagonals
@@ -92,7 +93,8 @@ def _patch_features(p: np.ndarray) -> list[float]:
 def _features(img: np.ndarray, patch: int) -> np.ndarray:
     h, w = img.shape
     return np.array([_patch_features(img[j : j + patch, i : i + patch])
-                     for j in range(0, h - patch + 1, patch) for i in range(0, w - patch + 1, patch)])  # fmt: skip
+                     for j in range(0, h - patch + 1, patch)
+                     for i in range(0, w - patch + 1, patch)])  # fmt: skip
 
 
 def niqe(luma: np.ndarray) -> float:

@@ -135,7 +135,8 @@ def plot_quality_vs_latency(rows: list[dict], path: Path, metric: str = "patch_f
         ax.scatter(r["latency_ms"], r[metric], color=colors.get(r["family"], "gray"), s=40)
         lo, hi = r.get("latency_p10_ms", r["latency_ms"]), r.get("latency_p90_ms", r["latency_ms"])
         ax.plot([lo, hi], [r[metric]] * 2, color=colors.get(r["family"], "gray"), lw=1)
-        ax.annotate(r["label"], (r["latency_ms"], r[metric]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.annotate(r["label"], (r["latency_ms"], r[metric]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("latency per image, median ms (log; bar = p10–p90)")
     ax.set_ylabel(f"{metric} (lower is better)")
@@ -198,8 +199,10 @@ body{font-family:sans-serif;margin:1em;background:#fafafa} .row{margin-bottom:2e
 .grid img{image-rendering:pixelated;width:var(--w)}
 """
 _SLIDER_JS = """
-function slide(el){const a=el.parentElement.querySelector('.after');a.style.clipPath='inset(0 0 0 '+el.value+'%)';}
-function pick(sel,side){const row=sel.closest('.row');const img=row.querySelector(side==='b'?'.before':'.after');
+function slide(el){const a=el.parentElement.querySelector('.after');
+ a.style.clipPath='inset(0 0 0 '+el.value+'%)';}
+function pick(sel,side){const row=sel.closest('.row');
+ const img=row.querySelector(side==='b'?'.before':'.after');
  img.src=sel.value;}
 """
 
@@ -213,8 +216,8 @@ def write_html(images: dict[str, torch.Tensor], labels: dict[str, str], out_dir:
     crops = out_dir / "crops"
     crops.mkdir(parents=True, exist_ok=True)
     names = list(images)
-    after = after if after in images else next((k for k in names if k.startswith(("pid_student", "pid_teacher"))),
-                                               names[-1])
+    if after not in images:
+        after = next((k for k in names if k.startswith(("pid_student", "pid_teacher"))), names[-1])
     before = before if before in images else names[0]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>PiD eval: side by side</title>"
              f"<style>{_SLIDER_CSS}</style><script>{_SLIDER_JS}</script></head><body>",
