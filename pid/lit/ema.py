@@ -61,7 +61,8 @@ class EMA(pl.Callback):
         if root is None:
             shapes = {n: p.shape for n, p in self._tracked(pl_module)}
             # reshape: checkpoints from before a parameter changed shape (a 0-d one became (1,))
-            self.shadow = {k: v.to(pl_module.device).float().reshape(shapes.get(k, v.shape)) for k, v in full.items()}
+            self.shadow = {k: v.to(pl_module.device).float().reshape(shapes.get(k, v.shape))
+                           for k, v in full.items()}
             return
         # FSDP: write the full average into the parameters, keep each rank's shard of it, restore the weights.
         with summon_full_params(root, writeback=True):
@@ -74,8 +75,12 @@ class EMA(pl.Callback):
                 p.copy_(raw[n])
 
     @torch.no_grad()
-    def full_shadow(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
-        """The shadow as whole tensors on the CPU; under FSDP gathered from all ranks (call it on every rank)."""
+    def full_shadow(self, trainer: pl.Trainer | None,
+                    pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+        """The shadow as whole tensors on the CPU.
+
+        Under FSDP it is gathered from all ranks: call it on every rank.
+        """
         root = fsdp_root(trainer)
         if root is None or not self.shadow:
             return {k: v.detach().cpu() for k, v in self.shadow.items()}

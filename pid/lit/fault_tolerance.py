@@ -91,7 +91,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning CheckpointIO whose saves are atomic (tmp file + rename). Remote URLs fall back to Lightning."""
+    """Lightning CheckpointIO whose saves are atomic (tmp file + rename).
+
+    Remote URLs fall back to Lightning.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -143,8 +146,8 @@ class NonFiniteGuard(pl.Callback):
             raise NonFiniteLossError(
                 f"{self.consecutive} consecutive training steps had a non-finite {what} (NaN/Inf) at step "
                 f"{trainer.global_step}; stopping. Lower model.optimizer.lr, raise model.warmup_steps, use "
-                f"trainer.precision=32-true or bf16-mixed instead of 16-mixed, check the data, or resume from an "
-                f"earlier checkpoint (callbacks.nonfinite.max_consecutive sets this limit).")
+                "trainer.precision=32-true or bf16-mixed instead of 16-mixed, check the data, or resume "
+                "from an earlier checkpoint (callbacks.nonfinite.max_consecutive sets this limit).")
 
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor):
         """The loss to backpropagate, or None to skip this step (decided on all ranks together)."""
@@ -298,8 +301,8 @@ class PreemptionHandler(pl.Callback):
             (pid.train exits with it; 0 when requeued).
     """
 
-    def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1", "SIGUSR2"), requeue: bool = True,
-                 exit_code: int = 143):
+    def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1", "SIGUSR2"),
+                 requeue: bool = True, exit_code: int = 143):
         self.signals = [getattr(signal, s) if isinstance(s, str) else signal.Signals(s) for s in signals]
         self.requeue = requeue
         self.exit_code = exit_code

@@ -1,4 +1,7 @@
-"""Frozen text encoder from a local Hugging Face folder (Gemma-2-2B-it for PixelDiT-T2I: 2304-d, ≤300 tokens)."""
+"""Frozen text encoder from a local Hugging Face folder.
+
+Gemma-2-2B-it for PixelDiT-T2I: 2304-d states, at most 300 tokens.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +22,11 @@ class HFTextEncoder(nn.Module):
         dtype: torch dtype name for the weights.
         trust_remote_code: explicit opt-in for models that ship code.
         config_key: the config key named in the error when ``path`` is missing.
-        prefix: instruction put before every caption: ``"chi"`` (PixelDiT's, :data:`pid.text.prompts.CHI_PROMPT`),
-            any other string, or None. With a prefix the official selection applies (PixelDiT /
-            ``pixeldit_model._encode_text_raw``): the string is tokenised to n_prefix + max_length - 2
-            tokens (right padding, truncation), and BOS plus the last max_length - 1 states are kept.
+        prefix: instruction put before every caption: ``"chi"`` (PixelDiT's,
+            :data:`pid.text.prompts.CHI_PROMPT`), any other string, or None. With a prefix the official
+            selection applies (PixelDiT / ``pixeldit_model._encode_text_raw``): the string is tokenised
+            to n_prefix + max_length - 2 tokens (right padding, truncation), and BOS plus the last
+            max_length - 1 states are kept.
         null_caption: the caption whose states stand for "no caption" in text CFG (the official teacher
             uses its negative prompt; training drops captions to the empty string).
     """
@@ -58,8 +62,8 @@ class HFTextEncoder(nn.Module):
         """Captions → (states (B, max_length, D) float32, mask (B, max_length) bool)."""
         device = next(self.model.parameters()).device
         if not self.prefix:
-            tokens = self.tokenizer(captions, padding="max_length", truncation=True, max_length=self.max_length,
-                                    return_tensors="pt").to(device)
+            tokens = self.tokenizer(captions, padding="max_length", truncation=True,
+                                    max_length=self.max_length, return_tensors="pt").to(device)
             return self.model(**tokens).last_hidden_state.float(), tokens["attention_mask"].bool()
         tokens = self.tokenizer([self.prefix + c for c in captions], padding="max_length", truncation=True,
                                 max_length=self.num_prefix_tokens + self.max_length - 2,

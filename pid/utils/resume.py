@@ -48,7 +48,8 @@ def _key(override: str) -> str:
 
 def run_identity(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     overrides = _hydra_overrides() if overrides is None else overrides
-    kept = sorted(o for o in (overrides or []) if not _key(o).startswith("hydra.") and _key(o) not in IGNORED_KEYS)
+    kept = sorted(o for o in (overrides or [])
+                  if not _key(o).startswith("hydra.") and _key(o) not in IGNORED_KEYS)
     return {"task_name": cfg.get("task_name"), "run_name": cfg.get("run_name"), "overrides": kept}
 
 
@@ -101,7 +102,9 @@ def prepare_run(cfg: DictConfig) -> str | None:
     found = find_resume_checkpoint(cfg) if mode == "auto" else None
     if found is None:
         if mode not in ("auto", "never"):
-            raise ValueError(f"resume must be 'auto' or 'never' (got {mode!r}); set ckpt_path to resume a file")
+            raise ValueError(
+                f"resume must be 'auto' or 'never' (got {mode!r}); set ckpt_path to resume a file"
+            )
         out.mkdir(parents=True, exist_ok=True)
         (out / COMPLETE).unlink(missing_ok=True)
         (out / IDENTITY).write_text(json.dumps(run_identity(cfg), indent=1))

@@ -10,8 +10,9 @@ Layouts (``WeightsFile.layout``):
                               ``ema.shadow`` and the run config under ``pid.config``
 ``official-release``          NVIDIA's consolidated ``model_ema_bf16.pth``: a flat ``{"net.<name>": bf16}``
                               dict of EMA weights with 0-d ``log_alpha`` (also PixelDiT's release)
-``official-full``             NVIDIA's consolidated ``model.pth``: ``net.*`` (raw), ``net_ema.*`` (EMA) and, for
-                              distillation runs, ``fake_score.*`` and ``discriminator.*``, float32
+``official-full``             NVIDIA's consolidated ``model.pth``: ``net.*`` (raw), ``net_ema.*`` (EMA)
+                              and, for distillation runs, ``fake_score.*`` and ``discriminator.*``,
+                              float32
 ``official-dcp``              an official torch.distributed.checkpoint folder: ``checkpoints/`` (read through
                               ``latest_checkpoint.txt``), ``iter_*/`` or its ``model/`` subfolder
 ``state-dict``                any other flat state dict (``.safetensors`` / ``.pt`` / ``.pth``) of a network

@@ -56,7 +56,10 @@ class Release:
         return OmegaConf.to_container(cfg, resolve=False)
 
     def build_latent(self, path: str | None = None, geometry_only: bool = False):
-        """The latent space (its encoder weights from ``path``, e.g. a local VAE folder), or only its geometry."""
+        """The latent space, or only its geometry.
+
+        Its encoder weights come from ``path``, e.g. a local VAE folder.
+        """
         from hydra.utils import instantiate
 
         from pid.latents.geometry import LatentGeometry
