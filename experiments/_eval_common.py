@@ -1,7 +1,8 @@
 """Shared helper of the eval_*.py studies: compose conf/eval.yaml with a study's overrides and run it.
 
 Extra command-line arguments are Hydra overrides (they win over the study's own), e.g.
-    python experiments/eval_cascade.py ckpt=logs/.../pid_decoder.safetensors sr_cascade_ckpt=... eval=quickstart
+    python experiments/eval_cascade.py ckpt=logs/.../pid_decoder.safetensors sr_cascade_ckpt=... \
+        eval=quickstart
 """
 
 from __future__ import annotations

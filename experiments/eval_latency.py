@@ -42,19 +42,22 @@ def build(net_name: str, latent: str, device):
     torch.manual_seed(0)
     net = instantiate(cfg.model.net).eval()
     geo = LatentGeometry(int(cfg.latent.channels), int(cfg.latent.down_factor))
-    return PiDDecoder(net, geo, int(cfg.sr_scale), sampling={"t_list": [0.999, 0.866, 0.634, 0.342]}).to(device)
+    sampling = {"t_list": [0.999, 0.866, 0.634, 0.342]}
+    return PiDDecoder(net, geo, int(cfg.sr_scale), sampling=sampling).to(device)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cuda = torch.cuda.is_available()
     p.add_argument("--net", default="paper" if cuda else "tiny")
-    p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096] if cuda else [128, 256, 512])
+    p.add_argument("--sizes", type=int, nargs="+",
+                   default=[512, 1024, 2048, 4096] if cuda else [128, 256, 512])
     p.add_argument("--runs", type=int, default=5 if cuda else 2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--teacher-steps", type=int, default=25)
     p.add_argument("--dtype", default="bf16" if cuda else "fp32")
-    p.add_argument("--out", default=str(ROOT / "logs" / "experiments" / "latency" / time.strftime("%Y-%m-%d_%H-%M-%S")))
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    p.add_argument("--out", default=str(ROOT / "logs" / "experiments" / "latency" / stamp))
     a = p.parse_args()
 
     from pid.diffusion.schedules import student_timesteps
@@ -64,7 +67,10 @@ def main() -> None:
     device = torch.device("cuda" if cuda else "cpu")
     pid = build(a.net, "patch_pca", device)
     sr = build(a.net, "rgb", device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if a.dtype == "bf16" else contextlib.nullcontext())
+    if a.dtype == "bf16":
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+    else:
+        autocast = contextlib.nullcontext()
     rows = []
     t4 = student_timesteps([0.999, 0.866, 0.634, 0.342])
     for size in a.sizes:

@@ -9,5 +9,6 @@ from _eval_common import run_study
 if __name__ == "__main__":
     run_study("steps", [
         "methods.teacher_steps=[1,2,4,8,25,50]", "methods.student.num_steps=[1,2,4]",
-        "methods.early_exit.enabled=false", "methods.native_lanczos=false", "methods.sr_cascade.enabled=false",
+        "methods.early_exit.enabled=false", "methods.native_lanczos=false",
+        "methods.sr_cascade.enabled=false",
     ])
