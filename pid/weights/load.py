@@ -123,29 +123,44 @@ def load_weights(
     if not isinstance(source, WeightsFile):
         path = Path(str(source)).expanduser()
         if not path.exists():
-            raise MissingWeightsError(
-                "network weights", config_key, "a weights file or DCP folder", path=path
-            )
+            raise MissingWeightsError("network weights", config_key, "a weights file or DCP folder",
+                                      path=path)
         source = read_weights(path)
-    wf = source
-    group = choose_group(wf, weights)
-    report = LoadReport(str(wf.path), wf.layout, group)
-    for other, tensors in wf.groups.items():
-        if other == group:
-            continue
-        rule = {
-            "net": "other-weights",
-            "net_ema": "other-weights",
-            "fake_score": "distillation-critics",
-            "discriminator": "distillation-critics",
-            "teacher": "frozen-teacher",
-            "latent": "latent-space",
-        }.get(other)
-        if rule is None:
-            raise PiDConfigError(f"{wf.path}: no rule for the file's group {other!r}")
-        report.skipped[rule] = report.skipped.get(rule, 0) + len(tensors)
-
+    group = choose_group(source, weights)
+    report = LoadReport(str(source.path), source.layout, group)
+    _skip_other_groups(source, group, report)
     own = net.state_dict()
+    state = _match_file_tensors(source, group, own, allow, report, config_key)
+    _check_network_covered(source, own, state, allow, report, config_key)
+    net.load_state_dict(state, strict=False)
+    report.loaded.update(part_of(k) for k in state)
+    if log_summary:
+        log.info(report.summary())
+    return report
+
+
+_GROUP_RULES = {"net": "other-weights", "net_ema": "other-weights", "teacher": "frozen-teacher",
+                "fake_score": "distillation-critics", "discriminator": "distillation-critics",
+                "latent": "latent-space"}
+_FIX = "pick its release preset (release=...) or model.net"
+
+
+def _count(report: LoadReport, rule: str, n: int = 1) -> None:
+    report.skipped[rule] = report.skipped.get(rule, 0) + n
+
+
+def _skip_other_groups(wf: WeightsFile, group: str, report: LoadReport) -> None:
+    """Every group but the chosen one is skipped by its rule (:data:`_GROUP_RULES`)."""
+    for other, tensors in wf.groups.items():
+        if other != group:
+            if other not in _GROUP_RULES:
+                raise PiDConfigError(f"{wf.path}: no rule for the file's group {other!r}")
+            _count(report, _GROUP_RULES[other], len(tensors))
+
+
+def _match_file_tensors(wf: WeightsFile, group: str, own: dict, allow, report: LoadReport,
+                        config_key: str) -> dict[str, torch.Tensor]:
+    """The chosen group's tensors that the network holds (shapes checked); the rest skipped by a rule."""
     state: dict[str, torch.Tensor] = {}
     unexplained: list[str] = []
     for name, value in wf.groups[group].items():
@@ -153,38 +168,33 @@ def load_weights(
             if tuple(own[name].shape) != tuple(value.shape):
                 raise PiDConfigError(
                     f"{wf.path}: tensor {name!r} has shape {tuple(value.shape)} in the file but "
-                    f"{tuple(own[name].shape)} in the configured network ({config_key}); the file was trained "
-                    "with another net config: pick its release preset (release=...) or model.net"
-                )
+                    f"{tuple(own[name].shape)} in the configured network ({config_key}); the file was "
+                    f"trained with another net config: {_FIX}")
             state[name] = value
         elif official.is_unimplemented(name):
-            report.skipped["unimplemented-official"] = report.skipped.get("unimplemented-official", 0) + 1
+            _count(report, "unimplemented-official")
         elif name.startswith("adapter.aux_rgb_head.") and "unused-aux-head" in allow:
-            report.skipped["unused-aux-head"] = report.skipped.get("unused-aux-head", 0) + 1
+            _count(report, "unused-aux-head")
         else:
             unexplained.append(name)
     if unexplained:
         raise PiDConfigError(
             f"{wf.path}: {len(unexplained)} tensor(s) of the file fit nowhere in the configured network "
             f"({config_key}), e.g. {unexplained[:5]}. The file is of another model or another net config "
-            "(aux head, PiT injection, adapter width): pick its release preset (release=...) or model.net"
-        )
+            f"(aux head, PiT injection, adapter width): {_FIX}")
+    return state
 
+
+def _check_network_covered(wf: WeightsFile, own: dict, state: dict, allow, report: LoadReport,
+                           config_key: str) -> None:
+    """Every network tensor is in the file, or left at init by ``adapter-at-init`` (file without adapter)."""
     missing = [k for k in own if k not in state]
-    file_has_adapter = any(k.startswith("adapter.") for k in state)
-    if missing and "adapter-at-init" in allow and not file_has_adapter:
-        at_init = [k for k in missing if k.startswith("adapter.")]
-        for k in at_init:
-            report.left_at_init.setdefault(part_of(k), []).append(k)
+    if missing and "adapter-at-init" in allow and not any(k.startswith("adapter.") for k in state):
+        for k in missing:
+            if k.startswith("adapter."):
+                report.left_at_init.setdefault(part_of(k), []).append(k)
         missing = [k for k in missing if not k.startswith("adapter.")]
     if missing:
         raise PiDConfigError(
             f"{wf.path}: {len(missing)} tensor(s) of the configured network are not in the file "
-            f"({config_key}), e.g. {missing[:5]}. The file is of another model or another net config: pick "
-            "its release preset (release=...) or model.net"
-        )
-    net.load_state_dict(state, strict=False)
-    report.loaded.update(part_of(k) for k in state)
-    if log_summary:
-        log.info(report.summary())
-    return report
+            f"({config_key}), e.g. {missing[:5]}. The file is of another model or another net config: {_FIX}")
