@@ -74,7 +74,8 @@ def import_official(networks: Path) -> dict:
 
 
 def build(mods: dict):
-    from pid.nn import LatentAdapter, PiDNet, convert_official_state_dict
+    from pid.nn import LatentAdapter, PiDNet
+    from pid.weights import convert_official_state_dict
 
     torch.manual_seed(0)
     off = mods["pid_net"].PidNet(

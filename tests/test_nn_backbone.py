@@ -5,32 +5,17 @@ import math
 import pytest
 import torch
 
-from pid.nn import PixelDiT, convert_official_state_dict, rope_1d, rope_2d
+from pid.nn import PixelDiT, rope_1d, rope_2d
+from pid.weights import convert_official_state_dict
 from pid.nn.layers import FeedForward, ntk_theta, timestep_embedding
 
-
-def tiny_kwargs(patch_size=16, **over):
-    kw = dict(
-        in_channels=3,
-        hidden_size=64,
-        num_groups=4,
-        pixel_hidden_size=8,
-        pixel_attn_hidden_size=32,
-        pixel_num_groups=2,
-        patch_depth=3,
-        pixel_depth=1,
-        patch_size=patch_size,
-        txt_embed_dim=32,
-        txt_max_length=8,
-    )
-    kw.update(over)
-    return kw
+from conftest import tiny_backbone_kwargs
 
 
 def make(seed=0, **over):
     """Tiny PixelDiT with a non-zero output layer (the official init zeroes it; a trained prior does not)."""
     torch.manual_seed(seed)
-    net = PixelDiT(**tiny_kwargs(**over))
+    net = PixelDiT(**tiny_backbone_kwargs(**over))
     with torch.no_grad():
         net.final_layer.linear.weight.normal_(0, 0.1)
         net.final_layer.linear.bias.normal_(0, 0.1)
@@ -70,7 +55,7 @@ def test_output_shape_any_aspect(patch_size, hw):
 
 def test_fresh_network_predicts_zero():
     """Official init: zero final layer -> v = 0 until trained (why tests randomise it)."""
-    net = PixelDiT(**tiny_kwargs())
+    net = PixelDiT(**tiny_backbone_kwargs())
     with torch.no_grad():
         assert torch.equal(net(torch.randn(1, 3, 32, 32), torch.rand(1)), torch.zeros(1, 3, 32, 32))
 
@@ -84,7 +69,7 @@ def test_x0_prediction_turns_the_clean_image_estimate_into_the_velocity():
     assert torch.allclose(x[:2] - t[:2].view(-1, 1, 1, 1) * v[:2], raw[:2], atol=1e-5)
     assert torch.allclose(v[2], (x[2] - raw[2]) / 0.05, atol=1e-5)  # t below t_min: divided by t_min
     with pytest.raises(ValueError, match="prediction"):
-        PixelDiT(**tiny_kwargs(prediction="eps"))
+        PixelDiT(**tiny_backbone_kwargs(prediction="eps"))
 
 
 @pytest.mark.parametrize("hw", [(40, 32), (32, 20), (7, 16)])
@@ -186,7 +171,7 @@ def test_rope_positions_are_interpolated_and_shapes():
 
 def test_ntk_model_matches_original_at_reference_size_only():
     a = make(rope_mode="original")
-    b = PixelDiT(**tiny_kwargs(rope_mode="ntk_aware", rope_ref_h=32, rope_ref_w=64))
+    b = PixelDiT(**tiny_backbone_kwargs(rope_mode="ntk_aware", rope_ref_h=32, rope_ref_w=64))
     b.load_state_dict(a.state_dict())
     b.eval()
     t = torch.rand(1)

@@ -16,7 +16,8 @@ import types
 import pytest
 import torch
 
-from pid.nn import LatentAdapter, PiDNet, PixelDiT, convert_official_state_dict
+from pid.nn import LatentAdapter, PiDNet, PixelDiT
+from pid.weights import convert_official_state_dict
 
 REF = os.environ.get("PID_OFFICIAL_NETWORKS")
 pytestmark = pytest.mark.skipif(

@@ -3,7 +3,7 @@
 from pid.nn.adapter import AdapterOutput, LatentAdapter, ResBlock, SigmaAwareGate, latent_grid_ratio
 from pid.nn.blocks import FinalLayer, MMDiTBlock, PatchTokenEmbedder, PiTBlock, PixelTokenEmbedder
 from pid.nn.layers import FeedForward, RMSNorm, TimestepEmbedder, apply_rope, modulate, rope_1d, rope_2d
-from pid.nn.pid_net import PiDNet, convert_official_state_dict
+from pid.nn.pid_net import PiDNet
 from pid.nn.pixel_dit import PatchContext, PixelDiT
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "SigmaAwareGate",
     "TimestepEmbedder",
     "apply_rope",
-    "convert_official_state_dict",
     "latent_grid_ratio",
     "modulate",
     "rope_1d",

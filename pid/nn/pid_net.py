@@ -19,35 +19,6 @@ from pid.nn.pixel_dit import PixelDiT
 
 Extras = dict[str, object]
 
-# official PidNet key prefix -> ours (image-branch and merge keys of LQProjection2D have no counterpart)
-OFFICIAL_KEY_PREFIXES = (
-    ("lq_proj.lq_aux_rgb_head.", "adapter.aux_rgb_head."),
-    ("pit_lq_gate.", "adapter.pit_gate."),
-    ("lq_proj.", "adapter."),
-)
-
-
-def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an official PixDiT_T2I / PidNet state dict to PixelDiT / PiDNet names.
-
-    Backbone names are identical; adapter keys move from ``lq_proj.*`` / ``pit_lq_gate.*``
-    to ``adapter.*``. Keys of paths we do not implement (LQ image branch, REPA, ED) are dropped.
-    """
-    out = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("net.").removeprefix("module.")
-        if key.startswith(
-            ("lq_proj.image_conv.", "lq_proj.merge.", "encoder_ed.", "decoder_ed.", "s_ed_", "repa")
-        ):
-            continue
-        for old, new in OFFICIAL_KEY_PREFIXES:
-            if key.startswith(old):
-                key = new + key[len(old) :]
-                break
-        out[key] = value
-    return out
-
-
 class PiDNet(PixelDiT):
     """Pixel-diffusion decoder: PixelDiT conditioned on a generator latent.
 
