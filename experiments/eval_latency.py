@@ -42,7 +42,7 @@ def build(net_name: str, latent: str, device):
     torch.manual_seed(0)
     net = instantiate(cfg.model.net).eval()
     geo = LatentGeometry(int(cfg.latent.channels), int(cfg.latent.down_factor))
-    sampling = {"t_list": [0.999, 0.866, 0.634, 0.342]}
+    sampling = {"sampler": "sde", "num_steps": 4, "t_list": [0.999, 0.866, 0.634, 0.342], "one_step_t": 1.0}
     return PiDDecoder(net, geo, int(cfg.sr_scale), sampling=sampling).to(device)
 
 
