@@ -1,9 +1,11 @@
-"""Shared fixtures: composed configs and a tiny folder of real images (scikit-image photos)."""
+"""Shared fixtures and helpers: composed configs, tiny networks and tiny data (scikit-image photos)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +21,79 @@ os.environ.setdefault("WANDB_SILENT", "true")
 def compose_train(overrides: list[str]):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("train", overrides=overrides)
+
+
+#: A PixelDiT backbone small enough for CPU tests: 64-d patch tokens in 4 blocks, one pixel block,
+#: 16 px patches, 32-d text states of up to 8 tokens.
+TINY_BACKBONE = dict(
+    hidden_size=64,
+    num_groups=4,
+    pixel_hidden_size=8,
+    pixel_attn_hidden_size=32,
+    pixel_num_groups=2,
+    patch_depth=4,
+    pixel_depth=1,
+    patch_size=16,
+    txt_embed_dim=32,
+    txt_max_length=8,
+)
+
+#: The two released latent adapters at a 16-channel width: v1 gates per token and channel; v1.5 gates
+#: per token, injects into the pixel transformer and has the auxiliary RGB head.
+TINY_ADAPTERS = {
+    "v1": dict(width=16, gate="per_token_per_channel"),
+    "v1_5": dict(width=16, gate="per_token", pit_injection=True, aux_rgb_head=True, padding_mode="replicate"),
+}
+
+
+def tiny_backbone_kwargs(**overrides) -> dict:
+    """:data:`TINY_BACKBONE` with ``overrides`` applied: the arguments of a tiny ``PixelDiT``."""
+    return {**TINY_BACKBONE, **overrides}
+
+
+def tiny_pid_net(adapter: str | dict | None = "v1", *, latent_channels: int = 4, latent_down: int = 8,
+                 sr_scale: int = 4, seed: int = 0, **overrides):
+    """A tiny ``PiDNet`` built after ``torch.manual_seed(seed)``, in eval mode.
+
+    ``adapter``: a name in :data:`TINY_ADAPTERS`, the ``LatentAdapter`` arguments, or None for the prior
+    alone. ``overrides`` change the backbone's arguments (:func:`tiny_backbone_kwargs`) or pass other
+    ``PiDNet`` arguments (e.g. ``freeze_backbone``).
+    """
+    import torch
+
+    from pid.nn import LatentAdapter, PiDNet
+
+    if isinstance(adapter, str):
+        adapter = TINY_ADAPTERS[adapter]
+    torch.manual_seed(seed)
+    net = PiDNet(
+        adapter=None if adapter is None else functools.partial(LatentAdapter, **adapter),
+        latent_channels=latent_channels,
+        latent_down=latent_down,
+        sr_scale=sr_scale,
+        **tiny_backbone_kwargs(**overrides),
+    )
+    return net.eval()
+
+
+def export_tiny_decoder(out: Path, *overrides: str) -> Path:
+    """``out/pid_decoder.safetensors``: the quickstart network with random weights (seed 0) as
+    `pid.train` exports it, from the train config with ``overrides``; no latent weights are needed."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from pid.api import export_decoder
+
+    cfg = compose_train(["experiment=quickstart", f"paths.output_dir={out}", *overrides])
+    torch.manual_seed(0)
+    module = SimpleNamespace(
+        net=instantiate(cfg.model.net),
+        latent=SimpleNamespace(),
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+        sr_scale=int(cfg.sr_scale),
+    )
+    return export_decoder(module, out / "pid_decoder.safetensors")
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,16 @@
 """Decode computes the adapter's latent features once and reuses them at every sampler step."""
 
-import functools
-
 import pytest
 import torch
 
 import pid.sampling
 from pid.diffusion import DualCFG
 from pid.diffusion.schedules import student_timesteps
-from pid.nn import LatentAdapter, PiDNet
+from pid.nn import PiDNet
 from pid.sampling import decode_latent, pid_denoiser
 
-V1 = dict(width=16, gate="per_token_per_channel")
-V15 = dict(width=16, gate="per_token", pit_injection=True, padding_mode="replicate")
+from conftest import tiny_pid_net
+
 T4 = student_timesteps([0.999, 0.866, 0.634, 0.342])
 SAMPLERS = {
     "euler_teacher": dict(sampler="euler", num_steps=6),
@@ -20,15 +18,9 @@ SAMPLERS = {
 }
 
 
-def make_net(adapter_cfg) -> PiDNet:
+def make_net(adapter: str) -> PiDNet:
     """Tiny PiDNet with non-zero heads and output layer (latent and text both change the output)."""
-    torch.manual_seed(0)
-    net = PiDNet(
-        adapter=functools.partial(LatentAdapter, **adapter_cfg),
-        latent_channels=4, latent_down=8, sr_scale=2, hidden_size=64, num_groups=4, pixel_hidden_size=8,
-        pixel_attn_hidden_size=32, pixel_num_groups=2, patch_depth=4, pixel_depth=1, patch_size=16,
-        txt_embed_dim=32, txt_max_length=8,
-    )  # fmt: skip
+    net = tiny_pid_net(adapter, sr_scale=2)
     with torch.no_grad():
         net.final_layer.linear.weight.normal_(0, 0.1)
         for head in [*net.adapter.output_heads, net.adapter.pit_head]:
@@ -46,13 +38,13 @@ def decode(net, cache: bool, monkeypatch, **kw):
                          generator=torch.Generator().manual_seed(1), **kw)  # fmt: skip
 
 
-@pytest.mark.parametrize("adapter_cfg", [V1, V15], ids=["v1", "v1_5"])
+@pytest.mark.parametrize("adapter", ["v1", "v1_5"])
 @pytest.mark.parametrize(
     "cfg", [(1.0, 1.0), (3.0, 1.0), (3.0, 2.0)], ids=["no_cfg", "text_cfg", "text_latent_cfg"]
 )
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
-def test_adapter_trunk_runs_once_and_output_is_unchanged(sampler, cfg, adapter_cfg, monkeypatch):
-    net = make_net(adapter_cfg)
+def test_adapter_trunk_runs_once_and_output_is_unchanged(sampler, cfg, adapter, monkeypatch):
+    net = make_net(adapter)
     trunk_calls, net_calls = [], []
     net.adapter.latent_proj.register_forward_hook(lambda m, i, o: trunk_calls.append(i[0].shape[0]))
     net.register_forward_hook(lambda m, i, o: net_calls.append(i[0].shape[0]))
@@ -72,7 +64,7 @@ def test_adapter_trunk_runs_once_and_output_is_unchanged(sampler, cfg, adapter_c
 
 
 def test_latent_features_match_latent_argument():
-    net = make_net(V15)
+    net = make_net("v1_5")
     x, t, sigma = torch.randn(3, 3, 32, 48), torch.rand(3), torch.tensor([0.0, 0.4, 1.0])
     z, keep = torch.randn(3, 4, 2, 3), torch.tensor([True, False, True])
     with torch.no_grad():

@@ -1,34 +1,24 @@
-"""Decoding refuses invalid inputs with a message that names the problem (σ out of range, non-finite values)."""
+"""Decoding refuses invalid inputs with a message that names the problem.
+
+σ out of range and non-finite values are refused.
+"""
 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from conftest import compose_train
+from conftest import export_tiny_decoder
 
 
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory):
-    from pid.api import export_decoder, load_decoder
+    from pid.api import load_decoder
 
-    out = tmp_path_factory.mktemp("export")
-    cfg = compose_train(
-        ["experiment=quickstart", "latent=sdxl", f"paths.output_dir={out}", "model.sampling.num_steps=1"]
-    )
-    torch.manual_seed(0)
-    module = SimpleNamespace(
-        net=instantiate(cfg.model.net),
-        latent=SimpleNamespace(),
-        run_config=OmegaConf.to_container(cfg, resolve=True),
-        sr_scale=int(cfg.sr_scale),
-    )
-    return load_decoder(export_decoder(module, out / "pid_decoder.safetensors"), build_latent=False)
+    path = export_tiny_decoder(tmp_path_factory.mktemp("export"), "latent=sdxl", "model.sampling.num_steps=1")
+    return load_decoder(path, build_latent=False)
 
 
 @pytest.mark.parametrize("sigma", [1.5, -0.3, 14.6, math.nan, math.inf])

@@ -3,35 +3,17 @@ space's weights."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import compose_train
+from conftest import export_tiny_decoder
 
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
-    from pid.api import export_decoder
-
-    out = tmp_path_factory.mktemp("export")
     # a VAE latent space whose weights are NOT on this machine: decoding must not need them
-    cfg = compose_train(
-        ["experiment=quickstart", "latent=sdxl", f"paths.output_dir={out}", "model.sampling.num_steps=2"]
-    )
-    torch.manual_seed(0)
-    net = instantiate(cfg.model.net)
-    module = SimpleNamespace(
-        net=net,
-        latent=SimpleNamespace(),
-        run_config=OmegaConf.to_container(cfg, resolve=True),
-        sr_scale=int(cfg.sr_scale),
-    )
-    return export_decoder(module, out / "pid_decoder.safetensors")
+    return export_tiny_decoder(tmp_path_factory.mktemp("export"), "latent=sdxl", "model.sampling.num_steps=2")
 
 
 def test_cli_decodes_safetensors_and_pt_latents(tiny_export, tmp_path):

@@ -9,42 +9,18 @@ import torch.nn.functional as F
 
 from pid.nn import LatentAdapter, PiDNet, PixelDiT, SigmaAwareGate, latent_grid_ratio
 
-V1 = dict(width=16, gate="per_token_per_channel")
-V15 = dict(width=16, gate="per_token", pit_injection=True, aux_rgb_head=True, padding_mode="replicate")
+from conftest import TINY_ADAPTERS, tiny_backbone_kwargs, tiny_pid_net
+
+V1, V15 = TINY_ADAPTERS["v1"], TINY_ADAPTERS["v1_5"]
 
 
-def backbone_kwargs(patch_size=16, **over):
-    kw = dict(
-        hidden_size=64,
-        num_groups=4,
-        pixel_hidden_size=8,
-        pixel_attn_hidden_size=32,
-        pixel_num_groups=2,
-        patch_depth=4,
-        pixel_depth=1,
-        patch_size=patch_size,
-        txt_embed_dim=32,
-        txt_max_length=8,
-    )
-    kw.update(over)
-    return kw
-
-
-def make(adapter_cfg=V1, latent_channels=4, latent_down=8, sr_scale=4, patch_size=16, seed=0, **over):
+def make(adapter_cfg=V1, **kw):
     """Tiny PiDNet whose backbone output layer is non-zero (as for a trained prior)."""
-    torch.manual_seed(seed)
-    adapter = None if adapter_cfg is None else functools.partial(LatentAdapter, **adapter_cfg)
-    net = PiDNet(
-        adapter=adapter,
-        latent_channels=latent_channels,
-        latent_down=latent_down,
-        sr_scale=sr_scale,
-        **backbone_kwargs(patch_size, **over),
-    )
+    net = tiny_pid_net(adapter_cfg, **kw)
     with torch.no_grad():
         net.final_layer.linear.weight.normal_(0, 0.1)
         net.final_layer.linear.bias.normal_(0, 0.1)
-    return net.eval()
+    return net
 
 
 def perturb_heads(net, pit=False):
@@ -271,7 +247,7 @@ def test_side_not_multiple_of_patch_raises():
 
 def test_no_adapter_is_the_prior():
     net = make(None)
-    ref = PixelDiT(**backbone_kwargs())
+    ref = PixelDiT(**tiny_backbone_kwargs())
     ref.load_state_dict(net.state_dict())
     x, t = torch.randn(1, 3, 32, 32), torch.rand(1)
     with torch.no_grad():
