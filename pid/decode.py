@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pipeline-steps", type=int, default=28, help="--pipeline: its schedule length N")
     parser.add_argument("--exit-after", type=int, default=None,
                         help="--pipeline: stop after K steps (default N)")
+    parser.add_argument("--pipeline-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="--pipeline: another keyword of the pipeline call (a YAML value), "
+                             "e.g. guidance_scale=3.5")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="--pipeline: the generator's image size; --image: resize to it first")
     parser.add_argument("--sigma", type=float, default=None,
@@ -154,9 +157,17 @@ def _latent_from_pipeline(decoder, args) -> tuple[torch.Tensor, float, str]:
                                   path=args.pipeline)
     pipe = DiffusionPipeline.from_pretrained(args.pipeline, local_files_only=True).to(args.device)
     height, width = args.size or (1024, 1024)
+    import yaml
+
+    extra = {}
+    for item in args.pipeline_arg:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PiDConfigError(f"--pipeline-arg {item!r}: expected KEY=VALUE")
+        extra[key] = yaml.safe_load(value)
     state = run_pipeline_to_step(pipe, args.exit_after or args.pipeline_steps, args.pipeline_steps,
                                  prompt=args.prompt, height=height, width=width,
-                                 generator=torch.Generator(device="cpu").manual_seed(args.seed))
+                                 generator=torch.Generator(device="cpu").manual_seed(args.seed), **extra)
     return state.latent, float(state.sigma), "train"  # ExitState is in PiD's training frame already
 
 

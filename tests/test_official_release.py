@@ -556,3 +556,33 @@ def test_decode_cli_with_a_release_preset_writes_the_official_decode(tmp_path, g
         diff = np.abs(got.astype(int) - ref.astype(int))
         # equal but where the network's float32 noise floor (~1e-4) straddles a rounding boundary
         assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+
+
+def test_decode_cli_from_clean_and_from_an_ldm_stopped_early(tmp_path, monkeypatch):
+    """`--image`: encode with the release's latent space, then PiD-decode at 4x; `--pipeline`: a diffusers
+    pipeline stopped after K of N steps, decoded at the scheduler's σ."""
+    import diffusers
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    from pid.decode import main
+    from test_early_exit import _tiny_flux_pipeline
+    from test_latents_vae import tiny_release_vae
+
+    tiny_release_vae("flux1").save_pretrained(tmp_path / "vae")
+    Image.fromarray(skimage.data.astronaut()[:48, :64]).save(tmp_path / "photo.png")
+    preset = str(tiny_preset(tmp_path, "v1_5_student", "flux1"))
+    ckpt = str(OFFICIAL / "tiny" / "v1_5_student_release.pth")
+    (out,) = main(["--release", preset, "--ckpt", ckpt, "--image", str(tmp_path / "photo.png"),
+                   "--latent-path", str(tmp_path / "vae"), "--out", str(tmp_path / "clean.png"), "--device", "cpu"])
+    assert np.asarray(Image.open(out)).shape == (192, 256, 3)
+
+    (tmp_path / "flux").mkdir()
+    pipe = _tiny_flux_pipeline()
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", lambda *a, **k: pipe)
+    (out,) = main(["--release", preset, "--ckpt", ckpt, "--pipeline", str(tmp_path / "flux"), "--prompt",
+                   "a red cat", "--size", "32", "48", "--pipeline-steps", "8", "--exit-after", "6",
+                   "--pipeline-arg", "max_sequence_length=16", "--out", str(tmp_path / "ldm.png"),
+                   "--device", "cpu"])
+    assert np.asarray(Image.open(out)).shape == (128, 192, 3)
