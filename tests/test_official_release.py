@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = ROOT.parent / "shared" / "official"
 pytestmark = pytest.mark.skipif(
     not (OFFICIAL / "tiny" / "cases.safetensors").is_file(),
-    reason=f"golden data of the official code not found at {OFFICIAL} (shared/ sits beside the repository in CI)",
+    reason=f"golden data of the official code not found at {OFFICIAL} (shared/ sits beside the repository "
+    "in CI)",
 )
 
 NET_ATOL = 5e-4
@@ -523,7 +524,7 @@ def test_export_to_the_released_layout_round_trips(tmp_path, golden):
 
 
 def test_decode_cli_with_a_release_preset_writes_the_official_decode(tmp_path, golden):
-    """`python -m pid.decode --release <preset file> --ckpt <official .pth> --latent <case>`: the official image."""
+    """`python -m pid.decode --release <preset> --ckpt <official .pth> --latent <case>`: official pixels."""
     import numpy as np
     from PIL import Image
     from safetensors.torch import save_file
@@ -575,7 +576,8 @@ def test_decode_cli_from_clean_and_from_an_ldm_stopped_early(tmp_path, monkeypat
     preset = str(tiny_preset(tmp_path, "v1_5_student", "flux1"))
     ckpt = str(OFFICIAL / "tiny" / "v1_5_student_release.pth")
     (out,) = main(["--release", preset, "--ckpt", ckpt, "--image", str(tmp_path / "photo.png"),
-                   "--latent-path", str(tmp_path / "vae"), "--out", str(tmp_path / "clean.png"), "--device", "cpu"])
+                   "--latent-path", str(tmp_path / "vae"), "--out", str(tmp_path / "clean.png"),
+                   "--device", "cpu"])
     assert np.asarray(Image.open(out)).shape == (192, 256, 3)
 
     (tmp_path / "flux").mkdir()
