@@ -16,7 +16,9 @@ def _model_installed() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _model_installed(), reason="needs the wheel brisque==0.2.0 (its SVR model)")
+pytestmark = pytest.mark.skipif(
+    not _model_installed(), reason="needs the wheel brisque==0.2.0 (its SVR model)"
+)
 
 # The PyPI package brisque 0.2.0 (opencv 5.0, libsvm 3.37, numpy 2.3 — it fails on numpy 2.4) on these images;
 # "noisy": + N(0, 20²) per channel from numpy's default_rng(0), clipped to uint8.

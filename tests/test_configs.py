@@ -39,7 +39,9 @@ def test_groups_compose(overrides):
 
 
 def test_prior_has_no_adapter():
-    cfg = compose_train(["experiment=quickstart", "model=prior", "model/net=tiny", "paths.output_dir=/tmp/out"])
+    cfg = compose_train(
+        ["experiment=quickstart", "model=prior", "model/net=tiny", "paths.output_dir=/tmp/out"]
+    )
     net = instantiate(cfg.model.net)
     assert net.adapter is None
 

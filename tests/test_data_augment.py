@@ -19,7 +19,8 @@ def test_off_is_the_identity_and_on_gives_rotated_permuted_copies():
     for xi, yi in zip(x, y, strict=True):
         assert any(torch.equal(yi, v) for v in _variants(xi))
     assert not torch.equal(x, y)  # 16 samples: some were rotated or permuted
-    seen = {next(i for i, v in enumerate(_variants(xi)) if torch.equal(yi, v)) for xi, yi in zip(x, y, strict=True)}
+    seen = {next(i for i, v in enumerate(_variants(xi)) if torch.equal(yi, v))
+            for xi, yi in zip(x, y, strict=True)}
     assert len(seen) > 3
 
 

@@ -214,7 +214,9 @@ def _niqe_model_installed() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _niqe_model_installed(), reason="needs the wheel absolutely-not-scikit-video (NIQE model)")
+@pytest.mark.skipif(
+    not _niqe_model_installed(), reason="needs the wheel absolutely-not-scikit-video (NIQE model)"
+)
 def test_niqe_matches_reference_and_ranks_blur_worse():
     import skimage.data as sd
     from scipy.ndimage import gaussian_filter

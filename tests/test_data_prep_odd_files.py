@@ -114,7 +114,8 @@ def test_a_build_over_every_odd_case_keeps_or_lists_every_file(tmp_path):
     manifest = read_jsonl(tmp_path / "out" / "manifest.jsonl")
     kept = {Path(m["origin"]).name for m in manifest if m["source"] != "pdf"}
     assert kept == {"anim.gif", "anim.webp", "inside.png", "gray16.png"}
-    assert [m["meta"]["pdf"] for m in manifest if m["source"] == "pdf"] == [str((pdfs / "huge.pdf").resolve())]
+    pdf_pages = [m["meta"]["pdf"] for m in manifest if m["source"] == "pdf"]
+    assert pdf_pages == [str((pdfs / "huge.pdf").resolve())]
     assert listed["float.tif"] == "unsupported_pixels"
     # every entry under the folder is kept, listed with its reason, or the caption sidecar of an image
     for dirpath, dirnames, filenames in os.walk(img):

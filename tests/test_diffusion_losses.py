@@ -89,10 +89,12 @@ def test_latent_consistency_sees_only_local_means_and_weighs_by_the_latent_noise
     g = torch.Generator().manual_seed(0)
     hq = torch.randn(2, 3, 16, 16, generator=g)
     detail = torch.randn(2, 3, 16, 16, generator=g)
-    detail = detail - torch.nn.functional.avg_pool2d(detail, 8).repeat_interleave(8, -1).repeat_interleave(8, -2)
+    cell_means = torch.nn.functional.avg_pool2d(detail, 8).repeat_interleave(8, -1).repeat_interleave(8, -2)
+    detail = detail - cell_means
     assert losses.latent_consistency_loss(hq + detail, hq, pool=8) < 1e-12  # other detail, same 8×8 means
     shifted = hq + torch.tensor([0.5, 0.0]).view(2, 1, 1, 1)
-    assert losses.latent_consistency_loss(shifted, hq, pool=8).item() == pytest.approx(0.125)  # mean of 0.25, 0
+    # the mean of 0.25 and 0
+    assert losses.latent_consistency_loss(shifted, hq, pool=8).item() == pytest.approx(0.125)
     # w = 1 − σ: a sample with a fully noised latent (σ = 1) contributes nothing
     assert losses.latent_consistency_loss(shifted, hq, pool=8, sigma=torch.tensor([1.0, 0.0])).item() == 0.0
     only_first = losses.latent_consistency_loss(shifted, hq, pool=8, sigma=torch.tensor([0.0, 1.0]))

@@ -34,9 +34,15 @@ def test_student_timesteps():
     torch.testing.assert_close(ts, torch.tensor([0.999, 0.866, 0.634, 0.342, 0.0]))
     torch.testing.assert_close(schedules.student_timesteps(num_steps=2), torch.tensor([0.999, 0.634, 0.0]))
     # the official student sampler: one step is a single call at t = 1.0, not the list's first entry
-    torch.testing.assert_close(schedules.student_timesteps(num_steps=1), torch.tensor([1.0, 0.0]), atol=0, rtol=0)
-    torch.testing.assert_close(schedules.student_timesteps(num_steps=1, one_step_t=0.999), torch.tensor([0.999, 0.0]))
-    torch.testing.assert_close(schedules.student_timesteps(num_steps=3), torch.tensor([0.999, 0.866, 0.342, 0.0]))
+    torch.testing.assert_close(
+        schedules.student_timesteps(num_steps=1), torch.tensor([1.0, 0.0]), atol=0, rtol=0
+    )
+    torch.testing.assert_close(
+        schedules.student_timesteps(num_steps=1, one_step_t=0.999), torch.tensor([0.999, 0.0])
+    )
+    torch.testing.assert_close(
+        schedules.student_timesteps(num_steps=3), torch.tensor([0.999, 0.866, 0.342, 0.0])
+    )
     assert schedules.student_timesteps(num_steps=3).shape == (4,)
     torch.testing.assert_close(schedules.student_timesteps([0.9, 0.5]), torch.tensor([0.9, 0.5, 0.0]))
     with pytest.raises(ValueError):
