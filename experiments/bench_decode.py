@@ -15,7 +15,9 @@ Per output size, at batch 1:
   ``pid.eval.baselines.sr_cascade``).
 
 Calls alternate order round by round; each ratio is the median over rounds of the per-round ratio
-(``--rounds`` decode rounds, ``--step-rounds`` times as many step rounds), robust to a shared machine.
+(``--rounds`` decode rounds, ``--step-rounds`` times as many step rounds). The headline ratios are of
+the process's CPU time per call (one thread: the work done, whatever else the shared machine runs);
+the wall-clock ratios are written beside them.
 Writes benchmarks/decode.json and benchmarks/decode.md. Goals: pid step / backbone ≤ 1.05,
 cascade / student ≥ 6.0.
 
@@ -57,10 +59,11 @@ def build(experiment: str, net: str):
     return instantiate(cfg.model.net).eval(), latent.eval(), int(cfg.sr_scale)
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(CPU ms of this process, wall ms) of one call."""
+    c0, t0 = time.process_time(), time.perf_counter()
     fn()
-    return (time.perf_counter() - t0) * 1e3
+    return (time.process_time() - c0) * 1e3, (time.perf_counter() - t0) * 1e3
 
 
 def bench_size(size: int, pid_net, latent, sr_net, rgb, sr_scale: int, rounds: int, step_rounds: int) -> dict:
@@ -91,7 +94,7 @@ def bench_size(size: int, pid_net, latent, sr_net, rgb, sr_scale: int, rounds: i
                                            generator=torch.Generator().manual_seed(0)),
         "cascade_25": cascade,
     }
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for fn in fns.values():  # warm-up
         fn()
     steps = ("backbone", "pid_step", "pid_step_adapter_each_step")
@@ -102,18 +105,24 @@ def bench_size(size: int, pid_net, latent, sr_net, rgb, sr_scale: int, rounds: i
         for k in ("student_4", "cascade_25") if r % 2 == 0 else ("cascade_25", "student_4"):
             times[k].append(timed(fns[k]))
 
-    def paired(a: str, b: str) -> float:
-        """Median over rounds of the per-round ratio a / b (robust to load that drifts between rounds)."""
-        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+    def paired(a: str, b: str, i: int) -> float:
+        """Median over rounds of the per-round ratio a / b (i = 0: CPU time, 1: wall time)."""
+        return statistics.median(x[i] / y[i] for x, y in zip(times[a], times[b]))
 
-    med = {k: statistics.median(v) for k, v in times.items()}
+    def ratios(i: int) -> dict:
+        return {
+            "pid_step_over_backbone": round(paired("pid_step", "backbone", i), 3),
+            "adapter_each_step_over_backbone": round(paired("pid_step_adapter_each_step", "backbone", i), 3),
+            "cascade_over_student": round(paired("cascade_25", "student_4", i), 2),
+        }
+
     return {
         "size": size,
-        "median_ms": {k: round(v, 2) for k, v in med.items()},
+        "median_cpu_ms": {k: round(statistics.median(c for c, _ in v), 2) for k, v in times.items()},
+        "median_wall_ms": {k: round(statistics.median(w for _, w in v), 2) for k, v in times.items()},
         "rounds": {k: len(v) for k, v in times.items()},
-        "pid_step_over_backbone": round(paired("pid_step", "backbone"), 3),
-        "adapter_each_step_over_backbone": round(paired("pid_step_adapter_each_step", "backbone"), 3),
-        "cascade_over_student": round(paired("cascade_25", "student_4"), 2),
+        **ratios(0),
+        "wall": ratios(1),
     }
 
 
@@ -135,7 +144,7 @@ def main() -> None:
         for size in args.sizes:
             row = bench_size(size, pid_net, latent, sr_net, rgb, sr_scale, args.rounds, args.step_rounds)
             rows.append(row)
-            m = row["median_ms"]
+            m = row["median_cpu_ms"]
             print(f"{size:>5}px  backbone {m['backbone']:.1f} ms  pid step {m['pid_step']:.1f} ms "
                   f"({row['pid_step_over_backbone']:.3f}x; "
                   f"adapter each step {row['adapter_each_step_over_backbone']:.3f}x)"
@@ -158,8 +167,10 @@ def main() -> None:
     lines = [
         f"# Decode cost: PiD step vs backbone, 4-step student vs 25-step SR cascade ({args.net} net, CPU)",
         "",
-        f"Batch 1, fp32, {args.threads} thread(s), random weights; ratios: median over interleaved rounds of "
-        f"the per-round ratio ({args.rounds} decode rounds, {args.rounds * args.step_rounds} step rounds). "
+        f"Batch 1, fp32, {args.threads} thread(s), random weights. Times are the process's CPU time per call "
+        "(with one thread, the work done whatever else the shared machine runs); ratios are medians over "
+        f"interleaved rounds of the per-round ratio ({args.rounds} decode rounds, "
+        f"{args.rounds * args.step_rounds} step rounds); wall-clock ratios in the second table. "
         "`pid step`: one sampler step with the adapter features computed once per decode; "
         "`adapter each step`: the same call recomputing the adapter trunk (before the cache). "
         "Cascade: native patch-PCA decode + the same backbone class on the low-res RGB image, "
@@ -170,10 +181,19 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        m = r["median_ms"]
+        m = r["median_cpu_ms"]
         lines.append(f"| {r['size']}² | {m['backbone']:.1f} | {m['pid_step']:.1f} "
                      f"| {r['pid_step_over_backbone']:.3f}× | {r['adapter_each_step_over_backbone']:.3f}× "
                      f"| {m['student_4']:.1f} | {m['cascade_25']:.1f} | {r['cascade_over_student']:.2f}× |")
+    lines += ["", "Wall clock (the same rounds; other processes share the cores):", "",
+              "| size | backbone ms | pid step ms | step / backbone | adapter each step / backbone "
+              "| student@4 ms | cascade@25 ms | cascade / student |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        m, w = r["median_wall_ms"], r["wall"]
+        lines.append(f"| {r['size']}² | {m['backbone']:.1f} | {m['pid_step']:.1f} "
+                     f"| {w['pid_step_over_backbone']:.3f}× | {w['adapter_each_step_over_backbone']:.3f}× "
+                     f"| {m['student_4']:.1f} | {m['cascade_25']:.1f} | {w['cascade_over_student']:.2f}× |")
     lines += ["", "Goals: step / backbone ≤ 1.05; cascade / student ≥ 6.0."]
     (out / "decode.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'decode.json'} and {out / 'decode.md'}")
