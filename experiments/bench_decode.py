@@ -12,7 +12,8 @@ Per output size, at batch 1:
   call with the latent (the adapter trunk recomputed, as before the per-decode cache);
 - decode: ``student`` = PiD with the 4-step SDE student schedule (``student_timesteps``), CFG 1;
   ``cascade`` = native decode of the latent (patch-PCA) + the SR model at 25 Euler steps (as
-  ``pid.eval.baselines.sr_cascade``).
+  ``pid.eval.baselines.sr_cascade``). A round runs one cascade decode and, back to back, six student
+  decodes (about as long), whose median is the round's student time.
 
 Calls alternate order round by round; each ratio is the median over rounds of the per-round ratio
 (``--rounds`` decode rounds, ``--step-rounds`` times as many step rounds). The headline ratios are of
@@ -37,6 +38,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 T_LIST = [0.999, 0.866, 0.634, 0.342]
+STUDENT_REPEATS = 6  # student decodes per round (their median pairs with one cascade decode)
 
 
 def build(experiment: str, net: str):
@@ -101,9 +103,10 @@ def bench_size(size: int, pid_net, latent, sr_net, rgb, sr_scale: int, rounds: i
     for r in range(rounds * step_rounds):  # the cheap step calls, paired per round
         for k in steps if r % 2 == 0 else reversed(steps):
             times[k].append(timed(fns[k]))
-    for r in range(rounds):
+    for r in range(rounds):  # one cascade decode against STUDENT_REPEATS student decodes (similar time)
         for k in ("student_4", "cascade_25") if r % 2 == 0 else ("cascade_25", "student_4"):
-            times[k].append(timed(fns[k]))
+            runs = [timed(fns[k]) for _ in range(STUDENT_REPEATS if k == "student_4" else 1)]
+            times[k].append(tuple(statistics.median(c) for c in zip(*runs)))
 
     def paired(a: str, b: str, i: int) -> float:
         """Median over rounds of the per-round ratio a / b (i = 0: CPU time, 1: wall time)."""
@@ -169,8 +172,9 @@ def main() -> None:
         "",
         f"Batch 1, fp32, {args.threads} thread(s), random weights. Times are the process's CPU time per call "
         "(with one thread, the work done whatever else the shared machine runs); ratios are medians over "
-        f"interleaved rounds of the per-round ratio ({args.rounds} decode rounds, "
-        f"{args.rounds * args.step_rounds} step rounds); wall-clock ratios in the second table. "
+        f"interleaved rounds of the per-round ratio ({args.rounds} decode rounds of one cascade and "
+        f"{STUDENT_REPEATS} student decodes, {args.rounds * args.step_rounds} step rounds); wall-clock "
+        "ratios in the second table. "
         "`pid step`: one sampler step with the adapter features computed once per decode; "
         "`adapter each step`: the same call recomputing the adapter trunk (before the cache). "
         "Cascade: native patch-PCA decode + the same backbone class on the low-res RGB image, "
