@@ -178,12 +178,12 @@ def _tiny_flux_pipeline():
     def tokenizer(max_length):
         tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
-        return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                                    model_max_length=max_length)
+        return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
+                                                    unk_token="<unk>", model_max_length=max_length)
 
     clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=len(words), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=77, pad_token_id=0, bos_token_id=0, eos_token_id=0))
+        vocab_size=len(words), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=77, pad_token_id=0, bos_token_id=0, eos_token_id=0))
     t5 = transformers.T5EncoderModel(transformers.T5Config(
         vocab_size=len(words), d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2, pad_token_id=0))
     transformer = FluxTransformer2DModel(
@@ -206,7 +206,8 @@ def test_real_flux_pipeline_exits_after_k_steps_with_the_scheduler_sigma():
     kwargs = dict(prompt="a photo of a red cat", height=32, width=48, guidance_scale=3.5,
                   max_sequence_length=16)
 
-    full = StepCapture([6], stop=False, unpack=lambda x: pipe._unpack_latents(x, 32, 48, pipe.vae_scale_factor))
+    full = StepCapture([6], stop=False,
+                       unpack=lambda x: pipe._unpack_latents(x, 32, 48, pipe.vae_scale_factor))
     pipe(num_inference_steps=8, callback_on_step_end=full, callback_on_step_end_tensor_inputs=["latents"],
          output_type="latent", generator=torch.Generator().manual_seed(3), **kwargs)
     assert len(calls) == 8

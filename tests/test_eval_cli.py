@@ -54,7 +54,8 @@ def test_quickstart_sr_experiment_is_an_rgb_conditioned_pid():
     assert (latent.channels, latent.down_factor) == (3, 1)
     assert torch.equal(latent.encode(x), x) and torch.equal(latent.decode(x), x)
     net = instantiate(cfg.model.net)
-    assert type(net).__name__ == type(instantiate(compose_train(["experiment=quickstart"]).model.net)).__name__
+    quickstart_net = instantiate(compose_train(["experiment=quickstart"]).model.net)
+    assert type(net).__name__ == type(quickstart_net).__name__
 
 
 def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_root, tmp_path):
@@ -62,24 +63,27 @@ def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_
 
     from pid.evaluate import evaluate
 
-    torch.manual_seed(0)  # Real-ESRGAN's architecture (RRDBNet) at a tiny random size, loaded back by spandrel
+    # Real-ESRGAN's architecture (RRDBNet) at a tiny random size, loaded back by spandrel
+    torch.manual_seed(0)
     torch.save(ESRGAN(num_filters=8, num_blocks=1, scale=4).state_dict(), tmp_path / "tiny_esrgan.pth")
     out = tmp_path / "report"
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("eval", overrides=[
             "eval=tiny", f"ckpt={checkpoints['teacher']}", f"student_ckpt={checkpoints['student']}",
             f"sr_cascade_ckpt={checkpoints['sr']}", f"data.root={tiny_image_root / 'val'}",
-            f"report.out_dir={out}", "methods.upscalers=[{name: RealESRGAN_x4plus, weights: /nonexistent.pth}, "
+            f"report.out_dir={out}",
+            "methods.upscalers=[{name: RealESRGAN_x4plus, weights: /nonexistent.pth}, "
             f"{{name: tiny_esrgan, weights: {tmp_path / 'tiny_esrgan.pth'}}}]",
             "+data.groups.space=hubble*",
-            "metrics.clip.model_cfg={embed_dim: 16, vision_cfg: {image_size: 32, layers: 1, width: 32, patch_size: 16, "
-            "head_width: 16}, text_cfg: {context_length: 16, vocab_size: 49408, width: 32, heads: 2, layers: 1}}",
+            "metrics.clip.model_cfg={embed_dim: 16, "
+            "vision_cfg: {image_size: 32, layers: 1, width: 32, patch_size: 16, head_width: 16}, "
+            "text_cfg: {context_length: 16, vocab_size: 49408, width: 32, heads: 2, layers: 1}}",
         ])
     result = evaluate(cfg)
     names = [r["name"] for r in result["rows"]]
-    for expected in ("ground_truth", "native_bicubic", "native_lanczos", "sr_cascade@2", "spandrel:tiny_esrgan",
-                     "pid_teacher@2",
-                     "pid_student@2", "early_exit_pid@0", "early_exit_pid@0.5", "early_exit_native@0.5"):
+    for expected in ("ground_truth", "native_bicubic", "native_lanczos", "sr_cascade@2",
+                     "spandrel:tiny_esrgan", "pid_teacher@2", "pid_student@2",
+                     "early_exit_pid@0", "early_exit_pid@0.5", "early_exit_native@0.5"):
         assert expected in names, names
     assert [s["name"] for s in result["skipped"]] == ["spandrel:RealESRGAN_x4plus"]
     md = (out / "results.md").read_text()
@@ -91,7 +95,8 @@ def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_
     by = {r["name"]: r for r in result["rows"]}
     for name in ("native_bicubic", "pid_teacher@2", "sr_cascade@2", "spandrel:tiny_esrgan", "pid_student@2"):
         r = by[name]
-        for key in ("fid", "kid", "patch_fid", "patch_kid", "psnr", "ssim", "clip", "latency_ms", "peak_mem_mb"):
+        for key in ("fid", "kid", "patch_fid", "patch_kid", "psnr", "ssim", "clip", "latency_ms",
+                    "peak_mem_mb"):
             assert r[key] == r[key], (name, key)  # not NaN
         assert r["latency_p10_ms"] <= r["latency_ms"] <= r["latency_p90_ms"]
     assert by["ground_truth"]["patch_fid"] == pytest.approx(0.0, abs=1e-6)
@@ -100,7 +105,8 @@ def test_evaluate_writes_the_report_with_every_baseline(checkpoints, tiny_image_
     for name in ("native_bicubic", "pid_student@2"):  # one group holding every crop: the set's own fidelity
         group = by[name]["by_group"]["space"]
         assert set(by[name]["by_group"]) == {"space"}  # text_pages matches no crop here: left out
-        assert group["psnr"] == pytest.approx(by[name]["psnr"]) and group["ssim"] == pytest.approx(by[name]["ssim"])
+        assert group["psnr"] == pytest.approx(by[name]["psnr"])
+        assert group["ssim"] == pytest.approx(by[name]["ssim"])
     assert "Fidelity by group" in md and f"space (n={by['native_bicubic']['by_group']['space']['n']})" in md
     assert "fewer than the 2048 Inception dimensions" in result["notes"]["patch_fid"]  # a few tiny crops
     assert [s.split(":")[0] for s in result["summary"]] == ["patch-FID", "patch-KID×1e3", "speed"]
@@ -128,7 +134,8 @@ def test_clip_reported_as_not_configured_and_missing_ckpt_names_key(checkpoints,
     assert {"sr_cascade", "spandrel"} <= skipped
     assert any(name.startswith("pid_student@") for name in skipped)
     assert "not configured" in (tmp_path / "results.md").read_text().split("CLIP")[1]
-    assert "metrics.qalign.path" in result["notes"]["qalign"] and "Q-Align" in (tmp_path / "results.md").read_text()
+    assert "metrics.qalign.path" in result["notes"]["qalign"]
+    assert "Q-Align" in (tmp_path / "results.md").read_text()
 
 
 def test_qalign_in_eval_names_its_config_keys(tmp_path):
@@ -148,7 +155,8 @@ def test_qalign_in_eval_names_its_config_keys(tmp_path):
         setup(path=str(tmp_path / "absent"))
     assert err.value.config_key == "metrics.qalign.path"
     (tmp_path / "one-align").mkdir()
-    (tmp_path / "one-align" / "config.json").write_text(_json.dumps({"auto_map": {"AutoModelForCausalLM": "x.Y"}}))
+    config = {"auto_map": {"AutoModelForCausalLM": "x.Y"}}
+    (tmp_path / "one-align" / "config.json").write_text(_json.dumps(config))
     with pytest.raises(PiDConfigError, match="metrics.qalign.trust_remote_code=true"):
         setup(path=str(tmp_path / "one-align"))
     assert setup(path=str(tmp_path / "one-align"), trust_remote_code=True) is None
@@ -179,7 +187,8 @@ def test_a_new_metric_is_one_class_and_one_config_entry(checkpoints, tiny_image_
     assert truth["brightness"] > 0
     md = (tmp_path / "results.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| method"))
-    assert "mean brightness↑" in header and "Q-Align" not in header and "FID↓" not in header.replace("patch-FID", "")
+    assert "mean brightness↑" in header and "Q-Align" not in header
+    assert "FID↓" not in header.replace("patch-FID", "")
     assert f"| {truth['brightness']:.1f} |" in md
     rows = {r["name"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
     for name in ("ground_truth", "native_bicubic", "pid_teacher@2"):

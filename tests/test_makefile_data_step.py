@@ -32,7 +32,8 @@ def _make_train(work: Path, *args: str) -> tuple[list[list[str]], str]:
         (venv / "bin").mkdir(parents=True)
         stub = venv / "bin" / "python"
         stub.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                        "with open(sys.argv[0] + '.argv', 'a') as f:\n    f.write(json.dumps(sys.argv[1:]) + '\\n')\n")
+                        "with open(sys.argv[0] + '.argv', 'a') as f:\n"
+                        "    f.write(json.dumps(sys.argv[1:]) + '\\n')\n")
         stub.chmod(0o755)
         (venv / ".pid-installed").touch()  # newer than Makefile/pyproject/lock: no install step
     log = venv / "bin" / "python.argv"

@@ -1,4 +1,7 @@
-"""The frozen Hugging Face text encoder (PixelDiT-T2I's Gemma-2) from a local folder, at a tiny random size."""
+"""The frozen Hugging Face text encoder from a local folder.
+
+PixelDiT-T2I's Gemma-2, at a tiny random size.
+"""
 
 import pytest
 import torch
@@ -11,10 +14,12 @@ def _tiny_gemma2_folder(path):
     words = ["<pad>", "<unk>", "a", "photo", "of", "red", "cat", "on", "page"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>").save_pretrained(path)
-    config = transformers.Gemma2Config(vocab_size=len(words), hidden_size=32, intermediate_size=37, head_dim=8,
-                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                       pad_token_id=0)
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
+                                                     unk_token="<unk>")
+    tokenizer.save_pretrained(path)
+    config = transformers.Gemma2Config(vocab_size=len(words), hidden_size=32, intermediate_size=37,
+                                       head_dim=8, num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2, pad_token_id=0)
     torch.manual_seed(0)
     transformers.Gemma2Model(config).save_pretrained(path)
     return path
