@@ -84,7 +84,8 @@ def test_a_release_with_another_latent_space_says_which_to_select(tmp_path, tiny
 
 
 def test_make_eval_scores_official_files_named_by_their_presets(tmp_path, tiny_image_root):
-    """`make eval ckpt=<teacher .pth> student_ckpt=<student .pth> release=... student_release=... latent_path=`."""
+    """`make eval ckpt=<teacher .pth> student_ckpt=<student .pth> release=... student_release=...
+    latent_path=`."""
     from hydra import compose, initialize_config_dir
 
     from conftest import CONF_DIR
