@@ -96,19 +96,25 @@ def export_tiny_decoder(out: Path, *overrides: str) -> Path:
     return export_decoder(module, out / "pid_decoder.safetensors")
 
 
+def photo(name: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The scikit-image sample photo ``name`` as RGB uint8 (H, W, 3), resized (bicubic) to ``size`` (w, h)."""
+    import skimage.data as sd
+
+    img = Image.fromarray(getattr(sd, name)()).convert("RGB")
+    if size is not None:
+        img = img.resize(size, Image.BICUBIC)
+    return np.asarray(img)
+
+
 @pytest.fixture(scope="session")
 def tiny_image_root(tmp_path_factory) -> Path:
     """train/ and val/ folders of real photos cut to 256 px squares (fast to decode)."""
-    import skimage.data as sd
-
     root = tmp_path_factory.mktemp("images")
     photos = {"train": ["astronaut", "coffee", "chelsea", "rocket"], "val": ["hubble_deep_field"]}
     for split, names in photos.items():
         (root / split).mkdir()
         for name in names:
-            img = getattr(sd, name)()
-            img = np.asarray(Image.fromarray(img).resize((256, 256)))
-            Image.fromarray(img).save(root / split / f"{name}.png")
+            Image.fromarray(photo(name, (256, 256))).save(root / split / f"{name}.png")
     return root
 
 

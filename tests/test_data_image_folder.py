@@ -12,6 +12,8 @@ from pid.data.datamodule import ImageFolderDataModule
 from pid.data.image_folder import FixedCropDataset, ImageCropDataset, grid_positions
 from pid.data.io import load_rgb, probe_image
 
+from conftest import photo
+
 CROP = 64
 
 
@@ -157,12 +159,9 @@ def test_sample_set_images_feed_crops(tmp_path):
 
 def _half_blank_image(folder, name="page.png"):
     """Left half white (a page margin), right half a real photo."""
-    import skimage.data as sd
-
     folder.mkdir(parents=True, exist_ok=True)
-    photo = np.asarray(Image.fromarray(sd.astronaut()).resize((128, 256)))
     img = np.full((256, 256, 3), 255, np.uint8)
-    img[:, 128:] = photo
+    img[:, 128:] = photo("astronaut", (128, 256))
     Image.fromarray(img).save(folder / name)
     return folder
 

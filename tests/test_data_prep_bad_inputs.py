@@ -16,13 +16,13 @@ from PIL import Image
 from data_prep.build import build
 from pid.data.transforms import decode_rgb
 
+from conftest import photo
+
 SIDE = 64
 
 
 def _photo(name: str, w: int = 80, h: int = 64) -> np.ndarray:
-    import skimage.data as sd
-
-    return np.asarray(Image.fromarray(getattr(sd, name)()).convert("RGB").resize((w, h), Image.BICUBIC))
+    return photo(name, (w, h))
 
 
 def _bomb_png(path: Path, side: int = 100_000) -> None:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from data_prep.filter import filter_records
@@ -15,19 +14,16 @@ from data_prep.ingest import ingest
 from data_prep.shards import KILL_ENV, write_shards
 from pid.data.buckets import make_buckets
 
+from conftest import photo
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _work(tmp_path: Path) -> Path:
-    import skimage.data as sd
-
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i, name in enumerate(["astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "coins"]):
-        a = np.asarray(
-            Image.fromarray(getattr(sd, name)()).convert("RGB").resize((64 + 8 * i, 64), Image.BICUBIC)
-        )
-        Image.fromarray(a).save(folder / f"{name}.{'jpg' if i % 2 else 'png'}")
+        Image.fromarray(photo(name, (64 + 8 * i, 64))).save(folder / f"{name}.{'jpg' if i % 2 else 'png'}")
         (folder / f"{name}.txt").write_text(f"a photo: {name}")
     work = tmp_path / "work"
     ingest(work, [folder], verbose=False)

@@ -12,6 +12,8 @@ from PIL import Image
 from pid.data.buckets import BucketSet, make_buckets, multi_level, single_level
 from pid.data.transforms import TooSmallError, bucket_crop
 
+from conftest import photo
+
 
 def test_single_level_is_the_paper_table():
     got = {b.name: (b.width, b.height) for b in single_level(2048, 64)}
@@ -54,10 +56,8 @@ def test_assignment_nearest_aspect_and_never_upsample():
 
 
 def _jpeg(w, h, q=92) -> bytes:
-    import skimage.data as sd
-
     buf = io.BytesIO()
-    Image.fromarray(sd.astronaut()).resize((w, h), Image.BICUBIC).save(buf, "JPEG", quality=q)
+    Image.fromarray(photo("astronaut", (w, h))).save(buf, "JPEG", quality=q)
     return buf.getvalue()
 
 

@@ -18,6 +18,8 @@ from pid.data.buckets import single_level
 from pid.data.shard_datamodule import ShardDataModule
 from pid.data.shard_stream import BucketedShardStream
 
+from conftest import photo
+
 BASE, MULT = 64, 16
 # (w, h): squares, 4:3, 3:4, 16:9, 9:16 and in-between sizes, all ≥ their bucket; one too small for any
 SIZES = [(64, 64), (90, 90), (86, 64), (96, 72), (64, 86), (72, 96), (100, 56), (84, 48), (48, 84), (56, 100),
@@ -26,15 +28,11 @@ SIZES = [(64, 64), (90, 90), (86, 64), (96, 72), (64, 86), (72, 96), (100, 56), 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    import skimage.data as sd
-
     root = tmp_path_factory.mktemp("stream")
     folder = root / "imgs"
     folder.mkdir()
-    src = sd.astronaut()
     for i, (w, h) in enumerate(SIZES):
-        a = np.asarray(Image.fromarray(src).resize((w, h), Image.BICUBIC))
-        Image.fromarray(a).save(folder / f"img{i:02d}.{'jpg' if i % 2 else 'png'}")
+        Image.fromarray(photo("astronaut", (w, h))).save(folder / f"img{i:02d}.{'jpg' if i % 2 else 'png'}")
         (folder / f"img{i:02d}.json").write_text(
             json.dumps({"prompt": f"long {i}", "prompt_short": f"short {i}"})
         )
@@ -183,14 +181,12 @@ def test_native_textured_validation_crops_show_content_and_training_crops_skip_b
     training crops."""
     import random
 
-    import skimage.data as sd
-
     from pid.data.buckets import make_buckets
     from pid.data.shard_val import FixedCropShardDataset
     from pid.data.transforms import bucket_crop
 
     page = np.full((128, 256, 3), 255, np.uint8)
-    page[:, 128:] = np.asarray(Image.fromarray(sd.astronaut()).resize((128, 128)))
+    page[:, 128:] = photo("astronaut", (128, 128))
     folder = tmp_path / "pages"
     folder.mkdir()
     Image.fromarray(page).save(folder / "page.png")
