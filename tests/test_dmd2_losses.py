@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -130,3 +132,97 @@ def test_discriminator_on_middle_block_features():
     with pytest.raises(ValueError):
         FeatureDiscriminator(in_channels=64, num_blocks=4, feature_blocks=[4])
 
+
+
+def _toy_networks(seed: int = 0):
+    """Stand-ins for teacher, fake score and discriminator: fixed linear maps of (x_t, t)."""
+    from pid.diffusion.dmd2_loss import DMD2Networks
+
+    g = torch.Generator().manual_seed(seed)
+    a, b, w = torch.randn(3, 3, generator=g), torch.randn(3, 3, generator=g), torch.randn(3, generator=g)
+
+    def mix(m, x, t):
+        return torch.einsum("oc,bchw->bohw", m, x) * (1 - t.view(-1, 1, 1, 1))
+
+    return DMD2Networks(teacher_x0=lambda x, t: mix(a, x, t), fake_v=lambda x, t: mix(b, x, t),
+                        features=lambda x, t: {0: x * t.view(-1, 1, 1, 1)},
+                        discriminator=lambda f: torch.einsum("c,bchw->b", w, f[0])[:, None])
+
+
+def _loss_from_config(**overrides):
+    """DMD2Loss as conf/model/dmd2.yaml builds it (the module fills in weights, GAN settings and the pool)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "dmd2.yaml")
+    weights = {**OmegaConf.to_container(model.loss_weights), **overrides.pop("weights", {})}
+    gan = {**OmegaConf.to_container(model.gan), **overrides.pop("gan", {})}
+    return instantiate(model.loss)(weights=weights, gan=gan, consistency_pool=overrides.pop("pool", 4))
+
+
+def test_dmd2_loss_takes_its_values_from_the_config():
+    from pid.diffusion.dmd2_loss import DMD2Loss
+
+    loss = _loss_from_config()
+    assert isinstance(loss, DMD2Loss)
+    assert (loss.vsd, loss.dsm, loss.regression, loss.consistency) == (1.0, 1.0, 0.0, 0.0)
+    assert (loss.gan_weight, loss.gan_warmup_steps, loss.r1_weight, loss.r1_alpha) == (0.05, 100, 200.0, 0.1)
+    assert loss.gan_enabled and not _loss_from_config(gan={"gen_weight": 0.0}).gan_enabled
+    with pytest.raises(KeyError):
+        DMD2Loss(weights={"vsd": 1.0}, gan={}, consistency_pool=4)  # no value falls back to a Python default
+
+
+def test_dmd2_loss_critic_phase_is_dsm_plus_gan_plus_weighted_r1():
+    from pid.diffusion import flow
+
+    nets, g = _toy_networks(), torch.Generator().manual_seed(3)
+    x0, real, eps, xi = (torch.randn(2, 3, 8, 8, generator=g) for _ in range(4))
+    t = torch.tensor([0.3, 0.8])
+    loss_fn = _loss_from_config(weights={"dsm": 0.5})
+    loss, logs = loss_fn.critic(nets, x0, t, eps, real=real, xi=xi)
+    x_t, real_t = flow.interpolate(x0, eps, t), flow.interpolate(real, eps, t)
+    dsm = dmd.fake_score_flow_loss(nets.fake_v(x_t, t), x0, eps)
+    d = {k: nets.discriminator(nets.features(x, t)) for k, x in
+         (("fake", x_t), ("real", real_t), ("alpha", real_t + 0.1 * xi))}
+    r1 = dmd.r1_approx_loss(d["real"], d["alpha"])
+    want = 0.5 * dsm + dmd.gan_discriminator_loss(d["real"], d["fake"]) + 200.0 * r1
+    torch.testing.assert_close(loss, want)
+    assert set(logs) == {"dsm", "gan_d", "r1", "d_real", "d_fake", "loss_critic"}
+    with pytest.raises(ValueError, match="xi"):
+        loss_fn.critic(nets, x0, t, eps, real=real)
+
+
+def test_dmd2_loss_student_phase_composes_every_term_with_its_weight():
+    from pid.diffusion import flow, losses
+
+    nets, g = _toy_networks(1), torch.Generator().manual_seed(4)
+    x0, real, eps, x_k = (torch.randn(2, 3, 8, 8, generator=g) for _ in range(4))
+    t, t_k, sigma = torch.tensor([0.4, 0.6]), torch.tensor([0.866, 0.866]), torch.tensor([0.0, 0.5])
+    loss_fn = _loss_from_config(weights={"vsd": 2.0, "regression": 3.0, "consistency": 5.0}, pool=4,
+                                gan={"warmup_steps": 10})
+    x0 = x0.requires_grad_(True)
+    loss, logs = loss_fn.student(nets, x0, t, eps, real=real, sigma=sigma, student_input=(x_k, t_k),
+                                 iteration=5)
+    x_t = flow.interpolate(x0.detach(), eps, t)
+    vsd = dmd.vsd_loss(x0, nets.teacher_x0(x_t, t), flow.x0_from_v(x_t, nets.fake_v(x_t, t), t))
+    regression = dmd.regression_loss(x0, nets.teacher_x0(x_k, t_k))
+    consistency = losses.latent_consistency_loss(x0, real, 4, sigma)
+    gan_g = dmd.gan_generator_loss(nets.discriminator(nets.features(x_t, t)))
+    want = 2.0 * vsd.float() + 3.0 * regression + 5.0 * consistency + 0.025 * gan_g  # GAN weight: half warm
+    torch.testing.assert_close(loss, want)
+    assert logs["gan_weight"].item() == pytest.approx(0.025)
+    assert {"vsd", "regression", "consistency", "gan_g", "loss_student"} <= set(logs)
+    loss.backward()
+    assert x0.grad is not None and torch.isfinite(x0.grad).all()  # every term reaches the student's sample
+    plain, logs = _loss_from_config().student(nets, x0.detach(), t, eps, real=real, sigma=sigma,
+                                              student_input=(x_k, t_k), iteration=5)
+    assert "regression" not in logs and "consistency" not in logs  # weight 0: the paper's recipe
+
+
+def test_regression_loss_is_the_mean_square_to_the_detached_target():
+    x0 = torch.zeros(2, 3, 4, 4, requires_grad=True)
+    target = torch.full((2, 3, 4, 4), 2.0, requires_grad=True)
+    loss = dmd.regression_loss(x0, target)
+    assert loss.item() == 4.0
+    loss.backward()
+    assert target.grad is None and (x0.grad < 0).all()

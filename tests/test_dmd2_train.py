@@ -131,15 +131,16 @@ def test_latent_consistency_term_joins_the_student_loss(setup):
     from pid.train import build
 
     root, out, teacher = setup
-    overrides = distill_overrides(root, out, "lc", teacher, "model.gan.gen_weight=0", "model.loss_weights.consistency=0",
-                                  "model.loss_weights.regression=0")
+    overrides = distill_overrides(root, out, "lc", teacher, "model.gan.gen_weight=0",
+                                  "model.loss_weights.consistency=0", "model.loss_weights.regression=0",
+                                  "model.consistency_pool=null")
     _, module, _ = build(compose_train(overrides))
+    assert module.loss.consistency_pool == 32  # null: one latent cell, sr_scale × down factor = 32 px here
     hq, cond, gen = _student_inputs(0)
 
     base, logs = module.student_losses(hq, cond, *gen(), iteration=0)
     assert "consistency" not in logs  # weight 0: the paper's recipe
-    module.loss_weights["consistency"] = 2.0
-    module.hparams.consistency_pool = None  # one latent cell: sr_scale × down factor = 32 px here
+    module.loss.consistency = 2.0
     loss, logs = module.student_losses(hq, cond, *gen(), iteration=0)
     x0, _ = module.student_x0(hq, cond, *gen(), with_grad=False)
     want = losses.latent_consistency_loss(x0, hq, 32, cond["sigma"])
@@ -162,7 +163,7 @@ def test_regression_term_holds_the_student_to_the_guided_teacher_at_its_own_inpu
 
     base, logs = module.student_losses(hq, cond, *gen(), iteration=3)
     assert "regression" not in logs  # weight 0: the paper's recipe
-    module.loss_weights["regression"] = 5.0
+    module.loss.regression = 5.0
     loss, logs = module.student_losses(hq, cond, *gen(), iteration=3)
     x0, t, x = module.student_x0(hq, cond, *gen(), with_grad=False, with_input=True)
     with torch.no_grad():

@@ -1,5 +1,6 @@
-r"""DMD2 distillation math as pure functions (SPEC §4): VSD, fake-score flow (DSM) loss, GAN, R1,
-perturbation times and the two time-scale update schedule.
+r"""DMD2 distillation math as pure functions (PiD §4, docs/method.md §4): VSD, fake-score flow (DSM) loss,
+GAN, R1, the regression term, perturbation times and the two time-scale update schedule.
+:class:`pid.diffusion.dmd2_loss.DMD2Loss` composes them into the student's and the critics' losses.
 
 Conventions as everywhere in :mod:`pid.diffusion`: ``x_t = (1 - t) x0 + t eps``, ``v = eps - x0``.
 
@@ -34,6 +35,7 @@ __all__ = [
     "vsd_gradient",
     "vsd_loss",
     "fake_score_flow_loss",
+    "regression_loss",
     "gan_generator_loss",
     "gan_discriminator_loss",
     "r1_approx_loss",
@@ -59,7 +61,8 @@ def vsd_weight(x0_student: Tensor, x0_teacher: Tensor, eps: float = 1e-6) -> Ten
 
 @torch.no_grad()
 def vsd_gradient(x0_student: Tensor, x0_teacher: Tensor, x0_fake: Tensor, eps: float = 1e-6) -> Tensor:
-    """The DMD gradient :math:`g = (\\hat x_0^{fake} - \\hat x_0^{teacher})\\, w`, float64 (non-finite → 0)."""
+    """The DMD gradient :math:`g = (\\hat x_0^{fake} - \\hat x_0^{teacher})\\, w`, float64
+    (non-finite → 0)."""
     g = (x0_fake.double() - x0_teacher.double()) * vsd_weight(x0_student, x0_teacher, eps)
     return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
 
@@ -84,6 +87,14 @@ def fake_score_flow_loss(v_pred: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
     dtype = compute_dtype(v_pred, x0, eps)
     target = eps.to(dtype) - x0.detach().to(dtype)
     return F.mse_loss(v_pred.to(dtype), target, reduction="mean")
+
+
+def regression_loss(x0_student: Tensor, x0_target: Tensor) -> Tensor:
+    """Per-step guidance distillation (Meng et al. 2023): :math:`\\operatorname{mean}(x_0 -
+    \\operatorname{sg}(\\hat x_0^{\\,teacher}))^2` in fp32, with the guided teacher's x̂₀ taken at the
+    student's own input (x_k, t_k). With the Euler sampler a student that zeroes it reproduces the guided
+    teacher at the student's times. Not part of the paper's recipe (weight 0 there)."""
+    return torch.mean((x0_student.float() - x0_target.detach().float()) ** 2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""DMD2 distillation of a PiD teacher into a few-step (4-step) student, as a LightningModule (SPEC §4).
+"""DMD2 distillation of a PiD teacher into a few-step (4-step) student, as a LightningModule (PiD §4,
+docs/method.md §4).
 
 Networks (all the same PiDNet architecture but the discriminator head):
     net          the student, initialised from the teacher; what EMA, export and `pid.api` see
@@ -6,19 +7,21 @@ Networks (all the same PiDNet architecture but the discriminator head):
     teacher      frozen EMA teacher, gives the real score (its CFG baked in) and the discriminator's features
     discriminator  conv head(s) on the teacher's patch features of a middle block
 
-One iteration i (manual optimisation, one backward per iteration so DDP sees one graph):
-    critic  ((i+1) % student_every != 0):  x̂₀ = student(...) without grad,  x_t = (1−t)x̂₀ + tε
-            L = w_dsm·‖fake(x_t) − (ε − x̂₀)‖² + softplus(−D(real_t)) + softplus(D(x_t)) + w_r1·R1
-            (real_t = the real HQ crop noised at the same t and ε; R1 = ‖D(real_t) − D(real_t + αξ)‖²)
-    student:  x̂₀ = student(...) with grad,  x_t as above,
-            L = w_vsd·VSD(x̂₀; teacher_cfg(x_t), fake(x_t)) + w_gan(i)·softplus(−D(teacher_feat(x_t)))
-                [+ w_reg·‖x̂₀ − teacher_cfg(x_k, t_k)‖²   (x_k, t_k: the student's own input; 0 in the paper)]
+The objective (VSD, DSM, GAN with R1, the regression and latent-consistency terms, their weights) is
+:class:`pid.diffusion.dmd2_loss.DMD2Loss`, chosen by ``model.loss``; this module draws the iteration's
+samples and noise, runs the two-time-scale schedule and steps the optimisers. One iteration i (manual
+optimisation, one backward per iteration so DDP sees one graph):
+    critic   (i % student_every != 0): x̂₀ = student(...) without grad, re-noised at t ~ logit-normal;
+             the fake score's DSM, the discriminator's loss and R1 (`DMD2Loss.critic`)
+    student  (i % student_every == 0): x̂₀ = student(...) with grad; VSD, the warmed-up GAN term and the
+             optional regression / consistency terms (`DMD2Loss.student`)
 Student inputs: ``teacher_forcing`` (real HQ noised to a t of the student list, per sample) or
 ``backward_simulation`` (the student's own no-grad rollout from noise up to step k; k drawn from a
 generator seeded by (seed, iteration) only, so every rank runs the same number of forwards).
 The rollout and the exported decode use one multistep sampler, ``sampling.sampler``:
     sde    x_{i+1} = (1 − t_{i+1}) x̂₀ + t_{i+1} ε',  ε' fresh noise (DMD2's, PiD's student)
-    euler  x_{i+1} = (1 − t_{i+1}) x̂₀ + t_{i+1} ε̂,   ε̂ = x_i + (1 − t_i) v̂ predicted (= x_i + (t_{i+1} − t_i) v̂)
+    euler  x_{i+1} = (1 − t_{i+1}) x̂₀ + t_{i+1} ε̂,   ε̂ = x_i + (1 − t_i) v̂ predicted
+           (= x_i + (t_{i+1} − t_i) v̂)
 All randomness of an iteration comes from generators seeded by (seed, iteration[, rank]): resuming
 from a checkpoint reproduces the run exactly.
 
@@ -40,10 +43,12 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from pid.diffusion import dmd, flow, losses, noising, schedules
+from pid.diffusion import dmd, flow, noising, schedules
+from pid.diffusion.dmd2_loss import DMD2Loss, DMD2Networks
 from pid.diffusion.guidance import DualCFG
 from pid.lit.lr_schedule import LRFactor
 from pid.lit.module import _plain
+from pid.lit.strategies import clip_grad_norm, finish_fsdp_backward
 from pid.utils.errors import MissingWeightsError, PiDConfigError
 from pid.utils.images import downsample, to_signed
 
@@ -84,20 +89,21 @@ class DMD2Module(pl.LightningModule):
         latent: the frozen latent space (the teacher's embedded latent is loaded from its file when present).
         teacher_ckpt: teacher export/checkpoint, or a glob (newest match).
         discriminator: partial of `pid.nn.discriminator.FeatureDiscriminator` (sizes filled in here).
+        loss: partial of the objective, `pid.diffusion.dmd2_loss.DMD2Loss` (its weights filled in here from
+            ``loss_weights``, ``gan`` and ``consistency_pool``).
         student_optimizer, fake_score_optimizer, discriminator_optimizer: partials of torch optimisers.
+        text_encoder: the frozen text conditioner (None: no captions).
         warmup_steps: {student, fake_score, discriminator}: linear LR warm-up, in updates of that network.
         grad_clip: {student, fake_score, discriminator}: max grad norm (null: no clipping, norm still logged).
         student_every: one student update every this many iterations (others update the critics): 6 → 1:5.
         student_input: "teacher_forcing" or "backward_simulation".
-        student_t_list: the student's times (0 appended), SPEC: [0.999, 0.866, 0.634, 0.342].
+        student_t_list: the student's times (0 appended; PiD §4: [0.999, 0.866, 0.634, 0.342]).
         teacher_cfg: {text, latent} guidance of the real score (DualCFG; text only applies with captions).
-        loss_weights: {vsd, dsm, regression, consistency}. regression (0 in the paper's recipe) holds the
-            student's x̂₀ to the guided teacher's at the student's own input (per-step guidance distillation).
-            consistency (0 in the paper's recipe) weighs
-            `losses.latent_consistency_loss` of the student's x̂₀ against the real image, pooled over
-            ``consistency_pool`` pixels (null: one latent cell, sr_scale × the latent's down factor).
-        consistency_pool: see loss_weights.
-        gan: {gen_weight, warmup_steps, r1_weight, r1_alpha}; gen_weight 0 turns the GAN (and D) off.
+        loss_weights: {vsd, dsm, regression, consistency}, see `DMD2Loss`.
+        consistency_pool: pixels per pooled cell of the consistency term (null: one latent cell, sr_scale ×
+            the latent's down factor).
+        gan: {gen_weight, warmup_steps, r1_weight, r1_alpha}, see `DMD2Loss`; gen_weight 0 turns the GAN
+            (and D) off.
         perturb_t: {logit_mean, logit_std, min, max, shift}: re-noising times (shift: resolution shift on).
         latent_noise: {sigma_max, prob}: latent noising of the condition (kept on; no latent dropout).
         time: {shift_base, shift_ref_size, shift_rule}: the time shift when the teacher file has no run config
@@ -107,6 +113,8 @@ class DMD2Module(pl.LightningModule):
         teacher_sampling: the teacher's decode settings when its file has none (official files).
         caption_dropout: probability of replacing a caption by the empty caption (official: 0.1).
         seed: base seed of the per-iteration generators.
+
+    Every value comes from conf/model/dmd2.yaml; nothing here repeats one.
     """
 
     def __init__(
@@ -115,31 +123,34 @@ class DMD2Module(pl.LightningModule):
         latent: nn.Module,
         teacher_ckpt: str,
         discriminator: Callable[..., nn.Module],
+        loss: Callable[..., DMD2Loss],
         student_optimizer: Callable[..., torch.optim.Optimizer],
         fake_score_optimizer: Callable[..., torch.optim.Optimizer],
         discriminator_optimizer: Callable[..., torch.optim.Optimizer],
-        text_encoder: nn.Module | None = None,
-        sr_scale: int = 4,
-        warmup_steps: dict | None = None,
-        grad_clip: dict | None = None,
-        student_every: int = 6,
-        student_input: str = "teacher_forcing",
-        student_t_list: Sequence[float] = schedules.STUDENT_T_LIST,
-        teacher_cfg: dict | None = None,
-        loss_weights: dict | None = None,
-        gan: dict | None = None,
-        perturb_t: dict | None = None,
-        latent_noise: dict | None = None,
-        time: dict | None = None,
-        sampling: dict | None = None,
-        teacher_sampling: dict | None = None,
-        caption_dropout: float = 0.0,
-        seed: int = 0,
-        consistency_pool: int | None = None,
+        *,
+        text_encoder: nn.Module | None,
+        sr_scale: int,
+        warmup_steps: dict,
+        grad_clip: dict,
+        student_every: int,
+        student_input: str,
+        student_t_list: Sequence[float],
+        teacher_cfg: dict,
+        loss_weights: dict,
+        consistency_pool: int | None,
+        gan: dict,
+        perturb_t: dict,
+        latent_noise: dict,
+        time: dict,
+        sampling: dict,
+        teacher_sampling: dict,
+        caption_dropout: float,
+        seed: int,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "latent", "text_encoder", "discriminator", "student_optimizer",
-                                          "fake_score_optimizer", "discriminator_optimizer"])
+        self.save_hyperparameters(ignore=["net", "latent", "text_encoder", "discriminator", "loss",
+                                          "student_optimizer", "fake_score_optimizer",
+                                          "discriminator_optimizer"])
         self.automatic_optimization = False
         if student_input not in STUDENT_INPUTS:
             raise PiDConfigError(f"model.student_input={student_input!r}; expected one of {STUDENT_INPUTS}")
@@ -150,30 +161,36 @@ class DMD2Module(pl.LightningModule):
         self.student_input = student_input
         self.t_list = [float(t) for t in student_t_list]
         schedules.student_timesteps(self.t_list)  # validates the list
-        # Values come from conf/model/dmd2.yaml; nothing here repeats them.
-        self.teacher_cfg = dict(teacher_cfg or {})
-        self.loss_weights = dict(loss_weights or {})
-        self.gan = dict(gan or {})
-        self.perturb_t = dict(perturb_t or {})
-        self.latent_noise = dict(latent_noise or {})
+        self.teacher_cfg = dict(teacher_cfg)
+        self.perturb_t = dict(perturb_t)
+        self.latent_noise = dict(latent_noise)
         self.caption_dropout = float(caption_dropout)
-        self._time_override = dict(time or {})
-        self.sampling = dict(sampling or {})
-        self.teacher_sampling = dict(teacher_sampling or {})
+        self._time_override = dict(time)
+        self.sampling = dict(sampling)
+        self.teacher_sampling = dict(teacher_sampling)
         if self.sampling.get("sampler") not in STUDENT_SAMPLERS:
-            raise PiDConfigError(f"model.sampling.sampler={self.sampling.get('sampler')!r}; a student samples with "
-                                 f"one of {STUDENT_SAMPLERS}")
-        self.warmup_steps = dict(warmup_steps or {})
-        self.grad_clip = dict(grad_clip or {})
+            raise PiDConfigError(f"model.sampling.sampler={self.sampling.get('sampler')!r}; a student "
+                                 f"samples with one of {STUDENT_SAMPLERS}")
+        self.warmup_steps = dict(warmup_steps)
+        self.grad_clip = dict(grad_clip)
         self.seed = int(seed)
+        self.loss = loss(weights=loss_weights, gan=gan,
+                         consistency_pool=consistency_pool or self.sr_scale * int(latent.down_factor))
         self.optimizer_factories = {"student": student_optimizer, "fake_score": fake_score_optimizer,
                                     "discriminator": discriminator_optimizer}
         self.strict_loading = False
         self.run_config: dict | None = None
+        self._last_logs: dict[str, float] = {}
+        self._build_networks(net, latent, text_encoder, teacher_ckpt, discriminator)
 
+    # ------------------------------------------------------------------ setup
+    def _build_networks(self, net: nn.Module, latent: nn.Module, text_encoder: nn.Module | None,
+                        teacher_ckpt: str, discriminator: Callable[..., nn.Module]) -> None:
+        """The frozen latent and text encoder; student, fake score and frozen teacher loaded from the
+        teacher's file; the discriminator sized for the teacher's features."""
         adapter = getattr(net, "adapter", None)
         if adapter is not None and adapter.aux_rgb_head is not None:
-            adapter.aux_rgb_head = None  # distillation has no aux RGB loss: student, teacher and critic drop it
+            adapter.aux_rgb_head = None  # no aux RGB loss in distillation: student, teacher, critic drop it
         self.latent = latent.requires_grad_(False).eval()
         self.text_encoder = text_encoder.requires_grad_(False).eval() if text_encoder is not None else None
         self.teacher_path = resolve_teacher_path(teacher_ckpt)
@@ -185,11 +202,10 @@ class DMD2Module(pl.LightningModule):
         self.fake_score = copy.deepcopy(net)
         self.teacher = copy.deepcopy(net).requires_grad_(False).eval()
         self.discriminator = discriminator(in_channels=net.hidden_size, num_blocks=net.patch_depth)
-        self._last_logs: dict[str, float] = {}
 
-    # ------------------------------------------------------------------ setup
     def _load_teacher(self, net: nn.Module, path: Path) -> dict:
-        """Load the teacher's (EMA) weights into ``net`` strictly and its embedded latent; return its run config.
+        """Load the teacher's (EMA) weights into ``net`` strictly, and its embedded latent; return its run
+        config.
 
         Any file :mod:`pid.weights` reads: our exports and checkpoints, or an official teacher release /
         full ``model.pth`` / DCP folder (its aux RGB head is skipped: distillation builds the student, teacher
@@ -220,7 +236,7 @@ class DMD2Module(pl.LightningModule):
 
     @property
     def gan_enabled(self) -> bool:
-        return float(self.gan["gen_weight"]) > 0
+        return self.loss.gan_enabled
 
     # ------------------------------------------------------------------ conditioning
     @torch.no_grad()
@@ -273,12 +289,22 @@ class DMD2Module(pl.LightningModule):
         with torch.no_grad():
             return flow.x0_from_v(x_t, model(x_t, t), t)
 
-    def teacher_features(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict, repeat: int = 1) -> dict:
-        """Frozen-teacher patch features of the discriminator's blocks (differentiable w.r.t. x_t)."""
+    def teacher_features(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> dict:
+        """Frozen-teacher patch features of the discriminator's blocks (differentiable w.r.t. x_t).
+
+        ``x_t`` and ``t`` may stack k batches of the condition's size (the condition is repeated k times)."""
+        repeat = x_t.shape[0] // cond["latent"].shape[0]
         cond = {k: (torch.cat([v] * repeat) if isinstance(v, torch.Tensor) else v) for k, v in cond.items()}
-        _, extras = self.teacher(x_t, torch.cat([t] * repeat), return_extras=True,
-                                 feature_blocks=self.discriminator.feature_blocks, features_only=True, **cond)
+        _, extras = self.teacher(x_t, t, return_extras=True, feature_blocks=self.discriminator.feature_blocks,
+                                 features_only=True, **cond)
         return extras["features"]
+
+    def networks(self, cond: dict) -> DMD2Networks:
+        """Teacher, fake score and discriminator bound to ``cond``, as the objective queries them."""
+        return DMD2Networks(teacher_x0=lambda x, t: self.teacher_x0(x, t, cond),
+                            fake_v=lambda x, t: self.fake_score(x, t, **cond),
+                            features=lambda x, t: self.teacher_features(x, t, cond),
+                            discriminator=self.discriminator)
 
     def student_x0(self, hq: torch.Tensor, cond: dict, gen: torch.Generator, shared: torch.Generator,
                    with_grad: bool, with_input: bool = False) -> tuple[torch.Tensor, ...]:
@@ -292,7 +318,7 @@ class DMD2Module(pl.LightningModule):
             ids = torch.randint(0, k_steps, (b,), generator=gen).to(hq.device)
             t = t_list[ids]
             x = flow.interpolate(hq, noise, t)
-        else:  # backward simulation: no-grad rollout up to step k (same k on every rank), the decode's sampler
+        else:  # backward simulation: no-grad rollout up to step k (same k on every rank), decode's sampler
             k = int(torch.randint(0, k_steps, (1,), generator=shared))
             x = noise
             with torch.no_grad():
@@ -317,62 +343,21 @@ class DMD2Module(pl.LightningModule):
         return t, _randn(x0.shape, gen, x0)
 
     def student_losses(self, hq, cond, gen, shared, iteration: int) -> tuple[torch.Tensor, dict]:
+        """The student phase: a student sample with grad, re-noised, scored by `DMD2Loss.student`."""
         x0_s, t_s, x_s = self.student_x0(hq, cond, gen, shared, with_grad=True, with_input=True)
         t, eps = self._perturb(x0_s, gen)
-        x_t = flow.interpolate(x0_s, eps, t)  # carries the student's graph (GAN path)
-        x_t_const = x_t.detach()
-        with torch.no_grad():
-            x0_teacher = self.teacher_x0(x_t_const, t, cond)
-            x0_fake = flow.x0_from_v(x_t_const, self.fake_score(x_t_const, t, **cond), t)
-        vsd = dmd.vsd_loss(x0_s, x0_teacher, x0_fake)
-        loss = self.loss_weights["vsd"] * vsd.float()
-        logs = {"vsd": vsd.detach(), "student_t": t_s.float().mean()}
-        if self.loss_weights["regression"]:
-            # Per-step guidance distillation (Meng et al. 2023): the guided teacher's x̂₀ at the student's own
-            # input. With the euler sampler, a student that zeroes it reproduces the teacher at the student times.
-            with torch.no_grad():
-                target = self.teacher_x0(x_s, t_s, cond)
-            regression = torch.mean((x0_s.float() - target.float()) ** 2)
-            loss = loss + self.loss_weights["regression"] * regression
-            logs["regression"] = regression.detach()
-        if self.loss_weights["consistency"]:
-            pool = self.hparams.consistency_pool or self.sr_scale * int(self.latent.down_factor)
-            consistency = losses.latent_consistency_loss(x0_s, hq, int(pool), cond["sigma"])
-            loss = loss + self.loss_weights["consistency"] * consistency.float()
-            logs["consistency"] = consistency.detach()
-        if self.gan_enabled:
-            logits = self.discriminator(self.teacher_features(x_t, t, cond))
-            gan_g = dmd.gan_generator_loss(logits)
-            weight = dmd.gan_generator_weight(iteration, self.gan["gen_weight"],
-                                              int(self.gan["warmup_steps"]))
-            loss = loss + weight * gan_g
-            logs.update(gan_g=gan_g.detach(), gan_weight=torch.tensor(weight),
-                        d_fake_student=logits.detach().mean())
-        logs["loss_student"] = loss.detach()
+        loss, logs = self.loss.student(self.networks(cond), x0_s, t, eps, real=hq, sigma=cond["sigma"],
+                                       student_input=(x_s, t_s), iteration=iteration)
+        logs["student_t"] = t_s.float().mean()
         return loss, logs
 
     def critic_losses(self, hq, cond, gen, shared) -> tuple[torch.Tensor, dict]:
+        """The critic phase: a student sample without grad, re-noised, scored by `DMD2Loss.critic`."""
         with torch.no_grad():
             x0_s, _ = self.student_x0(hq, cond, gen, shared, with_grad=False)
         t, eps = self._perturb(x0_s, gen)
-        x_t = flow.interpolate(x0_s, eps, t)
-        dsm = dmd.fake_score_flow_loss(self.fake_score(x_t, t, **cond), x0_s, eps)
-        loss = self.loss_weights["dsm"] * dsm
-        logs = {"dsm": dsm.detach()}
-        if self.gan_enabled:
-            real_t = flow.interpolate(hq, eps, t)  # real and student samples at the same t and noise
-            real_alpha = real_t + self.gan["r1_alpha"] * _randn(real_t.shape, gen, real_t)
-            with torch.no_grad():
-                feats = self.teacher_features(torch.cat([x_t, real_t, real_alpha]), t, cond, repeat=3)
-            logits = self.discriminator(feats).float()
-            fake_logits, real_logits, alpha_logits = logits.chunk(3)
-            gan_d = dmd.gan_discriminator_loss(real_logits, fake_logits)
-            r1 = dmd.r1_approx_loss(real_logits, alpha_logits)
-            loss = loss + gan_d + self.gan["r1_weight"] * r1
-            logs.update(gan_d=gan_d.detach(), r1=r1.detach(), d_real=real_logits.detach().mean(),
-                        d_fake=fake_logits.detach().mean())
-        logs["loss_critic"] = loss.detach()
-        return loss, logs
+        xi = _randn(hq.shape, gen, hq) if self.gan_enabled else None  # R1's perturbation of the real sample
+        return self.loss.critic(self.networks(cond), x0_s, t, eps, real=hq, xi=xi)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> None:
@@ -392,7 +377,7 @@ class DMD2Module(pl.LightningModule):
         else:
             loss, logs = self.critic_losses(hq, cond, gen, shared)
         self.manual_backward(loss)
-        self._finish_fsdp_backward()
+        finish_fsdp_backward(self.trainer)
 
         if student_phase:
             logs["grad_norm/student"] = self._clip(self.net, "student")
@@ -416,38 +401,10 @@ class DMD2Module(pl.LightningModule):
             self.log(f"train/{k}", v, prog_bar=k in ("vsd", "dsm"), on_step=True, on_epoch=False,
                      batch_size=hq.shape[0])
 
-    def _finish_fsdp_backward(self) -> None:
-        """Under FSDP, end the backward as FSDP's root would (reshard, reset every unit's state).
-
-        FSDP queues that step from the pre-backward hook of the root's *output*; with manual optimisation
-        the backward runs inside the root's forward (Lightning's training_step), so nothing queues it and
-        the next checkpoint or forward finds units still in their backward state."""
-        from pid.lit.strategies import fsdp_root
-
-        root = fsdp_root(self.trainer)
-        if root is None:
-            return
-        from torch.distributed.fsdp._runtime_utils import _post_backward_final_callback
-
-        _post_backward_final_callback(root, root)
-
     def _clip(self, module: nn.Module, name: str) -> float:
-        """Clip ``module``'s gradients to ``grad_clip[name]`` and return their norm (before clipping).
-
-        Under FSDP each rank holds a shard of every gradient: the squares are summed over all ranks
-        (every rank takes part, also one whose shard of this module is empty)."""
-        from pid.lit.strategies import fsdp_root, grad_square_sums
-
+        """Clip ``module``'s gradients to ``grad_clip[name]``; their norm before clipping, all shards."""
         params = [p for p in module.parameters() if p.grad is not None]
-        max_norm = self.grad_clip.get(name)
-        max_norm = float("inf") if max_norm in (None, 0) else float(max_norm)
-        if fsdp_root(self.trainer) is None:
-            return float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
-        total = float(grad_square_sums(self.trainer, {name: params}, self.device)[name].sqrt())
-        if total > max_norm:
-            for p in params:
-                p.grad.mul_(max_norm / (total + 1e-6))
-        return total
+        return clip_grad_norm(self.trainer, name, params, self.grad_clip.get(name), self.device)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -469,7 +426,7 @@ class DMD2Module(pl.LightningModule):
             generator=generator, sampler=sampler or self.sampling["sampler"], timesteps=timesteps)
 
     def _teacher_sampling(self) -> dict:
-        """The teacher's decode settings: its own run's (files of this project), else model.teacher_sampling."""
+        """The teacher's decode settings: its own run's (files of this project), else teacher_sampling."""
         own = ((self.teacher_config or {}).get("model") or {}).get("sampling") or {}
         return {**self.teacher_sampling, **own}
 

@@ -118,3 +118,33 @@ def grad_square_sums(trainer, groups: dict[str, list[nn.Parameter]], device) -> 
     if fsdp_root(trainer) is not None and torch.distributed.is_initialized():
         torch.distributed.all_reduce(vec)
     return dict(zip(groups, vec))
+
+
+def finish_fsdp_backward(trainer) -> None:
+    """Under FSDP, end a manual backward as FSDP's root would (reshard, reset every unit's state).
+
+    FSDP queues that step from the pre-backward hook of the root's *output*; with manual optimisation the
+    backward runs inside the root's forward (Lightning's training_step), so nothing queues it and the next
+    checkpoint or forward finds units still in their backward state."""
+    root = fsdp_root(trainer)
+    if root is None:
+        return
+    from torch.distributed.fsdp._runtime_utils import _post_backward_final_callback
+
+    _post_backward_final_callback(root, root)
+
+
+def clip_grad_norm(trainer, name: str, params: list[nn.Parameter], max_norm: float | None, device) -> float:
+    """Clip the gradients of ``params`` (one named group) to ``max_norm``; return their norm before clipping.
+
+    ``max_norm`` None or 0: no clipping (the norm is still returned). Under FSDP each rank holds a shard of
+    every gradient: the squares are summed over all ranks, a collective every rank takes part in (also one
+    whose shard of the group is empty)."""
+    max_norm = float("inf") if max_norm in (None, 0) else float(max_norm)
+    if fsdp_root(trainer) is None:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+    total = float(grad_square_sums(trainer, {name: params}, device)[name].sqrt())
+    if total > max_norm:
+        for p in params:
+            p.grad.mul_(max_norm / (total + 1e-6))
+    return total
