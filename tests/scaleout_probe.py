@@ -1,5 +1,8 @@
-"""A callback the scale-out tests add from the command line (``+callbacks.probe._target_=scaleout_probe.Probe``):
-it records, as JSON lines, the state each run starts from and the samples each rank trains on."""
+"""A callback the scale-out tests add from the command line.
+
+Added with ``+callbacks.probe._target_=scaleout_probe.Probe``, it records, as JSON lines, the state each
+run starts from and the samples each rank trains on.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ def optimizer_digest(state: dict) -> list:
     out = []
     for k in sorted(state, key=int):
         s = state[k]
-        out.append([float(s["step"]), float(s["exp_avg"].double().sum()), float(s["exp_avg_sq"].double().sum())])
+        out.append([float(s["step"]), float(s["exp_avg"].double().sum()),
+                    float(s["exp_avg_sq"].double().sum())])
     return out
 
 
@@ -31,7 +35,8 @@ class Probe(pl.Callback):
 
     def _write(self, trainer, record: dict) -> None:
         record["rank"] = trainer.global_rank
-        with open(self.out.with_name(f"{self.out.stem}_rank{trainer.global_rank}{self.out.suffix}"), "a") as f:
+        path = self.out.with_name(f"{self.out.stem}_rank{trainer.global_rank}{self.out.suffix}")
+        with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def on_train_start(self, trainer, pl_module) -> None:

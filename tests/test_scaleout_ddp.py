@@ -29,9 +29,10 @@ def _run(image_root: str, shards: str, out: str) -> None:
     torch.set_num_threads(1)
     overrides = [o for o in tiny_train_overrides(Path(image_root), Path(out)) if not o.startswith("data")]
     cfg = compose_train([
-        *overrides, "data=sample_shards", "data.root=null", f"++data.train_shards={shards}", "++data.val_shards=null",
-        f"data.images_root={image_root}", "data.crop_size=64",
-        "data.batch_size=2", "data.num_workers=0", "data.steps_per_epoch=null", "data.buckets.kind=square", "data.buckets.multiple=32",
+        *overrides, "data=sample_shards", "data.root=null", f"++data.train_shards={shards}",
+        "++data.val_shards=null", f"data.images_root={image_root}", "data.crop_size=64",
+        "data.batch_size=2", "data.num_workers=0", "data.steps_per_epoch=null", "data.buckets.kind=square",
+        "data.buckets.multiple=32",
         "++data.persistent_workers=false",
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true",
         "trainer.max_steps=3", "trainer.devices=2", "++trainer.limit_val_batches=0",

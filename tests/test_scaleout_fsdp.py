@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import sys
@@ -71,7 +70,8 @@ def _train(module, forward, ema, trainer, rank: int, world: int):
         t = torch.cat([p[1] for p in parts])
         cond = {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]}
         opt.zero_grad()
-        (forward(x, t, cond) - x).square().mean().backward()  # the final layer starts at zero: a target moves it
+        # the final layer starts at zero: a target moves it
+        (forward(x, t, cond) - x).square().mean().backward()
         opt.step()
         trainer.global_step = step
         ema.on_train_batch_end(trainer, module, None, None, 0)
@@ -113,8 +113,8 @@ def _worker(rank: int, world: int, port: int, image_root: str, out: str):
         raw_after = averaged_net_state(trainer, holder, None)
         local = {n: tuple(v.shape) for n, v in ema.shadow.items()}
         if rank == 0:
-            torch.save({"shadow": shadow, "export": export, "raw": raw, "again": again, "raw_after": raw_after,
-                        "local_shapes": local}, Path(out) / "fsdp.pt")
+            torch.save({"shadow": shadow, "export": export, "raw": raw, "again": again,
+                        "raw_after": raw_after, "local_shapes": local}, Path(out) / "fsdp.pt")
     finally:
         dist.destroy_process_group()
 
@@ -166,10 +166,12 @@ def _train_run(image_root: str, out: str, trainer: str, teacher: str | None = No
     extra = ["trainer.strategy.allow_cpu=true"] if trainer == "fsdp" else []
     if teacher:
         extra += ["experiment=quickstart_dmd2", f"model.teacher_ckpt={teacher}", "model.student_every=2",
-                  "model.gan.warmup_steps=2", "model.warmup_steps.student=2", "++trainer.gradient_clip_val=null"]
+                  "model.gan.warmup_steps=2", "model.warmup_steps.student=2",
+                  "++trainer.gradient_clip_val=null"]
     train(compose_train(tiny_train_overrides(
         Path(image_root), Path(out), f"trainer={trainer}", "trainer.accelerator=cpu", *extra,
-        "trainer.precision=32-true", "trainer.devices=2", "trainer.max_steps=4", "++trainer.limit_val_batches=0",
+        "trainer.precision=32-true", "trainer.devices=2", "trainer.max_steps=4",
+        "++trainer.limit_val_batches=0",
         "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.every_n_train_steps=2",
         "callbacks.image_grid.every_n_steps=2", "callbacks.ema.decay=0.5", "compare=false", "resume=never")))
 
@@ -186,14 +188,18 @@ def _launch_runs(image_root, tmp_path: Path, *extra: str) -> None:
 
 
 def _assert_runs_agree(tmp_path: Path, parts: tuple[str, ...]) -> list[dict]:
-    """Exports and step-4 checkpoints of the DDP and FSDP runs agree; ``parts`` trained; returns both checkpoints."""
+    """Exports and step-4 checkpoints of the DDP and FSDP runs agree and ``parts`` trained.
+
+    Returns both checkpoints.
+    """
     from safetensors.torch import load_file
 
     ddp, fsdp = (load_file(str(tmp_path / run / "pid_decoder.safetensors")) for run in ("ddp", "fsdp"))
     assert ddp.keys() == fsdp.keys()
     for k, v in ddp.items():
         torch.testing.assert_close(fsdp[k], v, atol=2e-6, rtol=1e-5, msg=k)
-    ckpts = [torch.load(tmp_path / run / "checkpoints" / "step_0000004.ckpt", map_location="cpu", weights_only=True)
+    ckpts = [torch.load(tmp_path / run / "checkpoints" / "step_0000004.ckpt", map_location="cpu",
+                        weights_only=True)
              for run in ("ddp", "fsdp")]
     a, b = (c["state_dict"] for c in ckpts)
     assert a.keys() == b.keys()
@@ -203,7 +209,8 @@ def _assert_runs_agree(tmp_path: Path, parts: tuple[str, ...]) -> list[dict]:
                        weights_only=True)["state_dict"]
     for part in parts:  # every trained network took steps between the two checkpoints
         assert any(not torch.equal(first[k], b[k]) for k in b if k.startswith(part + ".")), part
-    assert ckpts[1]["global_step"] == 4 and len(ckpts[1]["optimizer_states"]) == len(ckpts[0]["optimizer_states"])
+    assert ckpts[1]["global_step"] == 4
+    assert len(ckpts[1]["optimizer_states"]) == len(ckpts[0]["optimizer_states"])
     return ckpts
 
 

@@ -13,7 +13,9 @@ from conftest import compose_train, tiny_train_overrides
 
 
 @pytest.mark.slow
-def test_monitor_logs_throughput_grad_norms_gates_and_lr_with_accumulation_and_compile(tiny_image_root, tmp_path):
+def test_monitor_logs_throughput_grad_norms_gates_and_lr_with_accumulation_and_compile(
+    tiny_image_root, tmp_path
+):
     from pid.train import build
 
     cfg = compose_train(tiny_train_overrides(
@@ -38,7 +40,8 @@ def test_monitor_logs_throughput_grad_norms_gates_and_lr_with_accumulation_and_c
     monitor = next(cb for cb in trainer.callbacks if type(cb).__name__ == "TrainingMonitor")
     m = monitor.last_metrics
     tokens = (64 // module.net.patch_size) ** 2
-    assert m["perf/images_per_s"] > 0 and m["perf/tokens_per_s"] == pytest.approx(m["perf/images_per_s"] * tokens)
+    assert m["perf/images_per_s"] > 0
+    assert m["perf/tokens_per_s"] == pytest.approx(m["perf/images_per_s"] * tokens)
     assert m["grad_norm/total"] > 0 and torch.isfinite(torch.tensor(m["grad_norm/total"]))
 
 
@@ -51,8 +54,9 @@ def test_wandb_names_groups_and_tags_come_from_the_experiment_and_the_sweep():
     n = naming(cfg, single)
     assert n["name"] == "quickstart" and n["group"] == "quickstart"
     assert {"quickstart", "tiny", "trainer:cpu"} <= set(n["tags"])
+    choices = {"experiment": "quickstart", "hparams_search": "grid"}
     sweep = SimpleNamespace(mode="RunMode.MULTIRUN",
-                            runtime=SimpleNamespace(choices={"experiment": "quickstart", "hparams_search": "grid"}),
+                            runtime=SimpleNamespace(choices=choices),
                             job=SimpleNamespace(num=1, override_dirname="model.optimizer.lr=0.001"),
                             sweep=SimpleNamespace(dir="logs/quickstart/multiruns/2026-01-01_00-00-00"))
     n = naming(cfg, sweep)

@@ -25,7 +25,8 @@ def _command(root: Path, tmp: Path, *extra: str) -> list[str]:
     overrides = [o for o in tiny_train_overrides(root, tmp) if not o.startswith("paths.output_dir=")]
     return [sys.executable, "-m", "pid.train", *overrides,
             "trainer.max_steps=10", "callbacks.model_checkpoint.every_n_train_steps=2",
-            "++trainer.limit_val_batches=0", "callbacks.image_grid.every_n_steps=0", "callbacks.ema.decay=0.9",
+            "++trainer.limit_val_batches=0", "callbacks.image_grid.every_n_steps=0",
+            "callbacks.ema.decay=0.9",
             "compare=false", "trainer.enable_progress_bar=false",
             "+callbacks.probe._target_=scaleout_probe.Probe", f"+callbacks.probe.out={tmp}/probe.jsonl",
             *extra]
@@ -51,7 +52,9 @@ def test_sigkill_then_rerun_resumes_with_same_state_and_finishes(tiny_image_root
         if any(r["event"] == "batch" and r["step"] >= 5 for r in _records(probe)):
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "the first run ended before it could be killed:\n" + proc.stderr.read().decode()[-3000:]
+    assert proc.poll() is None, (
+        "the first run ended before it could be killed:\n" + proc.stderr.read().decode()[-3000:]
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -166,7 +169,8 @@ try:
 except CheckpointWriteError as err:
     print(err)
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"could not write checkpoint {path}" in out.stdout and "MiB free on" in out.stdout, out.stdout
     assert "the previous last.ckpt is kept" in out.stdout and "paths.log_dir=" in out.stdout
