@@ -77,20 +77,29 @@ def decode_latent(
     *,
     sr_scale: int,
     latent_down: int,
-    num_steps: int = 25,
+    num_steps: int,
+    sampler: str,
     text_cfg: float = 1.0,
     latent_cfg: float = 1.0,
     text: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+    null_text: torch.Tensor | None = None,
     shift_base: float = 6.0,
     shift_ref_size: float = 2048,
+    shift_rule: str = "area",
     generator: torch.Generator | None = None,
-    sampler: str = "euler",
     timesteps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample the image in [-1, 1] for a normalised latent (possibly noisy at level σ).
 
-    ``sampler="euler"`` with ``num_steps`` shifted steps is the teacher's multistep sampling;
-    ``sampler="sde"`` with ``timesteps=student_timesteps()`` is the 4-step student.
+    Args:
+        latent: (B, C, h, w) normalised latent; the image is (B, 3, h·latent_down·sr_scale, ...).
+        sigma: latent noise level in [0, 1] (scalar or (B,)).
+        sampler: "dpmpp_2m" (the official teacher sampler, on the official grid), "euler" / "heun" (on the
+            grid from t = 1) or "sde" (the student: give ``timesteps=student_timesteps(...)``).
+        text: caption states (B, L, D) and mask, or (None, None) for a text-free network.
+        null_text: (1 or B, L, D) states of the null caption the text-CFG branch uses (zeros if None).
+        shift_rule, shift_base, shift_ref_size: the time shift of the grid (:func:`flow.release_shift`).
+        timesteps: explicit grid (wins over ``num_steps`` and the shift).
     """
     b = latent.shape[0]
     device = latent.device
@@ -98,10 +107,11 @@ def decode_latent(
     sigma = torch.as_tensor(sigma, dtype=torch.float32, device=device).expand(b).contiguous()
     y, y_mask = text
     model = DualCFG(pid_denoiser(net), text_scale=text_cfg if y is not None else 1.0, latent_scale=latent_cfg,
-                    cond={"latent": latent, "sigma": sigma, "y": y, "y_mask": y_mask})
+                    cond={"latent": latent, "sigma": sigma, "y": y, "y_mask": y_mask, "y_null": null_text})
     if timesteps is None:
-        shift = flow.resolution_shift(height, width, base=shift_base, ref_size=shift_ref_size)
-        timesteps = schedules.teacher_timesteps(num_steps, shift=shift)
+        shift = flow.release_shift(height, width, base=shift_base, ref_size=shift_ref_size, rule=shift_rule)
+        grid = schedules.official_teacher_timesteps if sampler == "dpmpp_2m" else schedules.teacher_timesteps
+        timesteps = grid(num_steps, shift=shift)
     noise = torch.randn((b, 3, height, width), generator=generator, device="cpu" if generator is None
                         else generator.device).to(device)
     return get_sampler(sampler)(model, noise, timesteps, generator=generator).clamp(-1.0, 1.0)
