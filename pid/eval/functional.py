@@ -12,6 +12,10 @@ floats in [-1, 1]; both forms give the same value, and floats outside [-1, 1] ar
 - :func:`inception_feature_distance`: mean squared L2 distance between the Inception features of
   each prediction and *its own* ground truth. Unlike no-reference sharpness scores it rewards
   correct detail: added noise, a wrong texture and blur all move the features away.
+- :func:`haarpsi`: the Haar wavelet-based perceptual similarity index (Reisenhofer et al. 2018), a
+  full-reference index with no learned weights (piq's implementation).
+- :func:`blockiness`: gradient energy across the borders of a ``patch``-pixel grid over that inside
+  the patches; a patch-based network that draws visible patch seams scores above its ground truth.
 """
 
 from __future__ import annotations
@@ -46,6 +50,39 @@ def ssim(pred: torch.Tensor, gt: torch.Tensor) -> float:
 
     p, g = as_metric_pair(pred, gt)
     return float(structural_similarity_index_measure((p + 1) / 2, (g + 1) / 2, data_range=1.0))
+
+
+def haarpsi(pred: torch.Tensor, gt: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """HaarPSI in [0, 1] (1: identical), per image on RGB in [0, 1] — piq's implementation, no weights."""
+    import piq
+
+    p, g = as_metric_pair(pred, gt)
+    values = piq.haarpsi(((p + 1) / 2).clamp(0, 1), ((g + 1) / 2).clamp(0, 1), data_range=1.0, reduction="none")
+    return values.mean() if reduction == "mean" else values
+
+
+def blockiness(images: torch.Tensor, patch: int) -> float:
+    """Mean squared luma gradient across the borders of a ``patch``-pixel grid over the mean inside patches.
+
+    Horizontal and vertical neighbour differences are pooled over the whole batch (a set-level ratio:
+    flat crops do not dominate it). About 1 for natural images; above 1 when the grid shows. Compare it
+    with the ground truth's (their ratio) to tell seams a decoder added from edges the content has.
+    """
+    x = as_metric_images(images, "double")
+    if patch < 2 or x.shape[-1] <= patch or x.shape[-2] <= patch:
+        raise ValueError(f"blockiness needs patch >= 2 and images larger than it, got patch {patch} "
+                         f"for {tuple(x.shape[-2:])}")
+    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    across = inside = 0.0
+    n_across = n_inside = 0
+    for d in (luma.diff(dim=-1), luma.diff(dim=-2).transpose(-1, -2)):  # d[..., j]: pixel j+1 minus pixel j
+        border = (torch.arange(d.shape[-1]) + 1) % patch == 0
+        e = d.square()
+        across += float(e[..., border].sum())
+        inside += float(e[..., ~border].sum())
+        n_across += int(e[..., border].numel())
+        n_inside += int(e[..., ~border].numel())
+    return (across / max(n_across, 1)) / max(inside / max(n_inside, 1), 1e-12)
 
 
 class LPIPSNet:
