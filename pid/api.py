@@ -179,10 +179,7 @@ def _latent_for(latent_cfg: dict, build: bool) -> nn.Module:
 
     if not build:
         return LatentGeometry.from_config(latent_cfg)
-    latent_cfg = dict(latent_cfg)
-    if latent_cfg.get("_target_", "").endswith("embedded_latent"):
-        latent_cfg["fit_if_missing"] = True  # its tensors travel in the file
-    return instantiate(latent_cfg)
+    return instantiate(dict(latent_cfg))  # a space whose tensors travel in the file is filled from it
 
 
 def export_decoder(module, path: str | Path, ema=None, net_state: dict[str, torch.Tensor] | None = None) -> Path:

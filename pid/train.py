@@ -24,7 +24,6 @@ def build(cfg: DictConfig):
     import torch
     from hydra.utils import instantiate
 
-    from pid.latents.prepare import prepare_latent
     from pid.lit.compile import compile_net
     from pid.utils.loggers import instantiate_callbacks, instantiate_loggers
     from pid.utils.run_naming import apply_run_naming, remember_wandb_id
@@ -34,7 +33,7 @@ def build(cfg: DictConfig):
     torch.set_float32_matmul_precision("high")
 
     datamodule = instantiate(cfg.data, _convert_="all")
-    latent = prepare_latent(instantiate(cfg.latent), datamodule, cfg)
+    latent = instantiate(cfg.latent).prepare(datamodule, cfg)  # e.g. the embedded latent fits itself
     text_encoder = instantiate(cfg.text) if cfg.get("text") else None
     model = instantiate(cfg.model, latent=latent, text_encoder=text_encoder, _convert_="all")
     compile_net(model, cfg.get("compile"))

@@ -116,3 +116,56 @@ def test_cli_fits_folder_of_images(tmp_path, capsys):
     main([str(tmp_path / "pca.safetensors"), "--images", str(tmp_path), "--downscale", "4"])
     assert '"channels": 16' in capsys.readouterr().out
     assert PatchPCALatent.from_file(tmp_path / "pca.safetensors").fitted
+
+
+def test_prepare_hook_fits_the_embedded_latent_once_and_other_spaces_pass(tiny_image_root, tmp_path):
+    """`pid.train` calls ``latent.prepare(datamodule, cfg)`` on every space: a space built from its weights
+    has nothing to do, the embedded latent fits itself on the ↓sr_scale training images and saves the fit."""
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+
+    from conftest import compose_train
+    from pid.latents.rgb import RGBLatent
+
+    prepared = []
+    datamodule = SimpleNamespace(root=tiny_image_root, prepare_data=lambda: prepared.append(True))
+    cfg = compose_train(["experiment=quickstart", f"paths.output_dir={tmp_path}",
+                         f"latent.path={tmp_path}/pca.safetensors"])
+    rgb = RGBLatent()
+    assert rgb.prepare(datamodule, cfg) is rgb and not prepared
+
+    latent = instantiate(cfg.latent)
+    assert isinstance(latent, PatchPCALatent) and not latent.fitted  # building never fits
+    assert latent.prepare(datamodule, cfg) is latent and latent.fitted and prepared
+    assert (tmp_path / "pca.safetensors").is_file()
+    again = instantiate(cfg.latent)  # read from its file: prepare has nothing left to do
+    assert again.fitted and again.prepare(None, cfg) is again
+    torch.testing.assert_close(again.basis, latent.basis)
+
+
+def test_embedded_latent_without_its_file_builds_and_fails_only_when_used(tmp_path):
+    """fit_if_missing false: building still works (a checkpoint that carries the latent fills it), preparing
+    for training or encoding names latent.path."""
+    from pid.latents.patch_pca import embedded_latent
+
+    latent = embedded_latent(str(tmp_path / "absent.safetensors"), 16, 8, fit_if_missing=False)
+    assert not latent.fitted and latent.store_in_checkpoint
+    with pytest.raises(MissingWeightsError, match="latent.path"):
+        latent.prepare(None, None)
+    with pytest.raises(MissingWeightsError, match="latent.path"):
+        latent.encode(torch.zeros(1, 3, 16, 16))
+    fitted = PatchPCALatent().fit([torch.rand(3, 64, 64) * 2 - 1 for _ in range(4)])
+    latent.load_state_dict(fitted.state_dict(), strict=True)  # what a loader does with the file's tensors
+    assert latent.fitted
+    x = torch.zeros(1, 3, 16, 16)
+    torch.testing.assert_close(latent.encode(x), fitted.encode(x))
+
+
+def test_the_former_factory_name_still_builds_the_embedded_latent(tmp_path):
+    """Run configs inside earlier exports name pid.latents.prepare.embedded_latent."""
+    from hydra.utils import instantiate
+
+    cfg = {"_target_": "pid.latents.prepare.embedded_latent", "channels": 16, "down_factor": 8,
+           "path": str(tmp_path / "absent.safetensors"), "fit_if_missing": True}
+    assert isinstance(instantiate(cfg), PatchPCALatent)

@@ -2,11 +2,17 @@
 
 A latent space is a frozen encoder/decoder pair plus the normalisation that
 turns its raw latent into the unit-scale latent the diffusion model sees
-(SPEC §5: e.g. FLUX.1 uses ``(z - 0.1159) * 0.3611``). Subclasses implement
+(docs/method.md §5: e.g. FLUX.1 uses ``(z - 0.1159) * 0.3611``). Subclasses implement
 ``encode_raw``/``decode_raw``; this base class adds normalisation, the frozen
 contract and shape bookkeeping, so training code only ever calls ``encode``
 (images → normalised z) and ``decode`` (normalised z → images, the "native
 decode" of the cascade baseline).
+
+Two hooks let callers treat every space alike, without testing for a type:
+``prepare(datamodule, cfg)`` gets a space ready before training (a space fitted on
+the data fits itself there), and ``store_in_checkpoint`` says that the space's
+tensors travel in checkpoints and exports, so a loader builds it from its config
+(which neither fits nor needs its file) and fills it from the checkpoint.
 
 Images are float tensors in [-1, 1] of shape (B, 3, H, W).
 """
@@ -40,7 +46,8 @@ class LatentSpace(nn.Module, ABC):
     scale: torch.Tensor
 
     #: Small latent spaces whose tensors travel inside training checkpoints and decoder exports
-    #: (so a decoder file is self-contained); large frozen encoders are rebuilt from their config.
+    #: (so a decoder file is self-contained; building such a space from its config neither fits it nor
+    #: needs its file, the loader fills it); large frozen encoders are rebuilt from their config.
     store_in_checkpoint: bool = False
 
     def __init__(self) -> None:
@@ -63,7 +70,7 @@ class LatentSpace(nn.Module, ABC):
 
     @property
     def noise_form(self) -> NoiseForm:
-        """Latent-noising form that suits this space (SPEC §3).
+        """Latent-noising form that suits this space (docs/method.md §3, Eq. 4).
 
         "flow": z̃ = (1−σ)z + σξ (flow-matching LDM latents: FLUX, SD3, RAE);
         "vp":   z̃ = √(1−σ²)z + σξ (SDXL-style latents).
@@ -83,6 +90,15 @@ class LatentSpace(nn.Module, ABC):
                 f"{self.name}: image size {height}×{width} is not a multiple of the down factor {f}"
             )
         return (self.channels, height // f, width // f)
+
+    # --- hooks -------------------------------------------------------------------------
+    def prepare(self, datamodule, cfg) -> "LatentSpace":
+        """Get ready to encode ``datamodule``'s training images (``cfg``: the run config), before training.
+
+        Nothing to do for a space built from its weights (this default); a space fitted on the data fits
+        itself here the first time. Returns the space.
+        """
+        return self
 
     # --- the two maps subclasses provide -------------------------------------------
     @abstractmethod

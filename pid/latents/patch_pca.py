@@ -23,13 +23,16 @@ Encode is a stride-8 convolution with the basis after subtracting the mean patch
 decode is the transposed convolution plus the mean patch.
 
 Create a file with ``python -m pid.latents.patch_pca OUT.safetensors --images DIR``
-(or ``PatchPCALatent().fit(images).save(path)``).
+(or ``PatchPCALatent().fit(images).save(path)``). In a run, ``conf/latent/patch_pca.yaml`` builds it with
+:func:`embedded_latent` and its :meth:`PatchPCALatent.prepare` hook fits it on the training images the
+first time; its tensors travel in checkpoints and exports (``store_in_checkpoint``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,6 +44,8 @@ import torch.nn.functional as F
 from pid.latents.base import LatentSpace
 from pid.utils.errors import MissingWeightsError, PiDConfigError
 
+log = logging.getLogger(__name__)
+
 FORMAT = "pid.patch_pca.v1"
 _KEYS = ("basis", "mean", "shift", "scale", "eigenvalues")
 
@@ -49,13 +54,18 @@ class PatchPCALatent(LatentSpace):
     """Linear patch autoencoder: top-``channels`` PCA components of ``patch``×``patch``×3 patches.
 
     A freshly constructed instance is *unfitted*; call :meth:`fit` or load one with
-    :meth:`from_file` before encoding.
+    :meth:`from_file` before encoding, or let :meth:`prepare` fit it on the training images
+    (and save it at ``path`` when one is set; with ``fit_if_missing`` false it refuses instead).
     """
 
     basis: torch.Tensor
     mean: torch.Tensor
     eigenvalues: torch.Tensor
     store_in_checkpoint = True  # 15 KB: exports decode without the latent file
+    #: Where :meth:`prepare` saves its fit (``latent.path``; set by :func:`embedded_latent`), and whether it
+    #: may fit at all when unfitted.
+    path: str | None = None
+    fit_if_missing: bool = True
 
     def __init__(self, channels: int = 16, patch: int = 8):
         super().__init__()
@@ -102,9 +112,29 @@ class PatchPCALatent(LatentSpace):
 
     def _check_fitted(self) -> None:
         if not self.fitted:
+            if self.path is not None:
+                raise _missing_file(self.path)
             raise RuntimeError(
                 f"{self.name} is not fitted: call .fit(images) or PatchPCALatent.from_file(path)"
             )
+
+    def prepare(self, datamodule, cfg) -> "PatchPCALatent":
+        """Fit on the training images the first time, and save the fit at ``path``.
+
+        It is fitted on the *low-resolution* training images (↓``cfg.sr_scale``), the distribution it
+        encodes. Fitted already (its file existed, or a checkpoint filled it): nothing to do.
+        """
+        if self.fitted:
+            return self
+        if not self.fit_if_missing:
+            raise _missing_file(self.path)
+        datamodule.prepare_data()
+        folder = Path(datamodule.root) / "train"
+        self.fit(lq_training_images(folder, int(cfg.sr_scale)))
+        where = self.save(self.path) if self.path is not None else "(not saved: no path)"
+        log.info("fitted the embedded latent on %s (explained variance %.3f) → %s",
+                 folder, self.explained_variance(), where)
+        return self
 
     def encode_raw(self, images: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
@@ -219,17 +249,7 @@ class PatchPCALatent(LatentSpace):
         from safetensors import safe_open
 
         if path is None or not Path(path).is_file():
-            raise MissingWeightsError(
-                "PatchPCALatent",
-                config_key="latent.path",
-                expected="a .safetensors file written by PatchPCALatent.save",
-                source=(
-                    "fitting it in seconds on your training images: "
-                    "`python -m pid.latents.patch_pca OUT.safetensors --images DIR` "
-                    "(or PatchPCALatent().fit(images).save(OUT))"
-                ),
-                path=path,
-            )
+            raise _missing_file(path)
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
@@ -246,6 +266,48 @@ class PatchPCALatent(LatentSpace):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", fitted={self.fitted}"
+
+
+def embedded_latent(path: str, channels: int, down_factor: int, fit_if_missing: bool) -> PatchPCALatent:
+    """The embedded default latent space (conf/latent/patch_pca.yaml): read from ``path`` when the file
+    exists, else unfitted, to be fitted by :meth:`PatchPCALatent.prepare` (when ``fit_if_missing``) or
+    filled from a checkpoint that carries it. Building it never fits it and never needs the file."""
+    if Path(path).is_file():
+        latent = PatchPCALatent.from_file(path)
+        if (latent.channels, latent.down_factor) != (channels, down_factor):
+            raise ValueError(f"latent.path={path} holds a {latent.channels}-channel {latent.down_factor}× "
+                             f"latent, but the config asks for latent.channels={channels}, "
+                             f"latent.down_factor={down_factor}")
+    else:
+        latent = PatchPCALatent(channels=channels, patch=down_factor)
+    latent.path, latent.fit_if_missing = str(path), bool(fit_if_missing)
+    return latent
+
+
+def lq_training_images(folder: Path, sr_scale: int):
+    """The training images as the encoder sees them: bicubic antialiased ↓sr_scale, in [-1, 1]."""
+    from pid.data.io import list_image_files, load_rgb
+
+    for file in list_image_files(folder):
+        img = torch.from_numpy(load_rgb(file)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        h, w = img.shape[-2] // sr_scale, img.shape[-1] // sr_scale
+        if min(h, w) >= 16:
+            yield F.interpolate(img, size=(h, w), mode="bicubic", antialias=True).clamp(-1, 1)[0]
+
+
+def _missing_file(path) -> MissingWeightsError:
+    """The error for a PatchPCA file that is not there: names ``latent.path`` and how to make the file."""
+    return MissingWeightsError(
+        "PatchPCALatent",
+        config_key="latent.path",
+        expected="a .safetensors file written by PatchPCALatent.save",
+        source=(
+            "fitting it in seconds on your training images: "
+            "`python -m pid.latents.patch_pca OUT.safetensors --images DIR` "
+            "(or PatchPCALatent().fit(images).save(OUT)), or with latent.fit_if_missing=true"
+        ),
+        path=path,
+    )
 
 
 def _iter_images(images) -> Iterable[torch.Tensor]:
