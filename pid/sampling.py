@@ -51,7 +51,8 @@ class PiDDenoiser:
                 **cond):
         """Conditioning for every step of one decode: ``latent`` replaced by its adapter features."""
         if latent is not None and self.cache_latent_features and getattr(self.net, "adapter", None) is not None:
-            features = self.net.encode_latent(latent, tuple(x_t.shape[-2:]), keep=latent_on)
+            # through forward, so that a sharding wrapper (FSDP) gathers the adapter's weights for the call
+            features = self.net(x_t, t, latent=latent, latent_keep=latent_on, encode_only=True)
             return {"latent_features": features, "sigma": sigma, "y": y, "y_mask": y_mask, "y_null": y_null, **cond}
         return {"latent": latent, "sigma": sigma, "y": y, "y_mask": y_mask, "y_null": y_null, **cond}
 

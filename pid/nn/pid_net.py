@@ -103,7 +103,8 @@ class PiDNet(PixelDiT):
         feature_blocks: Iterable[int] = (),
         features_only: bool = False,
         latent_features: AdapterOutput | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor | None, Extras]:
+        encode_only: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor | None, Extras] | AdapterOutput:
         """Velocity v = eps - x0.
 
         Args:
@@ -121,7 +122,13 @@ class PiDNet(PixelDiT):
                 image size, with the keep mask already applied), used instead of ``latent`` /
                 ``latent_keep`` so a sampler computes it once per decode; the gates still see this
                 call's tokens and ``sigma``.
+            encode_only: return :meth:`encode_latent` of ``latent`` at ``x``'s size (with ``latent_keep``)
+                and nothing else. Through ``forward`` a wrapper that gathers parameters (FSDP) sees the call.
         """
+        if encode_only:
+            if latent is None:
+                raise ValueError("encode_only=True needs a latent")
+            return self.encode_latent(latent, tuple(x.shape[-2:]), keep=latent_keep)
         if latent_features is not None and latent is not None:
             raise ValueError("pass either latent (features computed here) or latent_features, not both")
         if (latent is not None or latent_features is not None) and self.adapter is None:
