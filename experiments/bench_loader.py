@@ -3,7 +3,7 @@
 Input: a few ~4K JPEGs made in a temporary directory from scikit-image photos, upscaled ONLY to
 serve as benchmark input (sizes of real 4K sources: UHD 3840×2160 both ways, 4032×3024 phone
 photos, 4096² and 4096×2304). For each image and each of two target settings — square 2048² crops
-("2K crops") and the SPEC §3 aspect buckets at 2048 — both loaders turn the JPEG bytes into a
+("2K crops") and the docs/method.md §3 aspect buckets at 2048 — both loaders turn the JPEG bytes into a
 uint8 crop of the same bucket:
 
 - naive: full decode → resize the whole image to cover the bucket (bicubic) → random crop;
@@ -66,7 +66,7 @@ def run(repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         files = make_inputs(Path(tmp))
         for setting, buckets in (("square 2048²", make_buckets("square", 2048, 64)),
-                                 ("SPEC buckets @2048", make_buckets("single", 2048, 64))):  # fmt: skip
+                                 ("paper buckets @2048", make_buckets("single", 2048, 64))):  # fmt: skip
 
             def ours(data, rng, buckets=buckets):
                 return bucket_crop(data, buckets, rng, hflip=False)[0]

@@ -1,4 +1,4 @@
-"""Early-exit curve (SPEC §5): decode latents noised to σ (an LDM's state after K of N steps is
+"""Early-exit curve (docs/method.md §5): decode latents noised to σ (an LDM's state after K of N steps is
 (1−σ)z + σε) with PiD at the student's 4 steps (teacher when no student), next to native decode +
 bicubic of the same noisy latents; writes quality_vs_sigma.png and the table.
 

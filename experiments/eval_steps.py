@@ -1,4 +1,4 @@
-"""Teacher-vs-student steps table (SPEC §1: 4-step student vs 50-step teacher on NIQE and the rest):
+"""Teacher-vs-student steps table (docs/method.md §1: 4-step student vs 50-step teacher on NIQE and the rest):
 the teacher at 1, 2, 4, 8, 25, 50 Euler steps and the DMD2 student at 1, 2, 4 steps, with latency.
 
     python experiments/eval_steps.py ckpt=TEACHER student_ckpt=STUDENT [eval=quickstart] [...]

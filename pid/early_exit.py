@@ -2,7 +2,7 @@ r"""Early exit: stop a latent diffusion model after K of N steps and let PiD dec
 
 A flow-matching LDM's state after K steps is already :math:`x_K = (1-\sigma_K) z + \sigma_K \varepsilon`
 with :math:`\sigma_K` the scheduler's own (shifted) noise level, exactly the latent noising PiD was
-trained on, so PiD decodes ``x_K`` with ``sigma=σ_K`` (SPEC §5). Euler/VE-frame samplers (SDXL's
+trained on, so PiD decodes ``x_K`` with ``sigma=σ_K`` (docs/method.md §5). Euler/VE-frame samplers (SDXL's
 ``EulerDiscreteScheduler``) hold :math:`z + \sigma_{ve}\varepsilon`; dividing the state and σ by
 :math:`\sqrt{\sigma_{ve}^2+1}` gives the VP frame :math:`\sqrt{1-\sigma^2} z + \sigma\varepsilon` PiD's
 SDXL decoder was trained on (:func:`to_training_frame`, exact).

@@ -1,4 +1,4 @@
-"""Bucket tables follow SPEC §3 and scale for tiny runs; crops never upsample; draft decoding is faithful."""
+"""Bucket tables follow docs/method.md §3 and scale for tiny runs; crops never upsample; draft decoding is faithful."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Streaming shards: 2 workers, one shape per batch, SPEC buckets, no upsampling, corrupt samples
+"""Streaming shards: 2 workers, one shape per batch, paper buckets, no upsampling, corrupt samples
 skipped and counted, exact splitting, the same number of steps on every rank."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Aspect-ratio buckets (SPEC §3): every batch has one (H, W), and images are never upsampled.
+"""Aspect-ratio buckets (docs/method.md §3): every batch has one (H, W), and images are never upsampled.
 
 Single level (the paper's 2K buckets, ``base_size=2048``, sides multiple of 64)::
 
@@ -23,7 +23,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# (name, width, height) at the paper's 2048 base (SPEC §3).
+# (name, width, height) at the paper's 2048 base (docs/method.md §3).
 PAPER_BUCKETS_2048 = (
     ("1:1", 2048, 2048),
     ("4:3", 2304, 1728),

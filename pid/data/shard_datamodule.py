@@ -2,7 +2,7 @@
 ``.txt`` captions), as the data-set builder writes them (``make data`` for the embedded sample set).
 
 Training batches: ``{"image": uint8 (B, 3, H, W), "caption": list[str], "key": list[str],
-"skipped": int}`` where (H, W) is one aspect-ratio bucket per batch (SPEC §3). The LQ latent is
+"skipped": int}`` where (H, W) is one aspect-ratio bucket per batch (docs/method.md §3). The LQ latent is
 made on the device by the LightningModule. Validation: fixed square ``crop_size`` crops.
 
 Buckets: ``buckets.kind`` ``single`` (1:1, 4:3, 3:4, 16:9, 9:16 at ``crop_size`` scale; at 2048

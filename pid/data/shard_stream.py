@@ -197,7 +197,7 @@ def _member_count(path: str) -> int:
 
 
 def pick_caption(sample: dict, rng: random.Random) -> str:
-    """One of the stored caption lengths, uniformly (SPEC §6); falls back to the ``.txt`` member."""
+    """One of the stored caption lengths, uniformly (docs/method.md §6); falls back to the ``.txt`` member."""
     try:
         caps = json.loads(sample["json"]).get("captions") or {} if "json" in sample else {}
     except (ValueError, AttributeError):

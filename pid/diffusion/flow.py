@@ -22,7 +22,7 @@ All functions take tensors first and ``t`` last; ``t`` may be a float, a 0-d ten
 per-sample tensor of shape ``(B,)`` (broadcast over the remaining dims). Arithmetic runs in
 the promoted dtype of the inputs, at least float32 (bf16 inputs give fp32 outputs).
 
-Training-time sampling (SPEC §3): ``t ~ logit-normal(0, 1)`` followed by the SD3 time shift
+Training-time sampling (docs/method.md §3): ``t ~ logit-normal(0, 1)`` followed by the SD3 time shift
 ``t' = s t / (1 + (s - 1) t)`` with the resolution-dependent ``s = 6 sqrt(sqrt(HW) / 2048)``.
 """
 

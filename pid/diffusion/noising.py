@@ -1,7 +1,7 @@
 r"""Latent-side noising: the σ-augmentation of the conditioning latent, and CFG dropout masks.
 
 PiD trains the decoder on *noised* latents so that it can decode an LDM's intermediate state
-(early exit) and so that σ becomes a fidelity/creativity knob (SPEC §3, §5):
+(early exit) and so that σ becomes a fidelity/creativity knob (docs/method.md §3, §5):
 
 * ``"flow"`` (FLUX/SD3/FLUX.2/RAE latents):  :math:`\tilde z = (1 - \sigma) z + \sigma \xi`
 * ``"vp"``   (SDXL-style latents):            :math:`\tilde z = \sqrt{1 - \sigma^2}\, z + \sigma \xi`

@@ -1,4 +1,4 @@
-"""Representation-autoencoder (RAE) latents: frozen vision-encoder features as the latent (SPEC §5).
+"""Representation-autoencoder (RAE) latents: frozen vision-encoder features as the latent (docs/method.md §5).
 
 * **DINOv2-B with registers** (RAE, Zheng et al. 2025): a 512² image is resized (bicubic) to 448²,
   ImageNet-normalised and encoded by ViT-B/14 with 4 register tokens; the final LayerNorm is used

@@ -1,6 +1,6 @@
 """Per-(C, H, W) latent statistics: mean and variance of every latent cell over a set of images.
 
-RAE latents (DINOv2, SigLIP-2) are normalised with such statistics (SPEC §5): the latent of a
+RAE latents (DINOv2, SigLIP-2) are normalised with such statistics (docs/method.md §5): the latent of a
 ``native_size``² image is computed for every image, and the per-position mean and (population)
 variance are accumulated in float64 with Chan's parallel update, so any number of images fits.
 

@@ -1,6 +1,6 @@
 """LightningModule that trains a PiD teacher (backbone + latent adapter) or its pixel prior (no adapter).
 
-One training step (SPEC §3), all on the device:
+One training step (docs/method.md §3), all on the device:
     HQ crop x₀ ──bicubic ↓sr_scale──▶ LQ image ──frozen encoder──▶ z
     z̃ = noise_latent(z, σ)      σ ~ U(0, σ_max) with probability p, else 0
     t ~ shifted logit-normal,  x_t = (1−t)·x₀ + t·ε,  target v = ε − x₀

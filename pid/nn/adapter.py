@@ -1,4 +1,4 @@
-"""PiD's sigma-aware latent adapter (SPEC section 2).
+"""PiD's sigma-aware latent adapter (docs/method.md §2).
 
 A small conv network turns the (normalised, possibly noisy) generator latent
 z~ into one feature map per injection point on the backbone's patch grid; each

@@ -1,4 +1,4 @@
-"""DMD2 discriminator: small conv heads on patch features of the frozen teacher (SPEC §4).
+"""DMD2 discriminator: small conv heads on patch features of the frozen teacher (docs/method.md §4).
 
 The teacher runs up to a middle patch block (``PiDNet(..., feature_blocks=(k,), features_only=True)``)
 and returns (B, D, Hp, Wp) patch-token maps; one head per tapped block reduces its map to logits:

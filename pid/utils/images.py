@@ -20,7 +20,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """Bicubic, antialiased ↓factor: how PiD makes the low-res side of a training pair (SPEC §3)."""
+    """Bicubic, antialiased ↓factor: how PiD makes the low-res side of a training pair (docs/method.md §3)."""
     h, w = images.shape[-2:]
     if h % factor or w % factor:
         raise ValueError(f"image size {h}×{w} is not divisible by the downsampling factor {factor}")
