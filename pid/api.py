@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -71,7 +71,8 @@ class PiDDecoder:
             if caption is not None:
                 raise ValueError("give caption= or caption_states=, not both")
             if states.ndim != 3 or states.shape[0] not in (1, batch):
-                raise ValueError(f"caption_states must be (B, L, D) for {batch} latents, got {tuple(states.shape)}")
+                raise ValueError(f"caption_states must be (B, L, D) for {batch} latents, "
+                                 f"got {tuple(states.shape)}")
             null = self.text_encoder.null_states().to(self.device) if self.text_encoder is not None else None
             return states.to(self.device).float().expand(batch, -1, -1), null
         if not self.text.get("uses_text"):
@@ -99,9 +100,9 @@ class PiDDecoder:
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, sigma: float | torch.Tensor = 0.0, *,
                caption: str | Sequence[str] | None = None, caption_states: torch.Tensor | None = None,
-               num_steps: int | None = None,
-               text_cfg: float | None = None, latent_cfg: float | None = None, sampler: str | None = None,
-               timesteps=None, generator: torch.Generator | None = None, frame: str = "train") -> torch.Tensor:
+               num_steps: int | None = None, text_cfg: float | None = None, latent_cfg: float | None = None,
+               sampler: str | None = None, timesteps=None, generator: torch.Generator | None = None,
+               frame: str = "train") -> torch.Tensor:
         """Decode a normalised latent at noise level σ to an image in [-1, 1].
 
         Args:
@@ -146,7 +147,8 @@ class PiDDecoder:
             text_cfg=self.sampling.get("text_cfg", 1.0) if text_cfg is None else text_cfg,
             latent_cfg=self.sampling.get("latent_cfg", 1.0) if latent_cfg is None else latent_cfg,
             text=(y, None), null_text=y_null, shift_base=self.time.get("shift_base", 6.0),
-            shift_ref_size=self.time.get("shift_ref_size", 2048), shift_rule=self.time.get("shift_rule", "area"),
+            shift_ref_size=self.time.get("shift_ref_size", 2048),
+            shift_rule=self.time.get("shift_rule", "area"),
             generator=generator, timesteps=timesteps)
 
 
@@ -167,7 +169,8 @@ def check_sigma(sigma: float | torch.Tensor, batch: int, frame: str) -> torch.Te
     elif (s < 0).any() or (s > 1).any():
         hint = (" A sigma > 1 is usually an Euler/VE-frame sigma (SDXL's EulerDiscreteScheduler): pass "
                 "frame='ve' to convert it." if (s > 1).any() else "")
-        raise ValueError(f"sigma must be in [0, 1] in the training frame, got {[round(v, 4) for v in s.tolist()]}."
+        shown = [round(v, 4) for v in s.tolist()]
+        raise ValueError(f"sigma must be in [0, 1] in the training frame, got {shown}."
                          + hint)
     return s.contiguous()
 
@@ -182,8 +185,9 @@ def _latent_for(latent_cfg: dict, build: bool) -> nn.Module:
     return instantiate(dict(latent_cfg))  # a space whose tensors travel in the file is filled from it
 
 
-def export_decoder(module, path: str | Path, ema=None, net_state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write a training module's network (EMA weights when an EMA callback is given), small latents and config.
+def export_decoder(module, path: str | Path, ema=None,
+                   net_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a training module's network (EMA weights with an EMA callback), small latents and config.
 
     ``net_state``: the network's (EMA) weights gathered already (``pid.lit.ema.averaged_net_state``, which
     FSDP runs need: there every rank holds a shard); without it the state is taken here the same way."""
@@ -191,7 +195,8 @@ def export_decoder(module, path: str | Path, ema=None, net_state: dict[str, torc
 
     if net_state is None:
         net_state = averaged_net_state(None, module, ema)
-    latent_state = module.latent.state_dict() if getattr(module.latent, "store_in_checkpoint", False) else None
+    carried = getattr(module.latent, "store_in_checkpoint", False)
+    latent_state = module.latent.state_dict() if carried else None
     return write_export(path, net_state, module.run_config or {}, module.sr_scale, latent_state,
                         ema=ema is not None)
 
@@ -214,8 +219,9 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
     """
     path = Path(str(path)).expanduser()
     if not path.exists():
-        raise MissingWeightsError("PiD decoder", "ckpt", "a pid_decoder.safetensors export, a .ckpt of pid.train, or "
-                                  "a released model_ema_bf16.pth / model.pth / DCP folder (with release=)", path=path)
+        raise MissingWeightsError("PiD decoder", "ckpt",
+                                  "a pid_decoder.safetensors export, a .ckpt of pid.train, or a released "
+                                  "model_ema_bf16.pth / model.pth / DCP folder (with release=)", path=path)
     wf = read_weights(path)
     if release is not None:
         rel = load_release(release)
