@@ -81,7 +81,8 @@ def run(repeats: int) -> dict:
             for r in range(repeats):  # alternate, so drifting load hits both alike
                 r_naive = max(r_naive, timed(naive, files, r))
                 r_ours = max(r_ours, timed(ours, files, r))
-            results[setting] = {"naive_samples_per_s": round(r_naive, 3), "ours_samples_per_s": round(r_ours, 3),
+            results[setting] = {"naive_samples_per_s": round(r_naive, 3),
+                                "ours_samples_per_s": round(r_ours, 3),
                                 "speedup": round(r_ours / r_naive, 2)}  # fmt: skip
     return results
 
@@ -98,7 +99,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     payload = {
-        "what": "2K crops from ~4K JPEGs, samples/s per worker (1 process, 1 thread), best of alternating passes",
+        "what": "2K crops from ~4K JPEGs, samples/s per worker (1 process, 1 thread), "
+                "best of alternating passes",
         "inputs": [f"{w}x{h}" for w, h in SIZES],
         "machine": {
             "cpu": platform.processor() or platform.machine(),
@@ -119,7 +121,8 @@ def main() -> None:
     ]
     for setting, r in results.items():
         lines.append(
-            f"| {setting} | {r['naive_samples_per_s']:.2f} | {r['ours_samples_per_s']:.2f} | {r['speedup']:.2f}× |"
+            f"| {setting} | {r['naive_samples_per_s']:.2f} | {r['ours_samples_per_s']:.2f} "
+            f"| {r['speedup']:.2f}× |"
         )
     (out / "loader.md").write_text("\n".join(lines) + "\n")
     for setting, r in results.items():

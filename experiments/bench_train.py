@@ -127,7 +127,8 @@ def lightning_loop(module, batch, steps: int, warmup: int, device, precision: st
     if full:
         callbacks += [TrainingMonitor(), NonFiniteGuard(), PreemptionHandler()]
     trainer = pl.Trainer(accelerator=device.type if device.type == "cuda" else "cpu", devices=1,
-                         precision=precision, max_steps=warmup + steps, logger=False, enable_checkpointing=False,
+                         precision=precision, max_steps=warmup + steps, logger=False,
+                         enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          gradient_clip_val=clip, num_sanity_val_steps=0, callbacks=callbacks,
                          default_root_dir=str(out), log_every_n_steps=10)
@@ -198,8 +199,9 @@ def main(argv=None) -> dict:
                       "mfu": (flops * sps / peak) if (peak and flops) else None}
     result = {
         "experiment": args.experiment, "batch_size": args.batch_size, "size": args.size, "patch_size": patch,
-        "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "device": gpu or platform.processor()
-        or "cpu", "precision": precision, "torch": torch.__version__, "flops_per_step": flops,
+        "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+        "device": gpu or platform.processor() or "cpu", "precision": precision, "torch": torch.__version__,
+        "flops_per_step": flops,
         "threads": torch.get_num_threads(), "results": rows,
         "overhead_lightning": rows["plain"]["steps_per_s"] / rows["lightning"]["steps_per_s"] - 1,
         "overhead_lightning_pid": rows["plain"]["steps_per_s"] / rows["lightning+pid"]["steps_per_s"] - 1,

@@ -1,4 +1,5 @@
-"""Latency / peak-memory table by output size (the paper's latency table (docs/method.md §1)'s shape), with random weights.
+"""Latency / peak-memory table by output size (the paper's latency table (docs/method.md §1)'s shape),
+with random weights.
 
 For each output size: PiD at 4 steps (the student's SDE schedule) and at N teacher steps, the diffusion-SR
 cascade (the same backbone on the RGB low-res image, 4 steps) and native decode + bicubic, timed with

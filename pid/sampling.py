@@ -19,7 +19,8 @@ def output_size(latent: torch.Tensor, latent_down: int, sr_scale: int) -> tuple[
     return h * latent_down * sr_scale, w * latent_down * sr_scale
 
 
-def null_text(y: torch.Tensor | None, text_on: torch.Tensor, y_null: torch.Tensor | None) -> torch.Tensor | None:
+def null_text(y: torch.Tensor | None, text_on: torch.Tensor,
+              y_null: torch.Tensor | None) -> torch.Tensor | None:
     """Caption states with the text of samples where ``text_on`` is False replaced by the null text.
 
     ``y`` (N, L, D); ``y_null`` (1 or N, L, D): the encoded null caption (the official teacher CFG uses
@@ -37,7 +38,8 @@ class PiDDenoiser:
     """A PiDNet behind DualCFG's switchable signature ``(x_t, t, text_on, latent_on, **cond)``.
 
     ``text_on`` / ``latent_on`` are (N,) bool; ``text_on`` False replaces the caption states ``y``
-    (N, L, txt_dim) by ``y_null`` (zeros without one, see :func:`null_text`), ``latent_on`` False drops the latent (N, C, h, w) by the adapter's drop_mode.
+    (N, L, txt_dim) by ``y_null`` (zeros without one, see :func:`null_text`), ``latent_on`` False drops
+    the latent (N, C, h, w) by the adapter's drop_mode.
     With ``cache_latent_features`` (default), :meth:`prepare` (called by DualCFG once per batch
     layout) runs the adapter once via ``net.encode_latent`` and every step passes the result as
     ``latent_features``; the gates still see each step's tokens and ``sigma``.
@@ -50,10 +52,12 @@ class PiDDenoiser:
     def prepare(self, x_t, t, text_on, latent_on, latent=None, sigma=None, y=None, y_mask=None, y_null=None,
                 **cond):
         """Conditioning for every step of one decode: ``latent`` replaced by its adapter features."""
-        if latent is not None and self.cache_latent_features and getattr(self.net, "adapter", None) is not None:
+        if (latent is not None and self.cache_latent_features
+                and getattr(self.net, "adapter", None) is not None):
             # through forward, so that a sharding wrapper (FSDP) gathers the adapter's weights for the call
             features = self.net(x_t, t, latent=latent, latent_keep=latent_on, encode_only=True)
-            return {"latent_features": features, "sigma": sigma, "y": y, "y_mask": y_mask, "y_null": y_null, **cond}
+            return {"latent_features": features, "sigma": sigma, "y": y, "y_mask": y_mask, "y_null": y_null,
+                    **cond}
         return {"latent": latent, "sigma": sigma, "y": y, "y_mask": y_mask, "y_null": y_null, **cond}
 
     def __call__(self, x_t, t, text_on, latent_on, latent=None, sigma=None, y=None, y_mask=None,

@@ -1,4 +1,7 @@
-"""Bucket tables follow docs/method.md §3 and scale for tiny runs; crops never upsample; draft decoding is faithful."""
+"""Bucket tables follow docs/method.md §3 and scale for tiny runs.
+
+Crops never upsample; draft decoding is faithful.
+"""
 
 from __future__ import annotations
 

@@ -47,8 +47,10 @@ def test_adapter_trunk_runs_once_and_output_is_unchanged(sampler, cfg, adapter, 
     net = make_net(adapter)
     trunk_calls, net_calls = [], []
     net.adapter.latent_proj.register_forward_hook(lambda m, i, o: trunk_calls.append(i[0].shape[0]))
-    net.register_forward_hook(  # denoising calls only (the once-per-decode encode goes through forward too)
-        lambda m, a, kw, o: None if kw.get("encode_only") else net_calls.append(a[0].shape[0]), with_kwargs=True)
+    # denoising calls only (the once-per-decode encode goes through forward too)
+    net.register_forward_hook(
+        lambda m, a, kw, o: None if kw.get("encode_only") else net_calls.append(a[0].shape[0]),
+        with_kwargs=True)
     kw = dict(SAMPLERS[sampler], text_cfg=cfg[0], latent_cfg=cfg[1])
     steps = kw["num_steps"]
     branches = 1 + (cfg[0] != 1.0) + (cfg[1] != 1.0)

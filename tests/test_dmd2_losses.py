@@ -1,4 +1,7 @@
-"""DMD2 math on toy problems: VSD gradient direction, GAN/R1 signs, update ratio, shared backward-simulation step."""
+"""DMD2 math on toy problems.
+
+VSD gradient direction, GAN/R1 signs, update ratio, shared backward-simulation step.
+"""
 
 from __future__ import annotations
 
@@ -79,7 +82,8 @@ def test_r1_penalises_logit_change_under_real_perturbation():
     loss = dmd.r1_approx_loss(real, perturbed)
     assert loss > 0
     loss.backward()
-    assert torch.all(torch.sign(-real.grad) == torch.sign(perturbed - real.detach())), "descent closes the gap"
+    assert torch.all(torch.sign(-real.grad) == torch.sign(perturbed - real.detach())), \
+        "descent closes the gap"
 
 
 def test_gan_weight_linear_warmup():

@@ -19,8 +19,8 @@ NET = ["model.net.hidden_size=64", "model.net.patch_depth=2", "model.net.pixel_a
 
 
 def data_overrides(root: Path, out: Path) -> list[str]:
-    return ["data=sample_images", f"data.root={root}", "data.crop_size=32", "data.batch_size=2", "data.num_workers=0",
-            "data.train_repeats=2", "data.val_crops_per_image=1",
+    return ["data=sample_images", f"data.root={root}", "data.crop_size=32", "data.batch_size=2",
+            "data.num_workers=0", "data.train_repeats=2", "data.val_crops_per_image=1",
             f"latent.path={out}/latent.safetensors", f"paths.log_dir={out}/logs", "logger=csv",
             "~callbacks.progress", *NET]
 
@@ -32,8 +32,8 @@ def make_teacher(root: Path, out: Path) -> Path:
 
     path = out / "teacher" / "pid_decoder.safetensors"
     if not path.is_file():
-        cfg = compose_train(["experiment=quickstart", *data_overrides(root, out), f"paths.output_dir={out}/teacher",
-                             "model.sampling.num_steps=3"])
+        cfg = compose_train(["experiment=quickstart", *data_overrides(root, out),
+                             f"paths.output_dir={out}/teacher", "model.sampling.num_steps=3"])
         _, module, _ = build(cfg)
         export_decoder(module, path)
     return path
@@ -57,7 +57,8 @@ def test_backward_simulation_step_is_the_same_on_every_rank(setup):
     from pid.train import build
 
     root, out, teacher = setup
-    cfg = compose_train(distill_overrides(root, out, "bs", teacher, "model.student_input=backward_simulation"))
+    cfg = compose_train(distill_overrides(root, out, "bs", teacher,
+                                          "model.student_input=backward_simulation"))
     _, module, _ = build(cfg)
     calls = []
     module.net.register_forward_hook(lambda m, args, output: calls.append(float(args[1][0])))
@@ -85,14 +86,16 @@ def test_euler_student_rolls_out_and_decodes_deterministically(setup):
     from pid.utils.errors import PiDConfigError
 
     root, out, teacher = setup
-    cfg = compose_train(distill_overrides(root, out, "euler", teacher, "model.student_input=backward_simulation",
+    cfg = compose_train(distill_overrides(root, out, "euler", teacher,
+                                          "model.student_input=backward_simulation",
                                           "model.sampling.sampler=euler"))
     _, module, _ = build(cfg)
     inputs = []
     module.net.register_forward_hook(lambda m, args, output: inputs.append(args[0].detach().clone()))
     hq = torch.rand(2, 3, 32, 32) * 2 - 1
     cond = {"latent": torch.randn(2, 16, 1, 1), "sigma": torch.zeros(2), "y": None, "y_mask": None}
-    iteration = next(i for i in range(50) if int(torch.randint(0, 4, (1,), generator=dmd.step_generator(0, i))) == 2)
+    iteration = next(i for i in range(50)
+                     if int(torch.randint(0, 4, (1,), generator=dmd.step_generator(0, i))) == 2)
     inputs.clear()
     module.student_x0(hq, cond, dmd.step_generator(0, iteration, 0), dmd.step_generator(0, iteration),
                       with_grad=False)
@@ -152,8 +155,8 @@ def test_regression_term_holds_the_student_to_the_guided_teacher_at_its_own_inpu
     from pid.train import build
 
     root, out, teacher = setup
-    overrides = distill_overrides(root, out, "reg", teacher, "model.gan.gen_weight=0", "model.teacher_cfg.latent=3",
-                                  "model.loss_weights.regression=0",
+    overrides = distill_overrides(root, out, "reg", teacher, "model.gan.gen_weight=0",
+                                  "model.teacher_cfg.latent=3", "model.loss_weights.regression=0",
                                   "model.student_input=backward_simulation", "model.sampling.sampler=euler")
     _, module, _ = build(compose_train(overrides))
     with torch.no_grad():  # a student that differs from the teacher
@@ -178,7 +181,8 @@ def _states(module, trainer):
     from pid.lit.ema import find_ema
 
     nets = {k: v.detach().clone() for k, v in module.state_dict().items() if not k.startswith("latent.")}
-    opts = [o.optimizer.state_dict() if hasattr(o, "optimizer") else o.state_dict() for o in trainer.optimizers]
+    opts = [o.optimizer.state_dict() if hasattr(o, "optimizer") else o.state_dict()
+            for o in trainer.optimizers]
     scheds = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
     ema = find_ema(trainer)
     return nets, opts, scheds, {k: v.clone() for k, v in ema.shadow.items()}, ema.num_updates
@@ -232,7 +236,8 @@ def test_resume_is_exact_and_the_student_exports_as_a_plain_decoder(setup):
     prefixes = {k.split(".")[0] for k in saved["state_dict"]}
     assert {"net", "fake_score", "teacher", "discriminator"} <= prefixes
     assert len(saved["optimizer_states"]) == 3 and len(saved["lr_schedulers"]) == 3 and "ema" in saved
-    cfg = compose_train(distill_overrides(root, out, "b", teacher, "trainer.max_steps=4", *ckpt, f"ckpt_path={mid}"))
+    cfg = compose_train(distill_overrides(root, out, "b", teacher, "trainer.max_steps=4", *ckpt,
+                                          f"ckpt_path={mid}"))
     dm, module_c, trainer_c = build(cfg)
     trainer_c.fit(module_c, datamodule=dm, ckpt_path=cfg.ckpt_path)
     assert trainer_c.global_step == 4
@@ -254,15 +259,18 @@ def test_resume_is_exact_and_the_student_exports_as_a_plain_decoder(setup):
                               generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(explicit, expected, rtol=0, atol=0)
 
-    # Exported in NVIDIA's released layout (model_ema_bf16.pth + its preset), the student loads as an official
-    # release file and decodes identically (float32: exact; bfloat16 as the releases: the same rounded weights).
+    # Exported in NVIDIA's released layout (model_ema_bf16.pth + its preset), the student loads as an
+    # official release file and decodes identically (float32: exact; bfloat16 as the releases: the same
+    # rounded weights).
     from pid.weights import load_weights, read_weights
     from pid.weights.export import main as export_release_cli
 
     for dtype in ("float32", "bfloat16"):
-        released = export_release_cli([str(export), str(out / dtype / "model_ema_bf16.pth"), "--dtype", dtype])
+        released = export_release_cli([str(export), str(out / dtype / "model_ema_bf16.pth"),
+                                       "--dtype", dtype])
         raw = torch.load(released, weights_only=True)
-        assert all(k.startswith("net.") for k in raw) and raw["net.lq_proj.gate_modules.0.log_alpha"].ndim == 0
+        assert all(k.startswith("net.") for k in raw)
+        assert raw["net.lq_proj.gate_modules.0.log_alpha"].ndim == 0
         official = load_decoder(released, release=released.with_suffix(".yaml"))
         assert read_weights(released).layout == "official-release"
         if dtype == "float32":
@@ -281,8 +289,8 @@ def test_resume_is_exact_and_the_student_exports_as_a_plain_decoder(setup):
         def forward(self, x):
             return torch.nn.functional.avg_pool2d(x.float(), 8).flatten(1)
 
-    metrics = compare_student_teacher(module_a, dm, ema=ema, out_dir=out / "cmp", teacher_steps=3, max_crops=2,
-                                      extractor=Features())
+    metrics = compare_student_teacher(module_a, dm, ema=ema, out_dir=out / "cmp", teacher_steps=3,
+                                      max_crops=2, extractor=Features())
     for name in ("student_4step", "teacher_4step", "teacher_3step", "teacher_4step_euler", "baseline"):
         assert metrics[f"heldout/{name}_inception_dist"] >= 0
     assert (out / "cmp" / "distill_comparison.json").is_file()
@@ -293,8 +301,8 @@ def test_missing_teacher_names_the_config_key(setup, tmp_path):
     from pid.utils.errors import MissingWeightsError
 
     root, out, _ = setup
-    cfg = compose_train(["experiment=quickstart_dmd2", *data_overrides(root, out), f"paths.output_dir={tmp_path}",
-                         f"paths.log_dir={tmp_path}/no_runs"])
+    cfg = compose_train(["experiment=quickstart_dmd2", *data_overrides(root, out),
+                         f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}/no_runs"])
     with pytest.raises(Exception) as err:
         build(cfg)
     cause = err.value if isinstance(err.value, MissingWeightsError) else err.value.__cause__

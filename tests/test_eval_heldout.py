@@ -106,8 +106,8 @@ class _DataModule:
 def test_compare_on_heldout_reports_both_sigmas_with_every_measure(tmp_path, capsys):
     truth = ((smooth_images(n=6, size=64, seed=3) + 1) * 127.5).round().to(torch.uint8)
     module = _Module()
-    metrics = compare_on_heldout(module, _DataModule(truth), out_dir=tmp_path, sigmas=(0.0, 0.4), grid_crops=2,
-                                 html_crops=2, extractor=_Features())
+    metrics = compare_on_heldout(module, _DataModule(truth), out_dir=tmp_path, sigmas=(0.0, 0.4),
+                                 grid_crops=2, html_crops=2, extractor=_Features())
     assert module.seen_sigmas == [0.0, 0.0, 0.4, 0.4]  # two batches per level, PiD told the level
     for tag in ("s0", "s0.4"):
         for name in ("pid", "baseline"):

@@ -57,7 +57,8 @@ def haarpsi(pred: torch.Tensor, gt: torch.Tensor, reduction: Reduction = "mean")
     import piq
 
     p, g = as_metric_pair(pred, gt)
-    values = piq.haarpsi(((p + 1) / 2).clamp(0, 1), ((g + 1) / 2).clamp(0, 1), data_range=1.0, reduction="none")
+    values = piq.haarpsi(((p + 1) / 2).clamp(0, 1), ((g + 1) / 2).clamp(0, 1),
+                         data_range=1.0, reduction="none")
     return values.mean() if reduction == "mean" else values
 
 

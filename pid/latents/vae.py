@@ -1,4 +1,6 @@
-"""VAE latent spaces through diffusers: FLUX.1 (also Z-Image), SD3, SDXL, FLUX.2 and Qwen-Image (docs/method.md §5).
+"""VAE latent spaces through diffusers (docs/method.md §5).
+
+FLUX.1 (also Z-Image), SD3, SDXL, FLUX.2 and Qwen-Image.
 
 One class, ``DiffusersVAELatent``, covers them all; the per-model facts live in ``conf/latent/*.yaml``:
 

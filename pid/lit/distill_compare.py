@@ -55,8 +55,9 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
                             student_steps: int | None = None, teacher_steps: int | None = None, seed: int = 0,
                             max_crops: int | None = None, extractor=None,
                             include_teacher_sde: bool = True) -> dict[str, float]:
-    """Student (EMA weights, its sampler, ``student_steps`` = its t list) vs teacher (Euler, its own CFG/shift) at the
-    same number of steps vs teacher at ``teacher_steps`` (default: the teacher run's sampling.num_steps).
+    """Student (EMA weights, its sampler, ``student_steps`` = its t list) vs teacher (Euler, its own
+    CFG/shift) at the same number of steps vs teacher at ``teacher_steps`` (default: the teacher run's
+    sampling.num_steps).
 
     ``include_teacher_sde`` adds the teacher run with the student's sampler and times (the student before
     distillation, at CFG 1), which separates the gain of distillation from the gain of the sampler; it is
@@ -71,13 +72,15 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
 
     sampler = module.sampling["sampler"]
 
-    def teacher_before(z, gen):  # the student's sampler and times on the teacher: what distillation starts from
+    # the student's sampler and times on the teacher: what distillation starts from
+    def teacher_before(z, gen):
         from pid.sampling import decode_latent
 
+        timesteps = schedules.student_timesteps(module.sampling["t_list"], k,
+                                                one_step_t=module.sampling["one_step_t"])
         return decode_latent(module.teacher, z, 0.0, sr_scale=module.sr_scale,
-                             latent_down=module.latent.down_factor, generator=gen, sampler=sampler, num_steps=k,
-                             timesteps=schedules.student_timesteps(module.sampling["t_list"], k,
-                                                                   one_step_t=module.sampling["one_step_t"]))
+                             latent_down=module.latent.down_factor, generator=gen, sampler=sampler,
+                             num_steps=k, timesteps=timesteps)
 
     decoders = {
         f"student_{k}step": student,
@@ -104,7 +107,8 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
     if include_teacher_sde:
         before = dist[f"teacher_{k}step_{sampler}"]
         metrics["heldout/student_over_teacher_same_sampler"] = dist[s] / max(before, 1e-12)
+        ratio = metrics["heldout/student_over_teacher_same_sampler"]
         summary += (f"\n  -> vs the same {k}-step {sampler} sampler on the teacher (the student before "
-                    f"distillation): student / before = {metrics['heldout/student_over_teacher_same_sampler']:.2f}")
+                    f"distillation): student / before = {ratio:.2f}")
     write_comparison(out_dir, "distill_comparison.json", images["truth"], metrics, summary)
     return metrics

@@ -111,7 +111,10 @@ class PiDModule(pl.LightningModule):
         return lq, self.latent.encode(lq).float()
 
     def encode_text(self, captions: Sequence[str] | None, keep: torch.Tensor | None):
-        """Caption states (B, L, D) and mask; a dropped caption (keep 0) is the empty caption, as officially."""
+        """Caption states (B, L, D) and mask.
+
+        A dropped caption (keep 0) is the empty caption, as officially.
+        """
         if self.text_encoder is None or captions is None:
             return None, None
         captions = list(captions)
@@ -121,7 +124,10 @@ class PiDModule(pl.LightningModule):
             return self.text_encoder(captions)
 
     def null_text(self, batch: int) -> torch.Tensor | None:
-        """States of the text-CFG null caption (the encoder's ``null_caption``), or None without an encoder."""
+        """States of the text-CFG null caption (the encoder's ``null_caption``).
+
+        None without an encoder.
+        """
         if self.text_encoder is None:
             return None
         return self.text_encoder.null_states()
@@ -136,7 +142,8 @@ class PiDModule(pl.LightningModule):
         latent_keep = noising.keep_mask(b, self.hparams.latent_dropout, device=hq.device)
         caption_keep = noising.keep_mask(b, self.hparams.caption_dropout, device=hq.device)
         y, y_mask = self.encode_text(captions, caption_keep)
-        return {"latent": z_noisy, "sigma": sigma, "latent_keep": latent_keep, "y": y, "y_mask": y_mask, "lq": lq}
+        return {"latent": z_noisy, "sigma": sigma, "latent_keep": latent_keep,
+                "y": y, "y_mask": y_mask, "lq": lq}
 
     # ------------------------------------------------------------------ training
     def diffusion_loss(self, hq: torch.Tensor, cond: dict[str, Any], t: torch.Tensor,
@@ -192,7 +199,8 @@ class PiDModule(pl.LightningModule):
             loss = self.diffusion_loss(hq, cond, t, eps)["flow"]
             self.log(f"val/loss_t{t_value:g}", loss, batch_size=b, sync_dist=True)
             total = total + loss
-        self.log("val/loss", total / len(self.hparams.val_timesteps), prog_bar=True, batch_size=b, sync_dist=True)
+        self.log("val/loss", total / len(self.hparams.val_timesteps), prog_bar=True, batch_size=b,
+                 sync_dist=True)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -227,11 +235,13 @@ class PiDModule(pl.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]
         if not params:
-            raise RuntimeError("no trainable parameters: check model.net.freeze_backbone and the adapter config")
+            raise RuntimeError("no trainable parameters: "
+                               "check model.net.freeze_backbone and the adapter config")
         optimizer = self.optimizer_factory(params)
         total = 0  # only a decay needs the run's length (an unsized stream without max_steps has none)
         if self.hparams.lr_decay != "constant":
-            total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+            max_steps = self.trainer.max_steps
+            total = max_steps if max_steps > 0 else self.trainer.estimated_stepping_batches
         factor = LRFactor(int(self.hparams.warmup_steps), self.hparams.lr_decay, int(total),
                           float(self.hparams.min_lr_ratio))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
