@@ -112,7 +112,7 @@ def manifests():
 @pytest.mark.parametrize("manifest", manifests(), ids=lambda p: p.stem)
 def test_every_release_manifest_maps_onto_its_preset(manifest):
     """Each release's preset builds (on the meta device) exactly the file's keys and shapes."""
-    from pid.weights.formats import _official_names
+    from pid.weights.formats import official_names
     from pid.weights.release import load_release
 
     info = json.loads(manifest.read_text())
@@ -122,7 +122,7 @@ def test_every_release_manifest_maps_onto_its_preset(manifest):
     own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     shapes = {k: torch.empty(v, device="meta") for k, v in info["keys"].items()}
     assert set(k.split(".", 1)[0] for k in shapes) == {"net"}
-    want = {k: tuple(v.shape) for k, v in _official_names({k[4:]: v for k, v in shapes.items()}).items()}
+    want = {k: tuple(v.shape) for k, v in official_names({k[4:]: v for k, v in shapes.items()}).items()}
     assert sorted(set(want) - set(own)) == [] and sorted(set(own) - set(want)) == []
     assert {k: v for k, v in own.items() if want[k] != v} == {}
     derived = info.get("derived") or {"rope_reference_grid": [128, 128]}  # PixelDiT: 2048 px
@@ -210,7 +210,7 @@ def test_full_checkpoint_reads_ema_by_default_and_raw_on_request(tmp_path, golde
 
 def test_discriminator_features_and_logits(tmp_path, golden):
     from pid.nn.discriminator import FeatureDiscriminator
-    from pid.weights.formats import _official_discriminator_names
+    from pid.weights.formats import official_discriminator_names
 
     c, _ = golden
     model, _ = tiny_net(tmp_path, "v1_5_teacher")
@@ -225,7 +225,7 @@ def test_discriminator_features_and_logits(tmp_path, golden):
     )
     disc = FeatureDiscriminator(in_channels=16, num_blocks=4, feature_blocks=(1,))
     prefix = "dmd.disc.weights.discriminator."
-    state = _official_discriminator_names({k[len(prefix) :]: v for k, v in c.items() if k.startswith(prefix)})
+    state = official_discriminator_names({k[len(prefix) :]: v for k, v in c.items() if k.startswith(prefix)})
     disc.load_state_dict(state, strict=True)
     with torch.no_grad():
         logits = disc({1: c["out.v1_5_teacher.c1_square_native.features_block1"]})
@@ -233,9 +233,9 @@ def test_discriminator_features_and_logits(tmp_path, golden):
 
 
 def test_discriminator_group_norm_groups_follow_the_official_rule():
-    from pid.nn.discriminator import _groups
+    from pid.nn.discriminator import group_norm_groups
 
-    assert [_groups(c) for c in (8, 16, 32, 40, 48, 768, 96)] == [2, 4, 8, 20, 24, 32, 32]
+    assert [group_norm_groups(c) for c in (8, 16, 32, 40, 48, 768, 96)] == [2, 4, 8, 20, 24, 32, 32]
 
 
 # ---------------------------------------------------------------------------------------------- samplers

@@ -47,7 +47,7 @@ from pid.diffusion import dmd, flow, noising, schedules
 from pid.diffusion.dmd2_loss import DMD2Loss, DMD2Networks
 from pid.diffusion.guidance import DualCFG
 from pid.lit.lr_schedule import LRFactor
-from pid.lit.module import _plain
+from pid.utils.containers import plain_container
 from pid.lit.strategies import clip_grad_norm, finish_fsdp_backward
 from pid.utils.errors import MissingWeightsError, PiDConfigError
 from pid.utils.images import downsample, to_signed
@@ -483,7 +483,7 @@ class DMD2Module(pl.LightningModule):
                                          "student_every": self.student_every}}
         for key in ("hyper_parameters", "datamodule_hyper_parameters"):
             if key in checkpoint:
-                checkpoint[key] = _plain(checkpoint[key])
+                checkpoint[key] = plain_container(checkpoint[key])
 
 
 def _randn(shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:

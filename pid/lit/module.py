@@ -23,6 +23,7 @@ from pid.data.augment import augment_batch
 from pid.diffusion import flow, losses, noising
 from pid.lit.fault_tolerance import guard_loss
 from pid.lit.lr_schedule import DECAYS, LRFactor
+from pid.utils.containers import plain_container
 from pid.weights import load_weights
 from pid.utils.errors import PiDConfigError
 from pid.utils.images import downsample, to_signed
@@ -257,17 +258,4 @@ class PiDModule(pl.LightningModule):
         # Plain containers only, so the file loads with torch.load(weights_only=True).
         for key in ("hyper_parameters", "datamodule_hyper_parameters"):
             if key in checkpoint:
-                checkpoint[key] = _plain(checkpoint[key])
-
-
-def _plain(value):
-    """OmegaConf containers → dicts/lists, recursively (other values unchanged)."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    return value
+                checkpoint[key] = plain_container(checkpoint[key])

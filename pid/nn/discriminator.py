@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 
-def _groups(channels: int, max_groups: int = 32) -> int:
+def group_norm_groups(channels: int, max_groups: int = 32) -> int:
     """GroupNorm groups of the official ``Discriminator_ImageDiT`` head: max(1, C // 4) for C <= 32, else the
     largest divisor of C that is <= 32 (e.g. 48 → 24, 768 → 32)."""
     if channels <= max_groups:
@@ -29,7 +29,7 @@ def conv_head(in_channels: int, num_conv_layers: int = 2, patch_logits: bool = F
     ch_in, ch_out = in_channels, max(in_channels // 2, 1)
     for _ in range(num_conv_layers - 1):
         layers += [nn.Conv2d(ch_in, ch_out, kernel_size=4, stride=2, padding=1),
-                   nn.GroupNorm(_groups(ch_out), ch_out), nn.LeakyReLU(0.2)]
+                   nn.GroupNorm(group_norm_groups(ch_out), ch_out), nn.LeakyReLU(0.2)]
         ch_in, ch_out = ch_out, max(ch_out // 2, min(64, ch_out))
     layers.append(nn.Conv2d(ch_in, 1, kernel_size=1))
     if not patch_logits:

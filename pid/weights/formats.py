@@ -128,7 +128,7 @@ def _from_flat(path: Path, tensors: dict[str, torch.Tensor]) -> WeightsFile:
     prefixes = {k.split(".", 1)[0] for k in tensors}
     if prefixes and prefixes <= set(OFFICIAL_GROUPS):
         groups = {
-            g: (_official_discriminator_names(t) if g == "discriminator" else _official_names(t))
+            g: (official_discriminator_names(t) if g == "discriminator" else official_names(t))
             for g, t in _split(tensors, OFFICIAL_GROUPS).items()
         }
         layout = "official-release" if prefixes == {"net"} else "official-full"
@@ -139,12 +139,12 @@ def _from_flat(path: Path, tensors: dict[str, torch.Tensor]) -> WeightsFile:
             break
     if any(k.startswith(("lq_proj.", "pit_lq_gate.")) for k in tensors):  # an official net, unprefixed
         return WeightsFile(
-            path, "state-dict", {"net": _official_names(tensors)}, meta={"official_names": True}
+            path, "state-dict", {"net": official_names(tensors)}, meta={"official_names": True}
         )
     return WeightsFile(path, "state-dict", {"net": tensors})
 
 
-def _official_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def official_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official parameter names → ours; 0-d ``log_alpha`` → shape (1,) (the project's gate parameter)."""
     out = {}
     for name, value in tensors.items():
@@ -155,7 +155,8 @@ def _official_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def _official_discriminator_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def official_discriminator_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official ``Discriminator_ImageDiT`` parameter names (no ``discriminator.`` prefix) → ours."""
     return {official.discriminator_to_project_name(k): v for k, v in tensors.items()}
 
 
