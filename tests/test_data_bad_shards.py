@@ -98,7 +98,7 @@ def test_a_data_set_with_no_usable_sample_is_an_error_at_setup(tmp_path):
     _tar(tmp_path / "e-000000.tar", [])
     (tmp_path / "e-000001.tar").write_bytes(b"")
     _tar(tmp_path / "e-000002.tar", [("only.txt", b"a caption without an image")])
-    with pytest.raises(ValueError, match=r"no usable sample in the 3 shard\(s\).*data_prep build") as err:
+    with pytest.raises(ValueError, match=r"no usable sample in the 3 shard\(s\).*make data") as err:
         _stream(tmp_path)
     assert "empty_shard': 2" in str(err.value) and "no_image_member': 1" in str(err.value)
 
