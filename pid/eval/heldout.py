@@ -71,14 +71,16 @@ def decode_heldout(module, loader, ema=None, num_steps: int | None = None, seed:
             for batch in loader:
                 if time.monotonic() - last >= 30:
                     last = time.monotonic()
-                    log.info("held-out comparison at σ = %g: %d crops decoded", sigma, sum(len(t) for t in truth))
+                    log.info("held-out comparison at σ = %g: %d crops decoded", sigma,
+                             sum(len(t) for t in truth))
                 hq = to_signed(batch["image"].to(module.device))
                 lq, z = module.encode_lq(hq)
                 if sigma:
                     xi = torch.randn(z.shape, generator=latent_noise).to(z.device, z.dtype)
                     z = noise_latent(z, float(sigma), xi, form=getattr(module.latent, "noise_form", "flow"))
                 baseline.append(upsample(module.latent.decode(z).float(), module.sr_scale).clamp(-1, 1).cpu())
-                decoded.append(module.decode(z, float(sigma), num_steps=num_steps, generator=generator).float().cpu())
+                pid = module.decode(z, float(sigma), num_steps=num_steps, generator=generator)
+                decoded.append(pid.float().cpu())
                 truth.append(hq.cpu())
                 if max_crops and sum(len(t) for t in truth) >= max_crops:
                     break
@@ -97,7 +99,8 @@ def network_patch_size(module) -> int:
     return 16
 
 
-def score_paired(images: dict[str, torch.Tensor], patch: int, extractor=None, suffix: str = "") -> dict[str, float]:
+def score_paired(images: dict[str, torch.Tensor], patch: int, extractor=None,
+                 suffix: str = "") -> dict[str, float]:
     """All of :data:`MEASURES` for every entry but "truth", keys ``heldout/<name>_<measure><suffix>``."""
     extractor = extractor if extractor is not None else inception_feature_extractor()
     truth = images["truth"]
@@ -149,7 +152,8 @@ def comparison_table(metrics: dict[str, float], sigmas, n: int, size, sr_scale: 
     for sigma in sigmas:
         suffix = "_" + sigma_tag(sigma)
         for name, label in (("baseline", BASELINE), ("pid", "PiD")):
-            row = "".join(f"{MEASURES[m][1].format(metrics[f'heldout/{name}_{m}{suffix}']):>16}" for m in MEASURES)
+            row = "".join(f"{MEASURES[m][1].format(metrics[f'heldout/{name}_{m}{suffix}']):>16}"
+                          for m in MEASURES)
             lines.append(f"  {f'{float(sigma):g}' if name == 'baseline' else '':<5}{label:<26}{row}")
         lines.append(f"  {'':<5}-> σ = {float(sigma):g}: {verdict(metrics, suffix)[0]}")
     return "\n".join(lines)
@@ -169,11 +173,12 @@ def save_comparison_grid(decodes: dict[float, dict[str, torch.Tensor]], path: Pa
     bands = []
     for sigma, images in decodes.items():
         pick = spread(n, images["truth"].shape[0])
-        rows = torch.stack([images["baseline"][pick], images["pid"][pick], images["truth"][pick]], dim=1).flatten(0, 1)
+        rows = torch.stack([images[k][pick] for k in ("baseline", "pid", "truth")], dim=1).flatten(0, 1)
         grid = make_grid(to_uint8(rows), nrow=3, padding=2, pad_value=255).permute(1, 2, 0).numpy()
         band = Image.new("RGB", (grid.shape[1], grid.shape[0] + 14), "white")
         band.paste(Image.fromarray(grid), (0, 14))
-        ImageDraw.Draw(band).text((2, 1), f"sigma = {float(sigma):g}: {BASELINE} | PiD | ground truth", fill="black")
+        label = f"sigma = {float(sigma):g}: {BASELINE} | PiD | ground truth"
+        ImageDraw.Draw(band).text((2, 1), label, fill="black")
         bands.append(band)
     out = Image.new("RGB", (max(b.width for b in bands), sum(b.height for b in bands)), "white")
     y = 0
@@ -202,7 +207,8 @@ def compare_on_heldout(module, datamodule, ema=None, out_dir: str | Path = ".", 
     decodes: dict[float, dict[str, torch.Tensor]] = {}
     for sigma in sigmas:
         start = time.perf_counter()
-        images = decode_heldout(module, datamodule.val_dataloader(), ema, num_steps, seed, max_crops, sigma=sigma)
+        images = decode_heldout(module, datamodule.val_dataloader(), ema, num_steps, seed, max_crops,
+                                sigma=sigma)
         decoded_s = time.perf_counter() - start
         metrics.update(score_paired(images, patch, extractor, suffix="_" + sigma_tag(sigma)))
         log.info("held-out comparison at σ = %g: %d crops decoded in %.0f s, scored in %.0f s", sigma,
@@ -217,8 +223,9 @@ def compare_on_heldout(module, datamodule, ema=None, out_dir: str | Path = ".", 
             for name in ("pid", "baseline"):
                 metrics[f"heldout/{name}_{m}"] = metrics[f"heldout/{name}_{m}_s0"]
     truth = decodes[sigmas[0]]["truth"]
-    steps = f"{num_steps or module.sampling['num_steps']} {module.sampling.get('sampler', '')} steps".replace("  ", " ")
-    summary = comparison_table(metrics, sigmas, truth.shape[0], tuple(truth.shape[-2:]), module.sr_scale, patch, steps)
+    steps = f"{num_steps or module.sampling['num_steps']} {module.sampling.get('sampler', '')} steps"
+    summary = comparison_table(metrics, sigmas, truth.shape[0], tuple(truth.shape[-2:]), module.sr_scale,
+                               patch, steps.replace("  ", " "))
     out_dir = Path(out_dir)
     write_comparison(out_dir, "heldout_comparison.json", truth, metrics, summary)
     grid = save_comparison_grid(decodes, out_dir / "heldout_grid.png", n=grid_crops)
@@ -229,8 +236,8 @@ def compare_on_heldout(module, datamodule, ema=None, out_dir: str | Path = ".", 
             images[f"{name}_{sigma_tag(sigma)}"] = d[name][pick]
             labels[f"{name}_{sigma_tag(sigma)}"] = f"{label}, σ = {sigma:g}"
     images["ground_truth"], labels["ground_truth"] = truth[pick], "ground truth"
-    page = write_html(images, labels, out_dir / "heldout", n=len(pick), before=f"baseline_{sigma_tag(sigmas[-1])}",
-                      after=f"pid_{sigma_tag(sigmas[-1])}")
+    page = write_html(images, labels, out_dir / "heldout", n=len(pick),
+                      before=f"baseline_{sigma_tag(sigmas[-1])}", after=f"pid_{sigma_tag(sigmas[-1])}")
     log.info("held-out comparison: %s (native decode + bicubic | PiD | ground truth per σ), %s", grid, page)
     return metrics
 
@@ -243,11 +250,13 @@ def score_decodes(images: dict[str, torch.Tensor], extractor=None) -> dict[str, 
     for name, pred in images.items():
         if name != "truth":
             metrics[f"heldout/{name}_psnr"] = float(psnr(pred, truth))
-            metrics[f"heldout/{name}_inception_dist"] = float(inception_feature_distance(pred, truth, extractor))
+            dist = inception_feature_distance(pred, truth, extractor)
+            metrics[f"heldout/{name}_inception_dist"] = float(dist)
     return metrics
 
 
-def write_comparison(out_dir: str | Path, filename: str, truth: torch.Tensor, metrics: dict, summary: str) -> Path:
+def write_comparison(out_dir: str | Path, filename: str, truth: torch.Tensor, metrics: dict,
+                     summary: str) -> Path:
     """Print the summary and write it with the metrics to ``out_dir/filename`` (JSON)."""
     print(summary, flush=True)
     out_dir = Path(out_dir)

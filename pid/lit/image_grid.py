@@ -1,4 +1,5 @@
-"""Image grids during training: native decode + bicubic | PiD | ground truth, on fixed validation crops."""
+"""Image grids during training: native decode + bicubic | PiD | ground truth, on fixed validation crops,
+for a clean latent and, with ``sigmas``, for latents noised as an LDM stopped early would leave them."""
 
 from __future__ import annotations
 
@@ -27,15 +28,17 @@ def comparison_grid(baseline: torch.Tensor, pid: torch.Tensor, truth: torch.Tens
 class ImageGrid(pl.Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end of training), decode the same
     validation latents with the EMA network and write ``out_dir/step_XXXXXXX.png``; loggers with
-    ``log_image`` (W&B) receive it too."""
+    ``log_image`` (W&B) receive it too. With more than one level in ``sigmas`` the grid has one labelled
+    band per level (the latent noised by ``noise_latent`` with a fixed seed, the same for both decoders)."""
 
     def __init__(self, num_images: int = 4, every_n_steps: int = 1000, out_dir: str = "grids",
-                 num_steps: int | None = None, seed: int = 0):
+                 num_steps: int | None = None, seed: int = 0, sigmas=(0.0,)):
         self.num_images = num_images
         self.every_n_steps = every_n_steps
         self.out_dir = Path(out_dir)
         self.num_steps = num_steps
         self.seed = seed
+        self.sigmas = tuple(float(s) for s in sigmas)
         self._batch: torch.Tensor | None = None
 
     def _fixed_batch(self, trainer: pl.Trainer) -> torch.Tensor | None:
@@ -55,24 +58,40 @@ class ImageGrid(pl.Callback):
         images = self._fixed_batch(trainer)
         if images is None:
             return None
+        from pid.diffusion.noising import noise_latent
+
         hq = to_signed(images.to(pl_module.device))
-        lq, z = pl_module.encode_lq(hq)
-        baseline = upsample(pl_module.latent.decode(z).float(), pl_module.sr_scale)
+        lq, z0 = pl_module.encode_lq(hq)
         ema = find_ema(trainer)
-        generator = torch.Generator().manual_seed(self.seed)
+        decodes = {}
         was_training = pl_module.training
         pl_module.eval()
         try:
             with ema.averaged(pl_module) if ema is not None else contextlib.nullcontext():
-                decoded = pl_module.decode(z, 0.0, num_steps=self.num_steps, generator=generator)
+                for sigma in self.sigmas:
+                    z = z0
+                    if sigma:
+                        xi = torch.randn(z0.shape, generator=torch.Generator().manual_seed(self.seed + 1))
+                        form = getattr(pl_module.latent, "noise_form", "flow")
+                        z = noise_latent(z0, sigma, xi.to(z0), form=form)
+                    baseline = upsample(pl_module.latent.decode(z).float(), pl_module.sr_scale).clamp(-1, 1)
+                    generator = torch.Generator().manual_seed(self.seed)
+                    decoded = pl_module.decode(z, sigma, num_steps=self.num_steps, generator=generator)
+                    decodes[sigma] = {"baseline": baseline.cpu(), "pid": decoded.float().cpu(),
+                                      "truth": hq.cpu()}
         finally:
             pl_module.train(was_training)
         if not save:
             return None
-        grid = comparison_grid(baseline.cpu(), decoded.float().cpu(), hq.cpu())
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"step_{trainer.global_step:07d}.png"
-        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+        if self.sigmas == (0.0,):
+            grid = comparison_grid(decodes[0.0]["baseline"], decodes[0.0]["pid"], decodes[0.0]["truth"])
+            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+        else:
+            from pid.eval.heldout import save_comparison_grid
+
+            save_comparison_grid(decodes, path, n=self.num_images)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="samples/native+bicubic|pid|truth", images=[str(path)],

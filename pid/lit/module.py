@@ -240,11 +240,13 @@ class PiDModule(pl.LightningModule):
                                "check model.net.freeze_backbone and the adapter config")
         optimizer = self.optimizer_factory(params)
         total = 0  # only a decay needs the run's length (an unsized stream without max_steps has none)
-        if self.hparams.lr_decay != "constant":
+        decay = self.hparams.lr_decay
+        if decay != "constant":
             max_steps = self.trainer.max_steps
             total = max_steps if max_steps > 0 else self.trainer.estimated_stepping_batches
-        factor = LRFactor(int(self.hparams.warmup_steps), self.hparams.lr_decay, int(total),
-                          float(self.hparams.min_lr_ratio))
+            if total <= int(self.hparams.warmup_steps):  # fast_dev_run, or max_steps cut below the warm-up
+                decay, total = "constant", 0
+        factor = LRFactor(int(self.hparams.warmup_steps), decay, int(total), float(self.hparams.min_lr_ratio))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
