@@ -84,7 +84,8 @@ def train(cfg: DictConfig) -> dict:
         metrics.update({"run/preempted": 1.0, "run/requeued": float(preemption.requeued),
                         "run/exit_code": float(0 if preemption.requeued else preemption.exit_code)})
         return metrics
-    if cfg.train and not trainer.fast_dev_run and trainer.is_global_zero and trainer.state.status == "finished":
+    finished = trainer.state.status == "finished"
+    if cfg.train and not trainer.fast_dev_run and trainer.is_global_zero and finished:
         mark_complete(cfg.paths.output_dir, trainer.global_step)
 
     sharded = fsdp_root(trainer) is not None
@@ -105,7 +106,8 @@ def train(cfg: DictConfig) -> dict:
         elif cfg.compare:
             from pid.eval.heldout import compare_on_heldout
 
-            kwargs = dict(ema=find_ema(trainer), out_dir=cfg.paths.output_dir, **(cfg.get("compare_options") or {}))
+            kwargs = dict(ema=find_ema(trainer), out_dir=cfg.paths.output_dir,
+                          **(cfg.get("compare_options") or {}))
             own = getattr(model, "compare_on_heldout", None)  # a module may bring its own report (DMD2)
             metrics.update(own(datamodule, **kwargs) if own is not None else
                            compare_on_heldout(model, datamodule, **kwargs))

@@ -109,7 +109,8 @@ def test_resume_restores_step_and_ema(tiny_image_root, tmp_path):
     from pid.lit.ema import find_ema
     from pid.train import build
 
-    common = ["callbacks.model_checkpoint.every_n_train_steps=2", "compare=false", "trainer.val_check_interval=2",
+    common = ["callbacks.model_checkpoint.every_n_train_steps=2", "compare=false",
+              "trainer.val_check_interval=2",
               "callbacks.image_grid.every_n_steps=0"]
     cfg = compose_train(tiny_train_overrides(tiny_image_root, tmp_path, "trainer.max_steps=2", *common))
     dm, module, trainer = build(cfg)

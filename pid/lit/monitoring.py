@@ -76,7 +76,7 @@ class TrainingMonitor(pl.Callback):
         if not (self.grad_norms and self._due(trainer)):
             return
         # FSDP: each rank holds a shard of every gradient; every rank sums the same parts (sorted; a part
-        # without a gradient here is a zero) so that the all-reduce lines up, and parts still zero are dropped.
+        # without a gradient here is a zero) so that the all-reduce lines up; parts still zero are dropped.
         fsdp = fsdp_root(trainer) is not None and torch.distributed.is_initialized()
         groups: dict[str, list[torch.nn.Parameter]] = {}
         for name, p in pl_module.named_parameters():
