@@ -109,94 +109,126 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _scorer_kwargs(args) -> dict:
+    if not hasattr(args, "qalign_path"):
+        return {}
+    return {
+        "qalign_path": args.qalign_path,
+        "trust_remote_code": args.trust_remote_code,
+        "device": args.device,
+    }
+
+
+def _shuffle_seed(args) -> int | None:
+    return None if args.shuffle_seed < 0 else args.shuffle_seed
+
+
+def _run_ingest(args, v: bool) -> None:
+    from data_prep.ingest import ingest
+
+    ingest(args.work, args.folder, args.list, args.multiaspect, verbose=v)
+
+
+def _run_render_pdfs(args, v: bool) -> None:
+    from data_prep.render_pdfs import render_pdfs
+
+    render_pdfs(args.work, args.pdfs, args.dpi, args.caption, args.max_pages, verbose=v)
+
+
+def _run_score(args, v: bool) -> None:
+    from data_prep.score import score
+
+    score(
+        args.work,
+        args.scorer or ["niqe"],
+        max_side=args.max_side,
+        batch_size=args.batch_size,
+        verbose=v,
+        **_scorer_kwargs(args),
+    )
+
+
+def _run_filter(args, v: bool) -> None:
+    from data_prep.filter import filter_records
+    from pid.data.buckets import make_buckets
+
+    filter_records(
+        args.work,
+        make_buckets(args.buckets, args.base_size, args.multiple),
+        args.min_score,
+        args.max_score,
+        args.phash_distance,
+        verbose=v,
+    )
+
+
+def _run_write_shards(args, v: bool) -> None:
+    from data_prep.shards import write_shards
+
+    write_shards(args.work, args.out, args.shard_bytes, args.max_per_shard, _shuffle_seed(args), verbose=v)
+
+
+def _run_build(args, v: bool) -> None:
+    from data_prep.build import build
+
+    build(
+        args.work,
+        args.out,
+        args.folder,
+        args.list,
+        args.multiaspect,
+        args.pdf,
+        args.scorer or ["niqe"],
+        args.dpi,
+        args.caption,
+        args.max_pages,
+        args.buckets,
+        args.base_size,
+        args.multiple,
+        args.min_score,
+        args.max_score,
+        args.phash_distance,
+        args.shard_bytes,
+        args.max_per_shard,
+        _shuffle_seed(args),
+        score_max_side=args.max_side,
+        verbose=v,
+        batch_size=args.batch_size,
+        **_scorer_kwargs(args),
+    )
+
+
+def _run_sample(args, v: bool) -> None:
+    from data_prep.build import build_sample_shards
+
+    build_sample_shards(
+        args.out,
+        args.images_dir,
+        args.base_size,
+        args.multiple,
+        args.max_images,
+        force=args.force,
+        verbose=v,
+    )
+
+
+_COMMANDS = {
+    "ingest": _run_ingest,
+    "render-pdfs": _run_render_pdfs,
+    "score": _run_score,
+    "filter": _run_filter,
+    "write-shards": _run_write_shards,
+    "build": _run_build,
+    "sample": _run_sample,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    v = not args.quiet
-    scorer_kw = {}
-    if hasattr(args, "qalign_path"):
-        scorer_kw = {
-            "qalign_path": args.qalign_path,
-            "trust_remote_code": args.trust_remote_code,
-            "device": args.device,
-        }
-    if args.cmd == "ingest":
-        from data_prep.ingest import ingest
-
-        ingest(args.work, args.folder, args.list, args.multiaspect, verbose=v)
-    elif args.cmd == "render-pdfs":
-        from data_prep.render_pdfs import render_pdfs
-
-        render_pdfs(args.work, args.pdfs, args.dpi, args.caption, args.max_pages, verbose=v)
-    elif args.cmd == "score":
-        from data_prep.score import score
-
-        score(
-            args.work,
-            args.scorer or ["niqe"],
-            max_side=args.max_side,
-            batch_size=args.batch_size,
-            verbose=v,
-            **scorer_kw,
-        )
-    elif args.cmd == "filter":
-        from data_prep.filter import filter_records
-        from pid.data.buckets import make_buckets
-
-        filter_records(
-            args.work,
-            make_buckets(args.buckets, args.base_size, args.multiple),
-            args.min_score,
-            args.max_score,
-            args.phash_distance,
-            verbose=v,
-        )
-    elif args.cmd == "write-shards":
-        from data_prep.shards import write_shards
-
-        seed = None if args.shuffle_seed < 0 else args.shuffle_seed
-        write_shards(args.work, args.out, args.shard_bytes, args.max_per_shard, seed, verbose=v)
-    elif args.cmd == "build":
-        from data_prep.build import build
-
-        seed = None if args.shuffle_seed < 0 else args.shuffle_seed
-        build(
-            args.work,
-            args.out,
-            args.folder,
-            args.list,
-            args.multiaspect,
-            args.pdf,
-            args.scorer or ["niqe"],
-            args.dpi,
-            args.caption,
-            args.max_pages,
-            args.buckets,
-            args.base_size,
-            args.multiple,
-            args.min_score,
-            args.max_score,
-            args.phash_distance,
-            args.shard_bytes,
-            args.max_per_shard,
-            seed,
-            score_max_side=args.max_side,
-            verbose=v,
-            batch_size=args.batch_size,
-            **scorer_kw,
-        )
-    elif args.cmd == "sample":
-        from data_prep.build import build_sample_shards
-
-        build_sample_shards(
-            args.out,
-            args.images_dir,
-            args.base_size,
-            args.multiple,
-            args.max_images,
-            force=args.force,
-            verbose=v,
-        )
+    command = _COMMANDS.get(args.cmd)
+    if command is not None:
+        command(args, not args.quiet)
     return 0
 
 

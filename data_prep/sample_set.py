@@ -243,6 +243,90 @@ def read_manifest(out_dir: str | os.PathLike) -> dict | None:
     return manifest
 
 
+def _prepare_out_dir(out_dir: Path, force: bool) -> Path:
+    """Claim ``out_dir`` for the sample set (refusing foreign images); returns a fresh staging dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    foreign = [d for d in ("train", "val") if list_image_files(out_dir / d)]
+    if foreign and not force and not (out_dir / MARKER).exists():
+        raise PiDConfigError(
+            f"'{out_dir}' already holds images in {'/'.join(foreign)}/ that build_sample_set did not "
+            "write; refusing to overwrite them: point the sample set (data.root) at another folder "
+            "or pass force=True"
+        )
+    (out_dir / MARKER).write_text("written by data_prep.sample_set.build_sample_set\n")
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    staging = out_dir / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def _stage_images(
+    candidates: list, target: int, min_side: int, staging: Path, verbose: bool
+) -> tuple[list[dict], list[dict]]:
+    """Load candidates in turn into ``staging`` until ``target`` are kept; returns (written, skipped)."""
+    written: list[dict] = []
+    skipped: list[dict] = []
+    with _progress(target, verbose) as bar:
+        for cand in candidates:
+            if len(written) >= target:
+                break
+            try:
+                rgb = cand.load()
+            except Exception as e:  # noqa: BLE001 - e.g. skimage files that need pooch
+                skipped.append({"key": cand.key, "reason": f"{type(e).__name__}: {e}"[:200]})
+                continue
+            h, w = rgb.shape[:2]
+            if min(h, w) < min_side:
+                skipped.append({"key": cand.key, "reason": f"{w}x{h} smaller than min_side={min_side}"})
+                continue
+            Image.fromarray(rgb).save(staging / f"{cand.key}.png", compress_level=4)
+            written.append(
+                {"key": cand.key, "source": cand.source, "group": cand.group, "origin": cand.origin,
+                 "caption": cand.caption, "width": int(w), "height": int(h)}
+            )  # fmt: skip
+            bar.update(1)
+    return written, skipped
+
+
+def _place_splits(out_dir: Path, staging: Path, written: list[dict], val_fraction: float, seed: int) -> None:
+    """Move the staged images into ``train/`` / ``val/`` (split by group) with their captions."""
+    groups: dict[str, set[str]] = defaultdict(set)
+    for item in written:
+        groups[item["source"]].add(item["group"])
+    val_groups = split_groups(groups, val_fraction, seed)
+
+    for split in ("train", "val"):
+        shutil.rmtree(out_dir / split, ignore_errors=True)
+        (out_dir / split).mkdir()
+    for item in written:
+        split = "val" if item["group"] in val_groups else "train"
+        item["split"] = split
+        item["file"] = f"{split}/{item['key']}.png"
+        os.replace(staging / f"{item['key']}.png", out_dir / item["file"])
+        (out_dir / split / f"{item['key']}.txt").write_text(item["caption"] + "\n", encoding="utf-8")
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_manifest(out_dir: Path, params: dict, written: list[dict], skipped: list[dict]) -> dict:
+    counts = Counter(item["split"] for item in written)
+    manifest = {
+        "format": FORMAT,
+        "complete": True,
+        "params": params,
+        "counts": {
+            "train": counts.get("train", 0), "val": counts.get("val", 0),
+            "by_source": dict(Counter(item["source"] for item in written)),
+        },
+        "skipped": skipped,
+        "images": sorted(written, key=lambda item: item["file"]),
+    }  # fmt: skip
+    tmp = out_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out_dir / MANIFEST)
+    return manifest
+
+
 def build_sample_set(
     out_dir: str | os.PathLike,
     sources: Sequence[str] = ALL_SOURCES,
@@ -275,20 +359,7 @@ def build_sample_set(
             print(f"sample set: {len(manifest['images'])} images already at {out_dir}")
         return manifest
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    foreign = [d for d in ("train", "val") if list_image_files(out_dir / d)]
-    if foreign and not force and not (out_dir / MARKER).exists():
-        raise PiDConfigError(
-            f"'{out_dir}' already holds images in {'/'.join(foreign)}/ that build_sample_set did not "
-            "write; refusing to overwrite them: point the sample set (data.root) at another folder "
-            "or pass force=True"
-        )
-    (out_dir / MARKER).write_text("written by data_prep.sample_set.build_sample_set\n")
-    (out_dir / MANIFEST).unlink(missing_ok=True)
-    staging = out_dir / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-
+    staging = _prepare_out_dir(out_dir, force)
     per_source = {
         "skimage": skimage_candidates if "skimage" in sources else list,
         "wallpaper": (lambda: wallpaper_candidates(wallpaper_dirs)) if "wallpaper" in sources else list,
@@ -298,64 +369,14 @@ def build_sample_set(
     }
     candidates = _interleave([per_source[s]() for s in sources])
     target = len(candidates) if max_images is None else min(max_images, len(candidates))
-
-    written: list[dict] = []
-    skipped: list[dict] = []
-    with _progress(target, verbose) as bar:
-        for cand in candidates:
-            if len(written) >= target:
-                break
-            try:
-                rgb = cand.load()
-            except Exception as e:  # noqa: BLE001 - e.g. skimage files that need pooch
-                skipped.append({"key": cand.key, "reason": f"{type(e).__name__}: {e}"[:200]})
-                continue
-            h, w = rgb.shape[:2]
-            if min(h, w) < min_side:
-                skipped.append({"key": cand.key, "reason": f"{w}x{h} smaller than min_side={min_side}"})
-                continue
-            Image.fromarray(rgb).save(staging / f"{cand.key}.png", compress_level=4)
-            written.append(
-                {"key": cand.key, "source": cand.source, "group": cand.group, "origin": cand.origin,
-                 "caption": cand.caption, "width": int(w), "height": int(h)}
-            )  # fmt: skip
-            bar.update(1)
-
-    groups: dict[str, set[str]] = defaultdict(set)
-    for item in written:
-        groups[item["source"]].add(item["group"])
-    val_groups = split_groups(groups, val_fraction, seed)
-
-    for split in ("train", "val"):
-        shutil.rmtree(out_dir / split, ignore_errors=True)
-        (out_dir / split).mkdir()
-    for item in written:
-        split = "val" if item["group"] in val_groups else "train"
-        item["split"] = split
-        item["file"] = f"{split}/{item['key']}.png"
-        os.replace(staging / f"{item['key']}.png", out_dir / item["file"])
-        (out_dir / split / f"{item['key']}.txt").write_text(item["caption"] + "\n", encoding="utf-8")
-    shutil.rmtree(staging, ignore_errors=True)
-
-    counts = Counter(item["split"] for item in written)
-    manifest = {
-        "format": FORMAT,
-        "complete": True,
-        "params": {
-            "sources": list(sources), "max_images": max_images, "val_fraction": val_fraction,
-            "min_side": min_side, "max_pdfs": max_pdfs, "pages_per_pdf": pages_per_pdf, "dpi": dpi,
-            "generated_pdfs": generated_pdfs, "seed": seed,
-        },
-        "counts": {
-            "train": counts.get("train", 0), "val": counts.get("val", 0),
-            "by_source": dict(Counter(item["source"] for item in written)),
-        },
-        "skipped": skipped,
-        "images": sorted(written, key=lambda item: item["file"]),
+    written, skipped = _stage_images(candidates, target, min_side, staging, verbose)
+    _place_splits(out_dir, staging, written, val_fraction, seed)
+    params = {
+        "sources": list(sources), "max_images": max_images, "val_fraction": val_fraction,
+        "min_side": min_side, "max_pdfs": max_pdfs, "pages_per_pdf": pages_per_pdf, "dpi": dpi,
+        "generated_pdfs": generated_pdfs, "seed": seed,
     }  # fmt: skip
-    tmp = out_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out_dir / MANIFEST)
+    manifest = _write_manifest(out_dir, params, written, skipped)
     if verbose:
         by_source = ", ".join(f"{k} {v}" for k, v in manifest["counts"]["by_source"].items())
         print(

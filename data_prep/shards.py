@@ -84,26 +84,17 @@ def _members(group: list[dict], shard: str, metas: list[dict]):
         yield f"{r['key']}.txt", caption.encode()
 
 
-def write_shards(
-    work,
-    out,
-    shard_bytes: int = 256 << 20,
-    max_per_shard: int = 10_000,
-    shuffle_seed: int | None = None,
-    prefix: str = "shard",
-    split_name: str | None = None,
-    verbose: bool = True,
-    extra: dict | None = None,
-) -> dict:
-    work, out = Path(work), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _select_records(work: Path, shuffle_seed: int | None, split_name: str | None) -> list[dict]:
     records = read_jsonl(work / "filtered.jsonl")
     if split_name is not None:
         records = [r for r in records if r.get("split", "train") == split_name]
     if shuffle_seed is not None:
         records.sort(key=lambda r: hashlib.sha256(f"{shuffle_seed}:{r['key']}".encode()).hexdigest())
-    groups = plan_shards(records, shard_bytes, max_per_shard)
-    names = [f"{prefix}-{i:06d}" for i in range(len(groups))]
+    return records
+
+
+def _sync_plan(out: Path, prefix: str, names: list[str], groups: list[list[dict]]) -> str:
+    """Write ``plan.json`` (clearing the old shards when the plan changed); returns its fingerprint."""
     plan = {"format": FORMAT, "shards": [[r["key"] + ":" + r["sha256"] for r in g] for g in groups]}
     fingerprint = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     old = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else {}
@@ -117,7 +108,13 @@ def write_shards(
         os.replace(tmp, out / "plan.json")
     for stale in out.glob("*.tmp"):
         stale.unlink()
+    return fingerprint
 
+
+def _write_planned(
+    out: Path, names: list[str], groups: list[list[dict]], verbose: bool
+) -> tuple[list[dict], int, int]:
+    """Write each planned shard not already complete; returns (shard rows, resumed, written)."""
     kill_at = int(os.environ[KILL_ENV]) if os.environ.get(KILL_ENV) else None
     shard_rows, resumed, written, failed = [], 0, 0, []
     for i, (name, group) in enumerate(bar(list(zip(names, groups)), "write-shards", enabled=verbose)):
@@ -146,7 +143,12 @@ def write_shards(
                 "buckets": dict(sorted(Counter(r.get("bucket") for r in group).items())),
             }
         )
-    write_jsonl(out / "manifest.jsonl", [m for name in names for m in read_jsonl(out / f"{name}.jsonl")])
+    return shard_rows, resumed, written
+
+
+def _write_index(
+    out: Path, fingerprint: str, records: list[dict], shard_rows: list[dict], extra: dict | None
+) -> dict:
     index = {
         "format": FORMAT,
         "fingerprint": fingerprint,
@@ -158,6 +160,29 @@ def write_shards(
     tmp = out / "shards.json.tmp"
     tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
     os.replace(tmp, out / "shards.json")
+    return index
+
+
+def write_shards(
+    work,
+    out,
+    shard_bytes: int = 256 << 20,
+    max_per_shard: int = 10_000,
+    shuffle_seed: int | None = None,
+    prefix: str = "shard",
+    split_name: str | None = None,
+    verbose: bool = True,
+    extra: dict | None = None,
+) -> dict:
+    work, out = Path(work), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = _select_records(work, shuffle_seed, split_name)
+    groups = plan_shards(records, shard_bytes, max_per_shard)
+    names = [f"{prefix}-{i:06d}" for i in range(len(groups))]
+    fingerprint = _sync_plan(out, prefix, names, groups)
+    shard_rows, resumed, written = _write_planned(out, names, groups, verbose)
+    write_jsonl(out / "manifest.jsonl", [m for name in names for m in read_jsonl(out / f"{name}.jsonl")])
+    index = _write_index(out, fingerprint, records, shard_rows, extra)
     drops = read_all_dropped(work)
     report = write_report(
         out, records, drops, shard_rows, {"resumed_shards": resumed, "written_shards": written}
