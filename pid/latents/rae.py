@@ -236,12 +236,28 @@ class RAELatent(LatentSpace):
         self._channels, self._down, self._noise_form = int(channels), int(down_factor), noise_form
         self.native_size = int(native_size)
         self.stats_eps = float(stats_eps)
+        self._build_encoder(encoder, path, channels, arch or default_arch, arch_overrides, require_weights)
+        self.enc_patch = int(self.encoder.patch_embed.patch_size[0])
+        self.register_buffer("image_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._attach_stats(encoder, stats_path, channels)
+        self._attach_decoder(encoder, decoder_path, decoder_patch_size, decoder, decoder_config_path)
+        self.encoder.to(getattr(torch, dtype))
+        if self.decoder is not None:
+            self.decoder.to(getattr(torch, dtype))
+        self.freeze()
+
+    # --- construction -----------------------------------------------------------------------------
+    def _build_encoder(
+        self, encoder: str, path, channels, arch: str, arch_overrides: dict | None, require_weights: bool
+    ) -> None:
+        """``self.encoder`` from ``path`` (random when absent and not required), checked against the kind."""
         weights = _local_or_hub(path)
         if weights is None and require_weights:
             raise MissingWeightsError(
                 f"RAE latent ({encoder})",
                 "latent.path",
-                f"timm weights of {arch or default_arch} (a .safetensors/.bin/.pth file)",
+                f"timm weights of {arch} (a .safetensors/.bin/.pth file)",
                 source=(
                     "timm/vit_base_patch14_reg4_dinov2.lvd142m"
                     if encoder == "dinov2"
@@ -249,21 +265,17 @@ class RAELatent(LatentSpace):
                 ),
                 path=path,
             )
-        self.encoder = build_timm_encoder(arch or default_arch, weights, arch_overrides)
+        self.encoder = build_timm_encoder(arch, weights, arch_overrides)
         if self.encoder.num_prefix_tokens != self.num_special:
             raise PiDConfigError(
-                f"{arch or default_arch} has {self.encoder.num_prefix_tokens} special tokens; "
+                f"{arch} has {self.encoder.num_prefix_tokens} special tokens; "
                 f"the {encoder} RAE latent drops exactly {self.num_special}"
             )
         if self.encoder.embed_dim != self._channels:
-            raise PiDConfigError(
-                f"{arch or default_arch} is {self.encoder.embed_dim} wide but latent.channels={channels}"
-            )
-        self.enc_patch = int(self.encoder.patch_embed.patch_size[0])
-        self.register_buffer("image_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("image_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+            raise PiDConfigError(f"{arch} is {self.encoder.embed_dim} wide but latent.channels={channels}")
 
-        # per-(C,H,W) statistics
+    def _attach_stats(self, encoder: str, stats_path, channels) -> None:
+        """The per-(C,H,W) statistics buffers, loaded from ``stats_path`` when given."""
         self.register_buffer("stats_mean", None)
         self.register_buffer("stats_var", None)
         if stats_path not in (None, ""):
@@ -278,7 +290,10 @@ class RAELatent(LatentSpace):
                 )
             self.load_stats(str(Path(str(stats_path)).expanduser()))
 
-        # native decoder (optional)
+    def _attach_decoder(
+        self, encoder: str, decoder_path, decoder_patch_size: int, decoder, decoder_config_path
+    ) -> None:
+        """The optional native decoder, loaded from ``decoder_path`` when given."""
         self.decoder_path = decoder_path
         self.decoder: RAEDecoder | None = None
         grid = self.native_size // self._down
@@ -298,10 +313,6 @@ class RAELatent(LatentSpace):
             state = load_decoder_state(str(Path(str(decoder_path)).expanduser()))
             state.setdefault("decoder_pos_embed", self.decoder.decoder_pos_embed.data)
             self.decoder.load_state_dict(state, strict=True)
-        self.encoder.to(getattr(torch, dtype))
-        if self.decoder is not None:
-            self.decoder.to(getattr(torch, dtype))
-        self.freeze()
 
     def _dtype(self) -> torch.dtype:
         return self.encoder.patch_embed.proj.weight.dtype

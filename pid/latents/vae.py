@@ -129,20 +129,9 @@ class DiffusersVAELatent(LatentSpace):
         vae=None,
     ):
         super().__init__()
-        if vae_class not in VAE_CLASSES:
-            raise PiDConfigError(f"latent.vae_class={vae_class!r}; expected one of {VAE_CLASSES}")
-        if dtype not in DTYPES:
-            raise PiDConfigError(f"latent.dtype={dtype!r}; expected one of {DTYPES}")
-        if noise_form not in ("flow", "vp"):
-            raise PiDConfigError(f"latent.noise_form={noise_form!r}; expected 'flow' or 'vp'")
+        self._check_options(vae_class, dtype, noise_form)
         self._name = name or f"{vae_class}_{channels}x{down_factor}"
-        if (latents_mean is not None or latents_std is not None) and vae_class not in FRAME_VAE_CLASSES:
-            raise PiDConfigError(
-                f"latent.latents_mean / latent.latents_std are for {FRAME_VAE_CLASSES}; latent.vae_class="
-                f"{vae_class!r} normalises with latent.shift / latent.scale"
-            )
-        latents_mean = None if latents_mean is None else [float(v) for v in latents_mean]
-        latents_std = None if latents_std is None else [float(v) for v in latents_std]
+        latents_mean, latents_std = self._latent_stats(vae_class, latents_mean, latents_std)
         where = str(path) if path not in (None, "") else "the given VAE"
         if vae is None:
             vae, own_config = self._load(
@@ -164,6 +153,45 @@ class DiffusersVAELatent(LatentSpace):
         self.packing = int(packing)
         self._frames = type(vae).__name__ in FRAME_VAE_CLASSES
         raw_channels, vae_down = vae_geometry(vae)
+        self._check_geometry(where, raw_channels, vae_down, channels, down_factor)
+        self._channels, self._down, self._noise_form = channels, down_factor, noise_form
+        if own_config is not None:
+            configured = (
+                {"latents_mean": latents_mean, "latents_std": latents_std}
+                if vae_class in FRAME_VAE_CLASSES
+                else {} if bn_stats else {"scaling_factor": scale, "shift_factor": shift}
+            )
+            check_vae_config(own_config, vae_class, configured, where, self._name)
+        self.bn_stats = bool(bn_stats)
+        self._set_normalisation(where, raw_channels, channels, shift, scale)
+        self.tiled_decode = bool(tiled_decode)
+        if self.tiled_decode:
+            self.set_tiling(tile_size)
+        self.freeze()
+
+    # --- construction ----------------------------------------------------------------------------
+    @staticmethod
+    def _check_options(vae_class: str, dtype: str, noise_form: str) -> None:
+        if vae_class not in VAE_CLASSES:
+            raise PiDConfigError(f"latent.vae_class={vae_class!r}; expected one of {VAE_CLASSES}")
+        if dtype not in DTYPES:
+            raise PiDConfigError(f"latent.dtype={dtype!r}; expected one of {DTYPES}")
+        if noise_form not in ("flow", "vp"):
+            raise PiDConfigError(f"latent.noise_form={noise_form!r}; expected 'flow' or 'vp'")
+
+    @staticmethod
+    def _latent_stats(vae_class: str, latents_mean, latents_std):
+        """The configured per-channel lists as floats (None stays None); only frame VAEs take them."""
+        if (latents_mean is not None or latents_std is not None) and vae_class not in FRAME_VAE_CLASSES:
+            raise PiDConfigError(
+                f"latent.latents_mean / latent.latents_std are for {FRAME_VAE_CLASSES}; latent.vae_class="
+                f"{vae_class!r} normalises with latent.shift / latent.scale"
+            )
+        latents_mean = None if latents_mean is None else [float(v) for v in latents_mean]
+        latents_std = None if latents_std is None else [float(v) for v in latents_std]
+        return latents_mean, latents_std
+
+    def _check_geometry(self, where: str, raw_channels: int, vae_down: int, channels: int, down_factor: int):
         got = (raw_channels * self.packing**2, vae_down * self.packing)
         if got != (channels, down_factor):
             raise PiDConfigError(
@@ -175,15 +203,10 @@ class DiffusersVAELatent(LatentSpace):
                 )
                 + f", but the config says latent.channels={channels}, latent.down_factor={down_factor}"
             )
-        self._channels, self._down, self._noise_form = channels, down_factor, noise_form
-        if own_config is not None:
-            configured = (
-                {"latents_mean": latents_mean, "latents_std": latents_std}
-                if vae_class in FRAME_VAE_CLASSES
-                else {} if bn_stats else {"scaling_factor": scale, "shift_factor": shift}
-            )
-            check_vae_config(own_config, vae_class, configured, where, self._name)
-        self.bn_stats = bool(bn_stats)
+
+    def _set_normalisation(self, where: str, raw_channels: int, channels: int, shift: float, scale: float):
+        """Fill the shift/scale buffers: batch-norm stats, the frame VAE's lists, or the constants."""
+        vae = self.vae
         if self.bn_stats:
             bn = getattr(vae, "bn", None)
             if bn is None or bn.running_mean is None:
@@ -209,10 +232,6 @@ class DiffusersVAELatent(LatentSpace):
         else:
             self.shift.fill_(float(shift))
             self.scale.fill_(float(scale))
-        self.tiled_decode = bool(tiled_decode)
-        if self.tiled_decode:
-            self.set_tiling(tile_size)
-        self.freeze()
 
     # --- loading ---------------------------------------------------------------------------------
     @staticmethod
