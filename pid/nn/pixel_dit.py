@@ -96,17 +96,7 @@ class PixelDiT(nn.Module):
         x0_t_min: float = 0.05,
     ):
         super().__init__()
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        if rope_mode not in ROPE_MODES:
-            raise ValueError(f"rope_mode must be one of {ROPE_MODES}, got {rope_mode!r}")
-        if pixel_depth < 1:
-            raise ValueError("PixelDiT needs pixel_depth >= 1 (the pixel level produces the output)")
-        if rope_mode == "ntk_aware" and (rope_ref_h % patch_size or rope_ref_w % patch_size):
-            raise ValueError(
-                f"rope_ref_h={rope_ref_h} and rope_ref_w={rope_ref_w} must be multiples of "
-                f"patch_size={patch_size}"
-            )
+        self._check_args(prediction, rope_mode, pixel_depth, patch_size, rope_ref_h, rope_ref_w)
         self.in_channels = in_channels
         self.out_channels = in_channels
         self.prediction = prediction
@@ -153,6 +143,22 @@ class PixelDiT(nn.Module):
         self.initialize_weights()
         if patch_depth:
             self.patch_blocks[-1].freeze_text_output()
+
+    @staticmethod
+    def _check_args(
+        prediction: str, rope_mode: str, pixel_depth: int, patch_size: int, rope_ref_h: int, rope_ref_w: int
+    ) -> None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if rope_mode not in ROPE_MODES:
+            raise ValueError(f"rope_mode must be one of {ROPE_MODES}, got {rope_mode!r}")
+        if pixel_depth < 1:
+            raise ValueError("PixelDiT needs pixel_depth >= 1 (the pixel level produces the output)")
+        if rope_mode == "ntk_aware" and (rope_ref_h % patch_size or rope_ref_w % patch_size):
+            raise ValueError(
+                f"rope_ref_h={rope_ref_h} and rope_ref_w={rope_ref_w} must be multiples of "
+                f"patch_size={patch_size}"
+            )
 
     def initialize_weights(self) -> None:
         """PixelDiT init: xavier patch embedder, N(0, 0.02) timestep MLP, zero output layer, rest default.
