@@ -132,8 +132,15 @@ class PiDDecoder:
         if frame == "ve":
             from pid.diffusion.noising import ve_to_vp
 
+            form = getattr(self.latent, "noise_form", "flow")
+            if form != "vp":
+                raise ValueError(f"frame='ve' converts an Euler/VE-frame state to the VP frame, but this "
+                                 f"decoder's latent space is noised in the {form!r} frame: give its state "
+                                 "and sigma as they are (frame='train')")
             latent, sigma = ve_to_vp(latent.float(), sigma)
         sampler = sampler or self.sampling.get("sampler")
+        if num_steps is not None and int(num_steps) < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         num_steps = num_steps or self.sampling.get("num_steps")
         if not sampler or not num_steps:
             raise ValueError("this decoder has no sampling defaults: pass sampler= and num_steps=")
@@ -167,8 +174,8 @@ def check_sigma(sigma: float | torch.Tensor, batch: int, frame: str) -> torch.Te
         if (s < 0).any():
             raise ValueError(f"an Euler/VE-frame sigma must be >= 0, got {s.tolist()}")
     elif (s < 0).any() or (s > 1).any():
-        hint = (" A sigma > 1 is usually an Euler/VE-frame sigma (SDXL's EulerDiscreteScheduler): pass "
-                "frame='ve' to convert it." if (s > 1).any() else "")
+        hint = (" A sigma > 1 is usually an Euler/VE-frame sigma (SDXL's EulerDiscreteScheduler): for a "
+                "VP latent space pass frame='ve' to convert it." if (s > 1).any() else "")
         shown = [round(v, 4) for v in s.tolist()]
         raise ValueError(f"sigma must be in [0, 1] in the training frame, got {shown}."
                          + hint)

@@ -48,14 +48,20 @@ def read_latent(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None, to
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        obj = load_file(str(path))
+        try:
+            obj = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 — a truncated or foreign file
+            raise PiDConfigError(f"{path} cannot be read as a safetensors file ({err})") from err
         if "latent" not in obj:
             others = {k: v for k, v in obj.items() if k not in ("sigma", "text")}
             if len(others) != 1:
                 raise PiDConfigError(f"{path} holds {sorted(obj)}; name the latent tensor 'latent'")
             obj["latent"] = next(iter(others.values()))
     else:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 — a truncated file, a pickle that needs code
+            raise PiDConfigError(f"{path} cannot be read as a weights-only torch file ({err})") from err
         if isinstance(obj, dict) and "latent" not in obj:
             raise PiDConfigError(f"{path} holds a dict without a 'latent' entry ({sorted(obj)})")
         if not isinstance(obj, dict):
@@ -172,7 +178,15 @@ def _latent_from_pipeline(decoder, args) -> tuple[torch.Tensor, float, str]:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
+    import logging
+
+    from PIL import Image
+
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("pid").setLevel(logging.INFO)  # the weights report and text-encoder notes
+    if Path(args.out).suffix.lower() not in Image.registered_extensions():
+        raise PiDConfigError(f"--out {args.out}: unknown image file extension (use .png or .jpg)")
     from pid.api import load_decoder
 
     build_latent = bool(args.image)

@@ -98,9 +98,12 @@ def read_weights(path: str | Path) -> WeightsFile:
 def _read_safetensors(path: Path) -> WeightsFile:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001 — a truncated or foreign file
+        raise PiDConfigError(f"{path} cannot be read as a safetensors file ({err}); is it complete?") from err
     if meta.get("format") == EXPORT_FORMAT:
         groups = _split(tensors, ("net", "latent"))
         return WeightsFile(

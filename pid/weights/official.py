@@ -82,13 +82,43 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     return out
 
 
+# Constructor arguments of the official PixDiT_T2I / PidNet (nv-tlabs/PiD @ 2c8814c, pid/_src/networks).
+BACKBONE_ARGS = frozenset({
+    "in_channels", "num_groups", "hidden_size", "pixel_hidden_size", "pixel_attn_hidden_size",
+    "pixel_num_groups", "patch_depth", "pixel_depth", "num_text_blocks", "patch_size", "txt_embed_dim",
+    "txt_max_length", "use_text_rope", "text_rope_theta", "rope_mode", "rope_ref_h", "rope_ref_w",
+    "repa_encoder_index", "enable_ed", "ed_compress_ratio", "ed_depth_per_stage", "ed_window_size",
+    "ed_num_heads", "ed_hidden_size", "ed_use_token_shuffle",
+})
+ADAPTER_ARGS = frozenset({
+    "lq_inject_mode", "lq_in_channels", "lq_latent_channels", "lq_hidden_dim", "lq_num_res_blocks",
+    "lq_latent_unpatchify_factor", "lq_aux_rgb_head", "lq_aux_rgb_head_latent_block_idx",
+    "lq_conv_padding_mode", "lq_gate_type", "lq_interval", "zero_init_lq", "train_lq_proj_only", "sr_scale",
+    "latent_spatial_down_factor", "pit_lq_inject",
+})
+REQUIRED_ARGS = ("hidden_size", "num_groups", "patch_depth", "pixel_depth", "patch_size", "txt_embed_dim",
+                 "txt_max_length", "pixel_hidden_size", "pixel_attn_hidden_size", "pixel_num_groups")
+REQUIRED_ADAPTER_ARGS = ("lq_latent_channels", "lq_hidden_dim", "sr_scale", "latent_spatial_down_factor",
+                         "lq_gate_type", "lq_conv_padding_mode", "pit_lq_inject", "lq_aux_rgb_head")
+
+
 def net_config_from_official(cfg: dict[str, Any]) -> dict[str, Any]:
     """Official ``PidNet`` / ``PixDiT_T2I`` constructor arguments → ``pid.nn.pid_net.PiDNet`` config.
 
     Returns a Hydra-style dict (``_target_`` set; the adapter as a ``_partial_`` LatentAdapter, or None for
     PixelDiT). Raises :class:`PiDConfigError` for official options this project does not implement (the
-    LQ image branch, the encoder/decoder path, a non-ControlNet injection, an aux head fed from a ResBlock).
+    LQ image branch, the encoder/decoder path, a non-ControlNet injection, an aux head fed from a ResBlock),
+    for an argument the official classes do not have (a misspelt key would silently take a default), and
+    for a missing argument that sets the network's shape or semantics.
     """
+    unknown = sorted(set(cfg) - BACKBONE_ARGS - ADAPTER_ARGS)
+    if unknown:
+        raise PiDConfigError(f"not official PidNet / PixDiT_T2I arguments: {unknown} (pass the "
+                             "`net_config` of a release's config, e.g. cfg['net_config'] of *.config.json)")
+    is_pid = any(k in cfg for k in ADAPTER_ARGS)
+    missing = [k for k in REQUIRED_ARGS + (REQUIRED_ADAPTER_ARGS if is_pid else ()) if k not in cfg]
+    if missing:
+        raise PiDConfigError(f"official net config is missing {missing}")
     if cfg.get("enable_ed"):
         raise PiDConfigError(
             "official net config enables the encoder/decoder path (enable_ed), which pid does not implement"

@@ -75,9 +75,14 @@ class Release:
 
     def build_net(self):
         """Instantiate the network (random init; load weights with :func:`pid.weights.load_weights`)."""
+        from hydra.errors import InstantiationException
         from hydra.utils import instantiate
 
-        return instantiate(self.net)
+        try:
+            return instantiate(self.net)
+        except InstantiationException as err:
+            cause = err.__cause__ or err
+            raise PiDConfigError(f"release preset {self.path}: its `net` does not build: {cause}") from err
 
 
 def preset_names() -> list[str]:
@@ -114,14 +119,19 @@ def load_release(name_or_path: str | Path | Release) -> Release:
             raise PiDConfigError(f"release preset file {path} does not exist")
     else:
         path = _find(text)
-    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    if not isinstance(data, dict) or "net" not in data or data.get("kind") not in KINDS:
-        raise PiDConfigError(f"{path} is not a release preset: it needs `kind` ({'/'.join(KINDS)}) and `net`")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:  # noqa: BLE001 — YAML syntax, interpolation errors
+        raise PiDConfigError(f"release preset {path} cannot be read: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("net"), dict) or data.get("kind") not in KINDS:
+        got = data.get("kind") if isinstance(data, dict) else type(data).__name__
+        raise PiDConfigError(f"{path} is not a release preset: it needs `kind` (one of {'/'.join(KINDS)}; "
+                             f"got {got!r}) and a `net` mapping")
     known = {"release", "aliases", "kind", "latent", "sr_scale", "net", "sampling", "time", "text"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise PiDConfigError(f"{path}: unknown preset keys {unknown}; expected {sorted(known)}")
-    return Release(
+    rel = Release(
         name=path.stem,
         release=str(data.get("release") or path.stem),
         kind=data["kind"],
@@ -134,6 +144,23 @@ def load_release(name_or_path: str | Path | Release) -> Release:
         aliases=list(data.get("aliases") or []),
         path=path,
     )
+    _check_consistent(rel)
+    return rel
+
+
+def _check_consistent(rel: Release) -> None:
+    """The preset's sr_scale and latent space agree with its network's (one value said twice must match)."""
+    pairs = [("sr_scale", rel.sr_scale, "net.sr_scale", rel.net.get("sr_scale"))]
+    latent = rel.latent_config() if rel.kind != "prior" else None
+    if latent:
+        pairs += [("latent channels", latent.get("channels"), "net.latent_channels",
+                   rel.net.get("latent_channels")),
+                  ("latent down_factor", latent.get("down_factor"), "net.latent_down",
+                   rel.net.get("latent_down"))]
+    for name, value, net_name, net_value in pairs:
+        if value is not None and net_value is not None and int(value) != int(net_value):
+            raise PiDConfigError(f"release preset {rel.path}: {name} is {value} but {net_name} is "
+                                 f"{net_value}; they must agree")
 
 
 def apply_release(cfg: DictConfig) -> DictConfig:
