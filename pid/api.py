@@ -232,6 +232,9 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
     wf = read_weights(path)
     if release is not None:
         rel = load_release(release)
+        with torch.device("meta"):  # refuse a file of another model before allocating the network
+            load_weights(rel.build_net(), wf, weights=weights, config_key="ckpt", log_summary=False,
+                         dry_run=True)
         net = rel.build_net()
         load_weights(net, wf, weights=weights, config_key="ckpt")
         latent = latent or _latent_for(rel.latent_config() or {}, build=False)

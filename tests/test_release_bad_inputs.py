@@ -81,3 +81,17 @@ def test_unreadable_files_give_one_clear_error(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file at all")
     with pytest.raises(PiDConfigError, match="weights-only torch file"):
         read_latent(tmp_path / "junk.pt")
+
+
+def test_a_file_of_another_model_is_refused_before_the_network_is_allocated(monkeypatch):
+    """A paper-size preset with a tiny file: the shapes are compared on the meta device first."""
+    from pid.api import load_decoder
+    from pid.weights import release
+
+    built = []
+    original = release.Release.build_net
+    monkeypatch.setattr(release.Release, "build_net",
+                        lambda self: built.append(torch.empty(0).device.type) or original(self))
+    with pytest.raises(PiDConfigError, match="shape"):
+        load_decoder(OFFICIAL / "tiny" / "v1_5_student_release.pth", release="flux_2kto4k_v1pt5")
+    assert built == ["meta"]

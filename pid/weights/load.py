@@ -102,6 +102,7 @@ def load_weights(
     allow: tuple[str, ...] | list[str] = (),
     config_key: str = "ckpt",
     log_summary: bool = True,
+    dry_run: bool = False,
 ) -> LoadReport:
     """Load the network weights of ``source`` into ``net`` strictly; return (and log) the report.
 
@@ -111,6 +112,8 @@ def load_weights(
         weights: ``"ema"`` (default: the EMA weights where the file has them) or ``"raw"``.
         allow: optional rules (:data:`OPTIONAL_RULES`).
         config_key: the config key named in errors (``model.init_from``, ``model.teacher_ckpt``, ``ckpt``).
+        dry_run: check and report without copying (e.g. a network built on the meta device, so that a file
+            of another model is refused before a large network is allocated).
 
     Raises:
         MissingWeightsError: no file at the path.
@@ -132,7 +135,8 @@ def load_weights(
     own = net.state_dict()
     state = _match_file_tensors(source, group, own, allow, report, config_key)
     _check_network_covered(source, own, state, allow, report, config_key)
-    net.load_state_dict(state, strict=False)
+    if not dry_run:
+        net.load_state_dict(state, strict=False)
     report.loaded.update(part_of(k) for k in state)
     if log_summary:
         log.info(report.summary())
