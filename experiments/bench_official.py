@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -45,32 +43,6 @@ CONFIG = dict(hidden_size=384, num_groups=6, patch_depth=6, pixel_depth=2, patch
 ADAPTER = dict(width=256, interval=2)
 LATENT = dict(channels=16, down=8, sr=4)
 BATCH, SIZE, TEXT_LEN = 2, 256, 32
-
-
-def import_official(networks: Path) -> dict:
-    """The official network modules, with stub modules for their framework imports."""
-    stubs = {
-        "pid._src": {},
-        "pid._src.utils": {},
-        "pid._src.utils.context_parallel": {"cat_outputs_cp_with_grad": None, "split_inputs_cp": None},
-        "pid._ext": {},
-        "pid._ext.imaginaire": {},
-        "pid._ext.imaginaire.utils": {"log": types.SimpleNamespace(info=lambda *a, **k: None)},
-        "pid._src.networks": {},
-    }
-    for name, attrs in stubs.items():
-        sys.modules.setdefault(name, types.ModuleType(name))
-        for k, v in attrs.items():
-            setattr(sys.modules[name], k, v)
-    mods = {}
-    for name in ["pixeldit_official", "lq_projection_2d", "pid_net"]:
-        full = f"pid._src.networks.{name}"
-        spec = importlib.util.spec_from_file_location(full, networks / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[full] = mod
-        spec.loader.exec_module(mod)
-        mods[name] = mod
-    return mods
 
 
 def build(mods: dict):
@@ -190,7 +162,14 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ours, off = build(import_official(networks))
+    from pid.weights.official_code import official_networks
+
+    with official_networks(networks) as mods:  # the official PidNet imports lazily: keep it open
+        run(args, networks, *build(mods), device)
+
+
+def run(args, networks: Path, ours, off, device) -> None:
+    """Time both networks side by side and write benchmarks/official.{md,json}."""
     ours, off = ours.to(device).train(), off.to(device).train()
     fns = calls(ours, off, inputs(device))
     with torch.no_grad():

@@ -8,10 +8,7 @@ The official state dict is loaded (strict) into our PiDNet through
 """
 
 import functools
-import importlib.util
 import os
-import sys
-import types
 
 import pytest
 import torch
@@ -27,37 +24,11 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def official():
-    """Import the reference files with stubs for their framework-only imports (removed afterwards)."""
-    stubs = {
-        "pid._src": {},
-        "pid._src.utils": {},
-        "pid._src.utils.context_parallel": {"cat_outputs_cp_with_grad": None, "split_inputs_cp": None},
-        "pid._ext": {},
-        "pid._ext.imaginaire": {},
-        "pid._ext.imaginaire.utils": {"log": types.SimpleNamespace(info=lambda *a, **k: None)},
-        "pid._src.networks": {},
-    }
-    added = []
-    for name, attrs in stubs.items():
-        if name not in sys.modules:
-            sys.modules[name] = types.ModuleType(name)
-            added.append(name)
-        for k, v in attrs.items():
-            setattr(sys.modules[name], k, v)
-    mods = {}
-    try:
-        for name in ["pixeldit_official", "lq_projection_2d", "pid_net"]:
-            full = f"pid._src.networks.{name}"
-            spec = importlib.util.spec_from_file_location(full, os.path.join(REF, name + ".py"))
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[full] = mod
-            added.append(full)
-            spec.loader.exec_module(mod)
-            mods[name] = mod
-        yield mods  # the reference PidNet imports lazily, so the stubs stay while the tests run
-    finally:
-        for name in added:
-            sys.modules.pop(name, None)
+    """The reference network modules (framework imports stubbed while the tests run, removed afterwards)."""
+    from pid.weights.official_code import official_networks
+
+    with official_networks(REF) as mods:
+        yield mods
 
 
 KW = dict(
