@@ -237,7 +237,7 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
                          dry_run=True)
         net = rel.build_net()
         load_weights(net, wf, weights=weights, config_key="ckpt")
-        latent = latent or _latent_for(rel.latent_config() or {}, build=False)
+        latent = latent or rel.build_latent(geometry_only=True)
         text = {"uses_text": bool(rel.text.get("states", True)), "max_length": net.txt_max_length,
                 "dim": rel.net.get("txt_embed_dim"),
                 "negative_prompt": rel.text.get("negative_prompt")}

@@ -192,14 +192,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     build_latent = bool(args.image)
     latent_obj = None
     if args.image and args.release:
-        from hydra.utils import instantiate
-
         from pid.weights.release import load_release
 
-        cfg = dict(load_release(args.release).latent_config() or {})
-        if "path" in cfg:
-            cfg["path"] = args.latent_path
-        latent_obj = instantiate(cfg)
+        latent_obj = load_release(args.release).build_latent(args.latent_path)
     decoder = load_decoder(args.ckpt, device=args.device, build_latent=build_latent, latent=latent_obj,
                            release=args.release, text_encoder=args.text_encoder)
     frame = args.frame
