@@ -123,24 +123,28 @@ class PiDDecoder:
         from pid.sampling import decode_latent
 
         latent = torch.as_tensor(latent)
-        if latent.ndim != 4:
-            raise ValueError(f"latent must be (B, C, h, w), got shape {tuple(latent.shape)}")
+        if latent.ndim != 4 or 0 in latent.shape:
+            raise ValueError(f"latent must be a non-empty (B, C, h, w) tensor, got {tuple(latent.shape)}")
         if not torch.isfinite(latent).all():
             bad = int((~torch.isfinite(latent)).sum())
             raise ValueError(f"latent has {bad} non-finite value(s) (NaN/inf); decode needs a finite latent")
         sigma = check_sigma(sigma, latent.shape[0], frame)
+        form = getattr(self.latent, "noise_form", "flow")
+        if frame in ("flow", "vp") and frame != form:
+            raise ValueError(f"frame={frame!r}, but this decoder's latent space is noised in the {form!r} "
+                             "frame; frame='train' (default) takes the state as the decoder was trained")
         if frame == "ve":
             from pid.diffusion.noising import ve_to_vp
 
-            form = getattr(self.latent, "noise_form", "flow")
             if form != "vp":
                 raise ValueError(f"frame='ve' converts an Euler/VE-frame state to the VP frame, but this "
                                  f"decoder's latent space is noised in the {form!r} frame: give its state "
                                  "and sigma as they are (frame='train')")
             latent, sigma = ve_to_vp(latent.float(), sigma)
         sampler = sampler or self.sampling.get("sampler")
-        if num_steps is not None and int(num_steps) < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, int)
+                                      or num_steps < 1):
+            raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
         num_steps = num_steps or self.sampling.get("num_steps")
         if not sampler or not num_steps:
             raise ValueError("this decoder has no sampling defaults: pass sampler= and num_steps=")
@@ -163,7 +167,10 @@ def check_sigma(sigma: float | torch.Tensor, batch: int, frame: str) -> torch.Te
     """σ as a float32 (B,) tensor, checked: finite, in [0, 1] for the training frame, ≥ 0 for "ve"."""
     if frame not in ("train", "flow", "vp", "ve"):
         raise ValueError(f"frame must be 'train', 'flow', 'vp' or 've', got {frame!r}")
-    s = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
+    try:
+        s = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"sigma must be a number or one number per latent, got {sigma!r}") from err
     if s.numel() == 1:
         s = s.expand(batch)
     if s.numel() != batch:

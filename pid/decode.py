@@ -45,6 +45,10 @@ def read_latent(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None, to
         raise MissingWeightsError(
             "latent file", "--latent", "a .safetensors or .pt file holding the latent", path=path
         )
+    if path.suffix not in (".safetensors", ".pt", ".pth"):
+        raise PiDConfigError(f"{path}: latent files are .safetensors (tensor 'latent') or .pt/.pth "
+                             "(torch.save of a tensor or {'latent': ...}); convert a .npy with "
+                             "torch.save(torch.from_numpy(a), path)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -142,7 +146,11 @@ def _parser() -> argparse.ArgumentParser:
 def _latent_from_image(decoder, path: str, size) -> torch.Tensor:
     from pid.data.io import load_rgb
 
-    rgb = torch.from_numpy(np.asarray(load_rgb(path))).permute(2, 0, 1).float() / 127.5 - 1
+    try:
+        pixels = load_rgb(path)
+    except (OSError, ValueError) as err:  # missing, not an image, unsupported pixels
+        raise PiDConfigError(f"--image {path}: {err}") from err
+    rgb = torch.from_numpy(np.asarray(pixels)).permute(2, 0, 1).float() / 127.5 - 1
     rgb = rgb[None]
     f = decoder.latent.down_factor
     h, w = (size if size else (rgb.shape[-2] // f * f, rgb.shape[-1] // f * f))

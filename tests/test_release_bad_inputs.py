@@ -65,7 +65,7 @@ def test_ve_frame_only_for_vp_latents_and_zero_steps_refused(tmp_path):
     z = torch.randn(1, 16, 2, 2)
     with pytest.raises(ValueError, match="'flow' frame"):  # a flow latent has no Euler/VE frame
         decoder.decode(z, sigma=2.0, frame="ve")
-    with pytest.raises(ValueError, match="num_steps must be >= 1"):
+    with pytest.raises(ValueError, match="num_steps must be an integer >= 1"):
         decoder.decode(z, sigma=0.0, num_steps=0)
 
 
@@ -95,3 +95,54 @@ def test_a_file_of_another_model_is_refused_before_the_network_is_allocated(monk
     with pytest.raises(PiDConfigError, match="shape"):
         load_decoder(OFFICIAL / "tiny" / "v1_5_student_release.pth", release="flux_2kto4k_v1pt5")
     assert built == ["meta"]
+
+
+@pytest.mark.parametrize("section, key, value, match", [
+    ("sampling", "t_list", [1.5, 0.866, 0.634, 0.342], r"\(0, 1\]"),
+    ("sampling", "num_steps", "four", "integer"),
+    ("sampling", "num_steps", 7, "num_steps must be in"),  # more steps than the t-list has
+    ("sampling", "sampler", "dpm", "unknown sampler"),
+    ("time", "shift_rule", "max-side", "shift rule"),
+    ("time", "shift_base", -6.0, "shift_base"),
+])
+def test_a_preset_with_invalid_sampling_or_time_is_refused_at_load(tmp_path, section, key, value, match):
+    from pid.weights.release import load_release
+
+    path = tiny_preset(tmp_path, "v1_5_student")
+    data = yaml.safe_load(path.read_text())
+    data[section][key] = value
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(PiDConfigError, match=match):
+        load_release(path)
+
+
+def test_decode_arguments_of_the_wrong_kind_are_refused(tmp_path):
+    from pid.api import load_decoder
+
+    decoder = load_decoder(OFFICIAL / "tiny" / "v1_5_student_release.pth",
+                           release=tiny_preset(tmp_path, "v1_5_student"))
+    z = torch.randn(1, 16, 2, 2)
+    for kwargs, match in (({"frame": "vp"}, "'flow' frame"), ({"num_steps": 2.5}, "integer"),
+                          ({"sigma": "0.3"}, "sigma must be a number")):
+        with pytest.raises(ValueError, match=match):
+            decoder.decode(z, **kwargs)
+    with pytest.raises(ValueError, match="non-empty"):
+        decoder.decode(torch.randn(0, 16, 2, 2))
+
+
+def test_cli_file_inputs_that_cannot_be_read_say_so(tmp_path):
+    import numpy as np
+
+    from pid.decode import main, read_latent
+    from pid.weights.export import main as export
+
+    np.save(tmp_path / "z.npy", np.zeros((16, 2, 2), np.float32))
+    with pytest.raises(PiDConfigError, match="convert a .npy"):
+        read_latent(tmp_path / "z.npy")
+    preset, ckpt = tiny_preset(tmp_path, "v1_5_student"), OFFICIAL / "tiny" / "v1_5_student_release.pth"
+    for image in (tmp_path / "missing.png", tmp_path / "z.npy"):
+        with pytest.raises(PiDConfigError, match="--image"):
+            main(["--release", str(preset), "--ckpt", str(ckpt), "--image", str(image), "--out",
+                  str(tmp_path / "o.png"), "--device", "cpu"])
+    with pytest.raises(SystemExit, match="being exported"):  # would overwrite the model it reads
+        export([str(ckpt), str(ckpt)])

@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("--weights", default="ema", choices=["ema", "raw"])
     args = parser.parse_args(argv)
+    if Path(args.out).resolve() == Path(args.src).resolve():
+        raise SystemExit(f"{args.out} is the file being exported: give another output path")
     wf = read_weights(args.src)
     if not wf.config:
         raise SystemExit(f"{args.src} carries no run config: only files written by pid.train can be exported")

@@ -145,7 +145,35 @@ def load_release(name_or_path: str | Path | Release) -> Release:
         path=path,
     )
     _check_consistent(rel)
+    _check_sampling(rel)
     return rel
+
+
+def _check_sampling(rel: Release) -> None:
+    """The preset's sampler, step count, t-list and time shift are valid (checked by the functions that use
+    them), so a wrong value stops at load, naming the preset."""
+    from pid.diffusion import flow
+    from pid.diffusion.samplers import get_sampler
+    from pid.diffusion.schedules import student_timesteps
+
+    s, t = rel.sampling, rel.time
+    try:
+        if "sampler" in s:
+            get_sampler(s["sampler"])
+        steps = s.get("num_steps")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"sampling.num_steps must be an integer >= 1, got {steps!r}")
+        if s.get("t_list") is not None:
+            if not all(0.0 < float(v) <= 1.0 for v in s["t_list"]):
+                raise ValueError(f"sampling.t_list values must be in (0, 1], got {s['t_list']}")
+            student_timesteps(s["t_list"], steps, one_step_t=float(s.get("one_step_t", 1.0)))
+        if t:
+            flow.release_shift(1024, 1024, float(t.get("shift_base", 6.0)),
+                               float(t.get("shift_ref_size", 2048)), t.get("shift_rule", "area"))
+            if float(t.get("shift_base", 6.0)) <= 0:
+                raise ValueError(f"time.shift_base must be > 0, got {t['shift_base']}")
+    except (ValueError, TypeError) as err:
+        raise PiDConfigError(f"release preset {rel.path}: {err}") from err
 
 
 def _check_consistent(rel: Release) -> None:
