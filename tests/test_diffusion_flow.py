@@ -51,6 +51,23 @@ def test_converters_round_trip_float64():
     torch.testing.assert_close(flow.v_from_eps(x_t, flow.eps_from_v(x_t, v, t), t), v, **tol)
 
 
+def test_edm_output_is_the_velocity_of_the_preconditioned_x0():
+    """v_from_edm_output: x̂₀ = c_skip·x_t + c_out·F (Karras et al. 2022, Table 1, on the flow path); the
+    optimal F gives the true v for every t in [0, 1] (no division by t), and t = 1 is x̂₀ prediction."""
+    x0, eps = 0.5 * _rand(5, 3, 6, 6, seed=5), _rand(5, 3, 6, 6, seed=6)
+    t = torch.tensor([0.0, 0.05, 0.5, 0.9, 1.0], dtype=torch.float64)
+    x_t, sd = flow.interpolate(x0, eps, t), 0.5
+    tt = t.view(-1, 1, 1, 1)
+    d = tt**2 + (1 - tt) ** 2 * sd**2
+    c_skip, c_out = (1 - tt) * sd**2 / d, tt * sd / d.sqrt()
+    f_opt = (x0 - c_skip * x_t) / c_out.clamp_min(1e-300)
+    f_opt[0] = -eps[0]  # t = 0: x̂₀ = x_t = x₀ whatever F; v = −x_t − F, so F = −ε
+    torch.testing.assert_close(flow.v_from_edm_output(x_t, f_opt, t, sd), flow.velocity(x0, eps))
+    # t = 1: v = x_t − x̂₀ with x̂₀ = σ_d·F
+    f = _rand(1, 3, 6, 6, seed=7)
+    torch.testing.assert_close(flow.v_from_edm_output(x_t[4:], f, 1.0, sd), x_t[4:] - sd * f)
+
+
 def test_converters_keep_fp32_for_low_precision_inputs():
     x = torch.randn(2, 3, 4, 4).bfloat16()
     out = flow.x0_from_v(x, x, torch.full((2,), 0.5))

@@ -72,6 +72,19 @@ def test_x0_prediction_turns_the_clean_image_estimate_into_the_velocity():
         PixelDiT(**tiny_backbone_kwargs(prediction="eps"))
 
 
+def test_edm_prediction_reads_the_output_through_the_preconditioning():
+    """prediction="edm": the same weights' output is F, and v = flow.v_from_edm_output(x_t, F, t, σ_d)."""
+    from pid.diffusion import flow
+
+    v_net, edm_net = make(seed=3), make(seed=3, prediction="edm", sigma_data=0.6)
+    x, t = torch.randn(3, 3, 32, 32), torch.tensor([1.0, 0.3, 0.0])
+    with torch.no_grad():
+        raw, v = v_net(x, t), edm_net(x, t)
+    torch.testing.assert_close(v, flow.v_from_edm_output(x, raw, t, 0.6))
+    torch.testing.assert_close(x[2] - 0.0 * v[2], x[2])  # t = 0: x̂₀ = x_t whatever the output
+    torch.testing.assert_close(x[0] - v[0], 0.6 * raw[0])  # t = 1: x̂₀ = σ_d·F
+
+
 @pytest.mark.parametrize("hw", [(40, 32), (32, 20), (7, 16)])
 def test_side_not_multiple_of_patch_raises(hw):
     net = make()

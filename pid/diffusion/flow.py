@@ -44,6 +44,7 @@ __all__ = [
     "v_from_eps",
     "x0_from_eps",
     "eps_from_x0",
+    "v_from_edm_output",
     "resolution_shift",
     "release_shift",
     "shift_time",
@@ -113,6 +114,29 @@ def eps_from_x0(x_t: Tensor, x0: Tensor, t: Tensor | float) -> Tensor:
     """:math:`\\varepsilon = (x_t - (1 - t) x_0) / t`; singular at t = 0."""
     t, x_t, x0 = _prep(t, x_t, x0)
     return (x_t - (1 - t) * x0) / t
+
+
+def v_from_edm_output(x_t: Tensor, out: Tensor, t: Tensor | float, sigma_data: float = 0.5) -> Tensor:
+    r"""The velocity of an EDM-preconditioned network output F on the rectified-flow path.
+
+    EDM (Karras et al. 2022, Table 1) writes the denoiser as :math:`\hat x_0 = c_\text{skip} x + c_\text{out} F`
+    for :math:`x = x_0 + \sigma n`. The flow state is that with :math:`x = x_t / (1 - t)` and
+    :math:`\sigma = t / (1 - t)`, which gives, with :math:`D = t^2 + (1 - t)^2 \sigma_d^2`,
+
+    .. math::
+
+        \hat x_0 = \frac{(1 - t)\,\sigma_d^2}{D}\,x_t + \frac{t\,\sigma_d}{\sqrt D}\,F, \qquad
+        v = \frac{x_t - \hat x_0}{t} = \frac{t - (1 - t)\,\sigma_d^2}{D}\,x_t
+            - \frac{\sigma_d}{\sqrt D}\,F.
+
+    At t = 1 the output is x̂₀ itself (no noise to reproduce, as in x₀ prediction); towards t = 0 it is a
+    correction of x_t scaled by t (as in v prediction), so x_t's detail passes through unchanged. The
+    v-space loss weights F's error by σ_d² / D, between σ_d² and 1: no singularity at either end.
+    ``sigma_data``: the data standard deviation (images in [-1, 1]: 0.5). Shapes as ``x_t``.
+    """
+    t, x_t, out = _prep(t, x_t, out)
+    d = t * t + (1 - t) ** 2 * sigma_data**2
+    return (t - (1 - t) * sigma_data**2) / d * x_t - sigma_data / d**0.5 * out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from pid.nn.blocks import FinalLayer, MMDiTBlock, PatchTokenEmbedder, PiTBlock, 
 from pid.nn.layers import ROPE_MODES, RopeFreqs, TimestepEmbedder, rope_1d, rope_2d
 
 #: What the final layer outputs: the velocity ε − x₀ (PixelDiT, PiD) or the clean image x₀ (JiT).
-PREDICTIONS = ("v", "x0")
+PREDICTIONS = ("v", "x0", "edm")
 
 # inject(block_idx, tokens) -> tokens, called before patch block `block_idx`
 InjectFn = Callable[[int, torch.Tensor], torch.Tensor]
@@ -69,6 +69,9 @@ class PixelDiT(nn.Module):
         pixel_mlp_ratio: GELU-MLP ratio of the pixel tokens.
         use_text_rope, text_rope_theta: 1-D RoPE on the text tokens.
         timestep_scale: the embedder sees t * timestep_scale (1000 in PixelDiT).
+        prediction: what the output layer predicts, always returned as the velocity (:meth:`as_velocity`):
+            "v" (PixelDiT and the PiD releases), "x0" (JiT, with ``x0_t_min``) or "edm" (EDM
+            preconditioning with ``sigma_data``, :func:`pid.diffusion.flow.v_from_edm_output`).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class PixelDiT(nn.Module):
         timestep_scale: float = 1000.0,
         prediction: str = "v",
         x0_t_min: float = 0.05,
+        sigma_data: float = 0.5,
     ):
         super().__init__()
         self._check_args(prediction, rope_mode, pixel_depth, patch_size, rope_ref_h, rope_ref_w)
@@ -101,6 +105,7 @@ class PixelDiT(nn.Module):
         self.out_channels = in_channels
         self.prediction = prediction
         self.x0_t_min = float(x0_t_min)
+        self.sigma_data = float(sigma_data)
         self.hidden_size = hidden_size
         self.num_groups = num_groups
         self.pixel_hidden_size = pixel_hidden_size
@@ -316,8 +321,11 @@ class PixelDiT(nn.Module):
         "v": the output is v. "x0" (JiT, Li & He 2025, "Back to Basics: Let Denoising Generative
         Models Denoise"): the output is x̂₀, and since x_t = (1 − t)x₀ + tε,
         v = (x_t − x̂₀) / max(t, t_min); a clean image is easier for a narrow net to produce than
-        noise-laden v when a patch (p²·3 values) is wider than the token.
+        noise-laden v when a patch (p²·3 values) is wider than the token. "edm": x̂₀ = c_skip·x_t + c_out·out
+        (Karras et al. 2022): x̂₀ prediction at t = 1, a t-scaled correction of x_t towards t = 0.
         """
         if self.prediction == "v":
             return out
+        if self.prediction == "edm":
+            return flow.v_from_edm_output(x, out, t, self.sigma_data).to(out.dtype)
         return flow.v_from_x0(x, out, t.clamp_min(self.x0_t_min)).to(out.dtype)
