@@ -121,7 +121,8 @@ def v_from_edm_output(x_t: Tensor, out: Tensor, t: Tensor | float, sigma_data: f
 
     EDM (Karras et al. 2022, Table 1) writes the denoiser as
     :math:`\hat x_0 = c_\text{skip} x + c_\text{out} F` for :math:`x = x_0 + \sigma n`. The flow state
-    is that with :math:`x = x_t / (1 - t)` and :math:`\sigma = t / (1 - t)`, which gives, with :math:`D = t^2 + (1 - t)^2 \sigma_d^2`,
+    is that with :math:`x = x_t / (1 - t)` and :math:`\sigma = t / (1 - t)`, which gives,
+    with :math:`D = t^2 + (1 - t)^2 \sigma_d^2`,
 
     .. math::
 
