@@ -117,7 +117,7 @@ def eps_from_x0(x_t: Tensor, x0: Tensor, t: Tensor | float) -> Tensor:
 
 
 def v_from_edm_output(x_t: Tensor, out: Tensor, t: Tensor | float, sigma_data: float = 0.5) -> Tensor:
-    r"""The velocity of an EDM-preconditioned network output F on the rectified-flow path.
+    r"""The velocity of an EDM-preconditioned network output F on the flow path (docs/method.md (5a)).
 
     EDM (Karras et al. 2022, Table 1) writes the denoiser as
     :math:`\hat x_0 = c_\text{skip} x + c_\text{out} F` for :math:`x = x_0 + \sigma n`. The flow state

@@ -71,7 +71,8 @@ class PixelDiT(nn.Module):
         timestep_scale: the embedder sees t * timestep_scale (1000 in PixelDiT).
         prediction: what the output layer predicts, always returned as the velocity (:meth:`as_velocity`):
             "v" (PixelDiT and the PiD releases), "x0" (JiT, with ``x0_t_min``) or "edm" (EDM
-            preconditioning with ``sigma_data``, :func:`pid.diffusion.flow.v_from_edm_output`).
+            preconditioning with ``sigma_data``, docs/method.md Eq. (5a),
+            :func:`pid.diffusion.flow.v_from_edm_output`).
     """
 
     def __init__(
