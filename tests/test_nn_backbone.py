@@ -85,6 +85,14 @@ def test_edm_prediction_reads_the_output_through_the_preconditioning():
     torch.testing.assert_close(x[0] - v[0], 0.6 * raw[0])  # t = 1: x̂₀ = σ_d·F
 
 
+@pytest.mark.parametrize("over,match", [({"sigma_data": 0.0}, "sigma_data"),
+                                        ({"sigma_data": float("nan")}, "sigma_data"),
+                                        ({"x0_t_min": 0.0}, "x0_t_min"), ({"x0_t_min": 2.0}, "x0_t_min")])
+def test_prediction_constants_are_checked(over, match):
+    with pytest.raises(ValueError, match=match):
+        PixelDiT(**tiny_backbone_kwargs(**over))
+
+
 @pytest.mark.parametrize("hw", [(40, 32), (32, 20), (7, 16)])
 def test_side_not_multiple_of_patch_raises(hw):
     net = make()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+import math
 
 import torch
 import torch.nn as nn
@@ -102,6 +103,7 @@ class PixelDiT(nn.Module):
     ):
         super().__init__()
         self._check_args(prediction, rope_mode, pixel_depth, patch_size, rope_ref_h, rope_ref_w)
+        self._check_prediction_args(x0_t_min, sigma_data)
         self.in_channels = in_channels
         self.out_channels = in_channels
         self.prediction = prediction
@@ -149,6 +151,14 @@ class PixelDiT(nn.Module):
         self.initialize_weights()
         if patch_depth:
             self.patch_blocks[-1].freeze_text_output()
+
+    @staticmethod
+    def _check_prediction_args(x0_t_min: float, sigma_data: float) -> None:
+        if not 0.0 < float(x0_t_min) <= 1.0:
+            raise ValueError(f"x0_t_min must be in (0, 1] (v = (x_t − x̂₀)/max(t, x0_t_min)), got {x0_t_min}")
+        if not 0.0 < float(sigma_data) < math.inf:
+            raise ValueError("sigma_data must be a positive data standard deviation (0.5 for images in "
+                             f"[-1, 1]), got {sigma_data}")
 
     @staticmethod
     def _check_args(
