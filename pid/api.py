@@ -211,8 +211,56 @@ def export_decoder(module, path: str | Path, ema=None,
         net_state = averaged_net_state(None, module, ema)
     carried = getattr(module.latent, "store_in_checkpoint", False)
     latent_state = module.latent.state_dict() if carried else None
-    return write_export(path, net_state, module.run_config or {}, module.sr_scale, latent_state,
-                        ema=ema is not None)
+    config = exported_config(module.run_config or {}, module.net, net_state, path)
+    return write_export(path, net_state, config, module.sr_scale, latent_state, ema=ema is not None)
+
+
+def exported_config(run_config: dict, net: nn.Module, net_state: dict[str, torch.Tensor],
+                    path: str | Path) -> dict:
+    """The run's config with ``model.net`` describing the network as built, checked against its weights.
+
+    A module may drop a training-only part after its config was composed (distillation drops the adapter's
+    aux RGB head); the export's config says so, so that :func:`load_decoder` rebuilds the same network.
+    Raises ``PiDConfigError`` when the config's network and the weights still differ (no file is written).
+    """
+    import copy
+
+    from hydra.utils import instantiate
+
+    config = copy.deepcopy(run_config)
+    net_cfg = (config.get("model") or {}).get("net")
+    if not isinstance(net_cfg, dict) or "_target_" not in net_cfg:
+        return config
+    adapter_cfg = net_cfg.get("adapter")
+    adapter = getattr(net, "adapter", None)
+    if isinstance(adapter_cfg, dict) and adapter is not None:
+        adapter_cfg["aux_rgb_head"] = getattr(adapter, "aux_rgb_head", None) is not None
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in instantiate(net_cfg).state_dict().items()}
+    differ = sorted(k for k in shapes.keys() | net_state.keys()
+                    if k not in shapes or k not in net_state or shapes[k] != tuple(net_state[k].shape))
+    if differ:
+        raise PiDConfigError(
+            f"export to {path}: the run's model.net config does not describe the trained network ("
+            f"{len(differ)} tensor(s) missing or shaped otherwise, e.g. {differ[:5]}); the module changed "
+            "its network after the config was composed")
+    return config
+
+
+def net_config_of_file(config: dict, wf) -> dict:
+    """``model.net`` of a project file's config, without the aux RGB head when the file has none.
+
+    The head is training-only (decoding never runs it) and distillation drops it after the config was
+    composed, so checkpoints of distillation runs hold no aux head while their config still names one.
+    """
+    import copy
+
+    net_cfg = copy.deepcopy(dict(config["model"]["net"]))
+    adapter_cfg = net_cfg.get("adapter")
+    has_head = any("aux_rgb_head." in k for group in wf.groups.values() for k in group)
+    if isinstance(adapter_cfg, dict) and adapter_cfg.get("aux_rgb_head") and not has_head:
+        net_cfg["adapter"] = {**adapter_cfg, "aux_rgb_head": False}
+    return net_cfg
 
 
 def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: nn.Module | None = None,
@@ -257,7 +305,7 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
         config = wf.config
         from hydra.utils import instantiate
 
-        net = instantiate(dict(config["model"]["net"]))
+        net = instantiate(net_config_of_file(config, wf))
         load_weights(net, wf, weights=weights, config_key="ckpt")
         if latent is None:
             latent = _latent_for(dict(config["latent"]), build=build_latent)

@@ -148,3 +148,32 @@ def test_make_passes_hydra_overrides_through():
                           cwd=REPO, capture_output=True, text=True, check=True)
     line = [ln for ln in proc.stdout.splitlines() if "pid.train" in ln][-1]
     assert line.split()[-3:] == ["experiment=pid_vae_8x", "'trainer.max_steps=10'", "'+foo.bar=1'"]
+
+
+def test_export_config_describes_the_network_as_built(tmp_path):
+    """A module that dropped its training-only aux head after the config was composed (distillation) exports
+    a config without it, which load_decoder rebuilds; a config that names another network is refused."""
+    from types import SimpleNamespace
+
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from pid.api import export_decoder, load_decoder
+    from pid.utils.errors import PiDConfigError
+
+    cfg = compose_train(["experiment=quickstart", f"paths.output_dir={tmp_path}"])
+    assert cfg.model.net.adapter.aux_rgb_head
+    net = instantiate(cfg.model.net)
+    net.adapter.aux_rgb_head = None
+    module = SimpleNamespace(net=net, latent=SimpleNamespace(), sr_scale=int(cfg.sr_scale),
+                             run_config=OmegaConf.to_container(cfg, resolve=True))
+    path = export_decoder(module, tmp_path / "student.safetensors")
+    decoder = load_decoder(path, build_latent=False)
+    assert decoder.net.adapter.aux_rgb_head is None
+    torch.testing.assert_close(decoder.net.state_dict(), net.state_dict())
+
+    module.run_config["model"]["net"]["hidden_size"] = 64
+    with pytest.raises(PiDConfigError, match="does not describe the trained network"):
+        export_decoder(module, tmp_path / "other.safetensors")
+    assert not (tmp_path / "other.safetensors").exists()
