@@ -87,6 +87,8 @@ def test_edm_prediction_reads_the_output_through_the_preconditioning():
 
 @pytest.mark.parametrize("over,match", [({"sigma_data": 0.0}, "sigma_data"),
                                         ({"sigma_data": float("nan")}, "sigma_data"),
+                                        ({"sigma_data": "abc"}, "sigma_data must be a number"),
+                                        ({"sigma_data": None}, "sigma_data must be a number"),
                                         ({"x0_t_min": 0.0}, "x0_t_min"), ({"x0_t_min": 2.0}, "x0_t_min")])
 def test_prediction_constants_are_checked(over, match):
     with pytest.raises(ValueError, match=match):

@@ -154,6 +154,9 @@ class PixelDiT(nn.Module):
 
     @staticmethod
     def _check_prediction_args(x0_t_min: float, sigma_data: float) -> None:
+        for name, value in (("x0_t_min", x0_t_min), ("sigma_data", sigma_data)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if not 0.0 < float(x0_t_min) <= 1.0:
             raise ValueError(f"x0_t_min must be in (0, 1] (v = (x_t − x̂₀)/max(t, x0_t_min)), got {x0_t_min}")
         if not 0.0 < float(sigma_data) < math.inf:
