@@ -141,3 +141,43 @@ def test_pixels_without_a_display_range_are_refused_with_the_reason(tmp_path):
     with pytest.raises(Rejected) as err:
         probe_image_file(path)
     assert err.value.reason == "unsupported_pixels"
+
+
+def _png_with_exif_orientation(where: str) -> bytes:
+    """A 60×40 PNG with EXIF orientation 6 in an eXIf chunk before or after the image data ("none": none)."""
+    arr = np.zeros((40, 60, 3), np.uint8)
+    arr[:10] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG", **({} if where == "none" else {"exif": exif.tobytes()}))
+    data = buf.getvalue()
+    chunks, i = [], 8
+    while i < len(data):
+        n = int.from_bytes(data[i:i + 4], "big")
+        chunks.append(data[i:i + 12 + n])
+        i += 12 + n
+    if where == "after":
+        exif_chunk = [c for c in chunks if c[4:8] == b"eXIf"]
+        chunks = [c for c in chunks if c[4:8] != b"eXIf"]
+        chunks = chunks[:-1] + exif_chunk + chunks[-1:]  # between the last IDAT and IEND
+    return data[:8] + b"".join(chunks)
+
+
+@pytest.mark.parametrize("where,oriented", [("before", (40, 60)), ("after", (40, 60)), ("none", (60, 40))])
+def test_png_orientation_is_read_without_decoding_the_pixels(where, oriented, monkeypatch):
+    """oriented_size reads a PNG's EXIF orientation wherever its eXIf chunk is, decoding no pixel (Pillow's
+    PNG getexif() decodes the whole image), and agrees with the decoded image."""
+    from PIL import PngImagePlugin
+
+    from pid.data.io import open_image, orientation_of, oriented_size
+
+    data = _png_with_exif_orientation(where)
+    decodes = []
+    real = PngImagePlugin.PngImageFile.load_prepare
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load_prepare",
+                        lambda self, *a, **k: decodes.append(1) or real(self, *a, **k))
+    im = open_image(data)
+    assert oriented_size(im) == oriented and orientation_of(im) == (1 if where == "none" else 6)
+    assert decodes == []
+    assert decode_rgb(data).shape[1::-1] == oriented

@@ -85,11 +85,51 @@ def frame_count(im: Image.Image) -> int:
 
 
 def orientation_of(im: Image.Image) -> int:
-    """EXIF orientation tag (1–8); 1 when absent or unreadable."""
+    """EXIF orientation tag (1–8); 1 when absent or unreadable. Decodes no pixel.
+
+    Pillow's PNG ``getexif()`` decodes the whole image to find an eXIf chunk stored after the image data;
+    for a PNG not yet decoded the chunk is looked up by walking the chunk headers instead (same answer).
+    """
+    if im.format == "PNG" and "exif" not in im.info and getattr(im, "tile", None):  # not decoded yet
+        try:
+            exif = _png_exif_chunk(im.fp)
+        except Exception:  # noqa: BLE001 - an unwalkable file: Pillow's own (decoding) lookup below
+            exif = False
+        if exif is not False:
+            return _orientation(lambda: _exif_from_bytes(exif)) if exif else 1
+    return _orientation(im.getexif)
+
+
+def _exif_from_bytes(data: bytes) -> Image.Exif:
+    exif = Image.Exif()
+    exif.load(data)
+    return exif
+
+
+def _orientation(read_exif) -> int:
     try:
-        return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        return int(read_exif().get(_EXIF_ORIENTATION, 1) or 1)
     except Exception:  # noqa: BLE001 - broken EXIF is treated as upright
         return 1
+
+
+def _png_exif_chunk(fp) -> bytes | None:
+    """The data of a PNG's eXIf chunk wherever it is, seeking over the other chunks; fp's position kept."""
+    pos = fp.tell()
+    try:
+        fp.seek(8)  # the PNG signature
+        while True:
+            head = fp.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind == b"eXIf":
+                return fp.read(length)
+            if kind == b"IEND":
+                return None
+            fp.seek(length + 4, io.SEEK_CUR)  # data and CRC
+    finally:
+        fp.seek(pos)
 
 
 def oriented_size(im: Image.Image) -> tuple[int, int]:
