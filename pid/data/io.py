@@ -90,25 +90,13 @@ def orientation_of(im: Image.Image) -> int:
     Pillow's PNG ``getexif()`` decodes the whole image to find an eXIf chunk stored after the image data;
     for a PNG not yet decoded the chunk is looked up by walking the chunk headers instead (same answer).
     """
-    if im.format == "PNG" and "exif" not in im.info and getattr(im, "tile", None):  # not decoded yet
-        try:
-            exif = _png_exif_chunk(im.fp)
-        except Exception:  # noqa: BLE001 - an unwalkable file: Pillow's own (decoding) lookup below
-            exif = False
-        if exif is not False:
-            return _orientation(lambda: _exif_from_bytes(exif)) if exif else 1
-    return _orientation(im.getexif)
-
-
-def _exif_from_bytes(data: bytes) -> Image.Exif:
-    exif = Image.Exif()
-    exif.load(data)
-    return exif
-
-
-def _orientation(read_exif) -> int:
     try:
-        return int(read_exif().get(_EXIF_ORIENTATION, 1) or 1)
+        if im.format == "PNG" and "exif" not in im.info and getattr(im, "tile", None):  # not decoded yet
+            exif = Image.Exif()
+            exif.load(_png_exif_chunk(im.fp) or b"")
+        else:
+            exif = im.getexif()
+        return int(exif.get(_EXIF_ORIENTATION, 1) or 1)
     except Exception:  # noqa: BLE001 - broken EXIF is treated as upright
         return 1
 

@@ -30,6 +30,7 @@ import torch
 
 from pid.eval.functional import blockiness, haarpsi, inception_feature_distance, psnr, ssim
 from pid.eval.inception import inception_feature_extractor
+from pid.nn.pixel_dit import network_patch_size
 from pid.utils.images import to_signed, to_uint8, upsample
 
 log = logging.getLogger(__name__)
@@ -89,15 +90,6 @@ def decode_heldout(module, loader, ema=None, num_steps: int | None = None, seed:
         module.train(was_training)
     out = {"truth": torch.cat(truth), "baseline": torch.cat(baseline), "pid": torch.cat(decoded)}
     return {k: v[:max_crops] if max_crops else v for k, v in out.items()}
-
-
-def network_patch_size(module) -> int:
-    net = getattr(module, "net", None)
-    for obj in (net, getattr(net, "backbone", None)):
-        p = getattr(obj, "patch_size", None)
-        if isinstance(p, int):
-            return p
-    return 16
 
 
 def score_paired(images: dict[str, torch.Tensor], patch: int, extractor=None,

@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 import torch
 
 from pid.lit.strategies import clean_name, fsdp_root, grad_square_sums
+from pid.nn.pixel_dit import network_patch_size
 
 
 def _part(name: str) -> str:
@@ -52,15 +53,6 @@ class TrainingMonitor(pl.Callback):
     def _due(self, trainer: pl.Trainer) -> bool:
         # global_step counts optimizer steps; log on the batch that completes a multiple of the period
         return (trainer.global_step + 1) % self._every(trainer) == 0
-
-    @staticmethod
-    def _patch_size(pl_module) -> int:
-        net = getattr(pl_module, "net", None)
-        for obj in (net, getattr(net, "backbone", None)):
-            p = getattr(obj, "patch_size", None)
-            if isinstance(p, int):
-                return p
-        return 16
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._t0 = None
@@ -97,7 +89,8 @@ class TrainingMonitor(pl.Callback):
         if isinstance(images, torch.Tensor):
             b, _, h, w = images.shape
             self._images += b
-            self._tokens += b * (h // self._patch_size(pl_module)) * (w // self._patch_size(pl_module))
+            p = network_patch_size(pl_module)
+            self._tokens += b * (h // p) * (w // p)
         self._steps += 1
         step = trainer.global_step  # already counts this batch's optimizer step
         if step % self._every(trainer) or step == self._last_step or self._t0 is None:

@@ -37,6 +37,16 @@ PREDICTIONS = ("v", "x0", "edm")
 InjectFn = Callable[[int, torch.Tensor], torch.Tensor]
 
 
+def network_patch_size(module, default: int = 16) -> int:
+    """Pixels per patch side of the PixelDiT in ``module.net`` (or its ``backbone``); ``default`` if none."""
+    net = getattr(module, "net", None)
+    for obj in (net, getattr(net, "backbone", None)):
+        p = getattr(obj, "patch_size", None)
+        if isinstance(p, int):
+            return p
+    return default
+
+
 @dataclass
 class PatchContext:
     """Everything the patch and pixel levels share for one forward pass."""
