@@ -106,6 +106,10 @@ def decode_latent(
         shift_rule, shift_base, shift_ref_size: the time shift of the grid (:func:`flow.release_shift`).
         timesteps: explicit grid (wins over ``num_steps`` and the shift).
     """
+    want = getattr(getattr(net, "adapter", None), "latent_channels", None)
+    if latent.ndim != 4 or (want is not None and latent.shape[1] != want):
+        raise ValueError(f"latent must be (B, {want or 'C'}, h, w) for this decoder, got "
+                         f"{tuple(latent.shape)}: pass the latent of the decoder's own latent space")
     b = latent.shape[0]
     device = latent.device
     height, width = output_size(latent, latent_down, sr_scale)

@@ -181,3 +181,11 @@ def test_png_orientation_is_read_without_decoding_the_pixels(where, oriented, mo
     assert oriented_size(im) == oriented and orientation_of(im) == (1 if where == "none" else 6)
     assert decodes == []
     assert decode_rgb(data).shape[1::-1] == oriented
+
+
+def test_a_truncated_file_is_named_in_the_decode_error(tmp_path):
+    data = _png_with_exif_orientation("none")
+    path = tmp_path / "cut.png"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match="cut.png"):
+        load_rgb(path)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -55,3 +56,11 @@ def test_valid_inputs_still_decode(decoder):
     assert torch.isfinite(ve).all()
     with pytest.raises(ValueError, match=">= 0"):
         decoder.decode(z, sigma=-1.0, frame="ve")
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 2, 2), (2, 3, 2, 2)])
+def test_a_latent_of_another_channel_count_is_refused_with_the_shape_given(decoder, shape):
+    """Checked before guidance batches the latent, so the message shows the caller's shape (and batch)."""
+    with pytest.raises(ValueError, match=r"latent must be \(B, 4, h, w\) for this decoder, got "
+                       + re.escape(str(shape))):
+        decoder.decode(torch.randn(*shape))

@@ -200,7 +200,12 @@ def decode_rgb(src, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """
     im = open_image(src, max_pixels)
     try:
-        im.load()
+        try:
+            im.load()
+        except OSError as e:  # truncated or corrupt pixel data: say which file
+            if isinstance(src, (str, os.PathLike)):
+                raise OSError(f"{e}: {src}") from e
+            raise
         return np.array(to_rgb8(upright(im)), dtype=np.uint8)
     finally:
         im.close()
