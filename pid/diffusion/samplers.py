@@ -144,10 +144,10 @@ def sample_dpmpp_2m(
     The flow x_t = α_t x₀ + σ_t ε with α_t = 1 − t, σ_t = t and half-log-SNR λ_t = log(α_t / σ_t). With
     :math:`\hat x_0 = x - t\,v` at each grid time and :math:`h_i = λ_{t_{i+1}} − λ_{t_i}`:
 
-    * step 0 (and the last step, order 1 there): :math:`x_{i+1} = rac{σ_{i+1}}{σ_i} x_i
+    * step 0 (and the last step, order 1 there): :math:`x_{i+1} = \frac{σ_{i+1}}{σ_i} x_i
       − α_{i+1}(e^{−h_i} − 1)\hat x_0^{(i)}`;
     * otherwise, with :math:`r = h_{i−1}/h_i` and :math:`D = (\hat x_0^{(i)} − \hat x_0^{(i−1)}) / r`:
-      :math:`x_{i+1} = rac{σ_{i+1}}{σ_i} x_i − α_{i+1}(e^{−h_i} − 1)(\hat x_0^{(i)} + D/2)`.
+      :math:`x_{i+1} = \frac{σ_{i+1}}{σ_i} x_i − α_{i+1}(e^{−h_i} − 1)(\hat x_0^{(i)} + D/2)`.
 
     The final step to t = 0 returns :math:`\hat x_0` exactly. This is the teacher sampler of the official PiD
     release (``DPMS(..., order=2, method="multistep", lower_order_final=True, solver_type="dpmsolver")``);
