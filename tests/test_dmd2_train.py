@@ -308,3 +308,23 @@ def test_missing_teacher_names_the_config_key(setup, tmp_path):
     cause = err.value if isinstance(err.value, MissingWeightsError) else err.value.__cause__
     assert isinstance(cause, MissingWeightsError), err.value  # pid.train exits 2 with this message
     assert "model.teacher_ckpt" in str(cause) and "make train exp=quickstart" in str(cause)
+
+
+def test_the_log_names_the_teacher_file_a_glob_chose(setup, caplog):
+    import logging
+    import shutil
+
+    from pid.train import build
+
+    root, out, teacher = setup
+    runs = out / "glob_runs"
+    for name in ("a", "b"):
+        (runs / name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(teacher, runs / name / "pid_decoder.safetensors")
+    newest = runs / "b" / "pid_decoder.safetensors"
+    newest.touch()
+    pattern = f"{runs}/*/pid_decoder.safetensors"
+    with caplog.at_level(logging.INFO, logger="pid.lit.distill"):
+        build(compose_train(distill_overrides(root, out, "glob", Path(pattern))))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher: ")]
+    assert lines == [f"teacher: {newest} (the newest match of model.teacher_ckpt={pattern})"]

@@ -194,6 +194,8 @@ class DMD2Module(pl.LightningModule):
         self.latent = latent.requires_grad_(False).eval()
         self.text_encoder = text_encoder.requires_grad_(False).eval() if text_encoder is not None else None
         self.teacher_path = resolve_teacher_path(teacher_ckpt)
+        log.info("teacher: %s%s", self.teacher_path, "" if str(self.teacher_path) == str(teacher_ckpt)
+                 else f" (the newest match of model.teacher_ckpt={teacher_ckpt})")
         self.teacher_config = self._load_teacher(net, self.teacher_path)
         teacher_model = (self.teacher_config or {}).get("model") or {}
         # Time shift of the re-noising times: the teacher's own training setting unless `time` overrides it.
