@@ -169,3 +169,22 @@ def test_the_former_factory_name_still_builds_the_embedded_latent(tmp_path):
     cfg = {"_target_": "pid.latents.prepare.embedded_latent", "channels": 16, "down_factor": 8,
            "path": str(tmp_path / "absent.safetensors"), "fit_if_missing": True}
     assert isinstance(instantiate(cfg), PatchPCALatent)
+
+
+def test_each_geometry_has_its_own_embedded_latent_file(images, tmp_path):
+    """latent.path names channels and down factor: changing either fits a new file instead of meeting
+    the old one (whose geometry would be refused)."""
+    from conftest import compose_train
+    from pid.latents.patch_pca import embedded_latent
+
+    paths = {}
+    for channels, down in ((16, 8), (8, 4)):
+        cfg = compose_train(["experiment=quickstart", f"latent.channels={channels}",
+                             f"latent.down_factor={down}", f"paths.data_dir={tmp_path}"])
+        paths[(channels, down)] = cfg.latent.path
+        assert cfg.latent.path == f"{tmp_path}/latents/patch_pca_{channels}x{down}_sr4.safetensors"
+    PatchPCALatent(channels=16, patch=8).fit(images).save(paths[(16, 8)])
+    other = embedded_latent(paths[(8, 4)], 8, 4, fit_if_missing=True)
+    assert (other.channels, other.down_factor) == (8, 4)
+    with pytest.raises(ValueError, match="holds a 16-channel 8× latent"):
+        embedded_latent(paths[(16, 8)], 8, 4, fit_if_missing=True)
