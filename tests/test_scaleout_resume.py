@@ -228,6 +228,25 @@ def test_nonfinite_loss_is_skipped_counted_and_stops_when_persistent(tiny_image_
     with pytest.raises(NonFiniteLossError, match="3 consecutive training steps"):
         trainer.fit(module, datamodule=dm)
 
+    # A finite loss whose gradients are infinite (as at a learning rate far too high) counts the same: the
+    # run stops after 3 in a row instead of skipping every step and exporting untrained weights.
+    cfg3 = compose_train(tiny_train_overrides(
+        tiny_image_root, tmp_path / "c", f"latent.path={tmp_path}/latent.safetensors", "trainer.max_steps=6",
+        "++trainer.limit_val_batches=0", "compare=false", "callbacks.image_grid.every_n_steps=0",
+        "callbacks.nonfinite.max_consecutive=3", "callbacks.model_checkpoint.every_n_train_steps=100"))
+    dm, module, trainer = build(cfg3)
+    finite = module.diffusion_loss
+
+    def infinite_gradient(*args, **kwargs):
+        terms = finite(*args, **kwargs)
+        w = next(module.net.parameters()).sum()
+        terms["loss"] = terms["loss"] + torch.sqrt(w - w.detach())  # value 0, gradient +inf
+        return terms
+
+    module.diffusion_loss = infinite_gradient
+    with pytest.raises(NonFiniteLossError, match="3 consecutive training steps had a non-finite gradient"):
+        trainer.fit(module, datamodule=dm)
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])

@@ -3,9 +3,10 @@
 * ``AtomicCheckpointIO``: every checkpoint is written to ``<path>.tmp-<pid>``, fsynced, then renamed over
   the target (``os.replace`` is atomic on POSIX file systems), so a run killed mid-write (SIGKILL, node
   failure, out of quota) leaves the previous ``last.ckpt`` intact, never a truncated one.
-* ``NonFiniteGuard``: a NaN/Inf loss skips the step (no backward, no weight change) and is counted
-  (``train/nonfinite_skipped``); ``max_consecutive`` bad steps in a row stop the run with a clear
-  message. Under DDP the decision is all-reduced so every rank skips together (no hang).
+* ``NonFiniteGuard``: a NaN/Inf loss skips the step (no backward, no weight change), NaN/Inf gradients
+  under a finite loss drop the update; both are counted (``train/nonfinite_skipped``), and
+  ``max_consecutive`` bad steps in a row, of either kind, stop the run with a clear message.
+  Under DDP the decision is all-reduced so every rank skips together (no hang).
   The module asks it through :func:`guard_loss` (PiDModule.training_step does).
 * ``PreemptionHandler``: SIGTERM / SIGUSR1 / SIGUSR2 (what SLURM sends before a time limit or
   preemption with ``--signal=USR1@90``; submitit uses USR2) set a flag; at the next batch boundary every
@@ -129,6 +130,7 @@ class NonFiniteGuard(pl.Callback):
         self.check_grads = check_grads
         self.skipped = 0
         self.consecutive = 0
+        self._bad_this_batch = False
 
     def state_dict(self) -> dict:
         return {"skipped": self.skipped, "consecutive": self.consecutive}
@@ -138,6 +140,7 @@ class NonFiniteGuard(pl.Callback):
         self.consecutive = int(state.get("consecutive", 0))
 
     def _bad(self, trainer: pl.Trainer, pl_module: pl.LightningModule, what: str) -> None:
+        self._bad_this_batch = True
         self.skipped += 1
         self.consecutive += 1
         log.warning("non-finite %s at step %d: step skipped (%d in a row, %d in total)", what,
@@ -155,8 +158,7 @@ class NonFiniteGuard(pl.Callback):
         if bad:
             self._bad(trainer, pl_module, "loss")
             return None
-        self.consecutive = 0
-        return loss
+        return loss  # the run of bad steps ends only when the whole step went through (on_train_batch_end)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not self.check_grads:
@@ -172,7 +174,12 @@ class NonFiniteGuard(pl.Callback):
                     p.grad = None  # AdamW skips parameters without gradients: the weights stay as they are
             self._bad(trainer, pl_module, "gradient")
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._bad_this_batch = False
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not getattr(self, "_bad_this_batch", False):
+            self.consecutive = 0  # a finite loss *and* finite gradients: the step was applied
         if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0 or self.skipped:
             pl_module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False,
                           batch_size=1, rank_zero_only=True)
