@@ -188,3 +188,27 @@ def test_each_geometry_has_its_own_embedded_latent_file(images, tmp_path):
     assert (other.channels, other.down_factor) == (8, 4)
     with pytest.raises(ValueError, match="holds a 16-channel 8× latent"):
         embedded_latent(paths[(16, 8)], 8, 4, fit_if_missing=True)
+
+
+def test_latent_fit_passes_over_files_that_cannot_be_decoded(tmp_path, caplog):
+    """The fit reads the training folder as the loader does: a text file named .png and a JPEG cut off
+    halfway are named in a warning and left out; the fit uses the real images."""
+    import io
+    import logging
+
+    from PIL import Image
+
+    from pid.latents.patch_pca import lq_training_images
+
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(skd, name)()).save(tmp_path / f"{name}.png")
+    (tmp_path / "fake.png").write_text("not an image")
+    buf = io.BytesIO()
+    Image.fromarray(skd.chelsea()).save(buf, format="JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with caplog.at_level(logging.WARNING, logger="pid.latents.patch_pca"):
+        images = list(lq_training_images(tmp_path, 4))
+    assert len(images) == 2 and all(img.shape[0] == 3 for img in images)
+    passed_over = " ".join(r.getMessage() for r in caplog.records)
+    assert "fake.png" in passed_over and "cut.jpg" in passed_over
+    assert PatchPCALatent(channels=16, patch=8).fit(images).fitted

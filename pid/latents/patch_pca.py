@@ -285,11 +285,20 @@ def embedded_latent(path: str, channels: int, down_factor: int, fit_if_missing: 
 
 
 def lq_training_images(folder: Path, sr_scale: int):
-    """The training images as the encoder sees them: bicubic antialiased ↓sr_scale, in [-1, 1]."""
+    """The training images as the encoder sees them: bicubic antialiased ↓sr_scale, in [-1, 1].
+
+    Files that cannot be decoded (corrupt, truncated, not an image) are passed over with a warning naming
+    each, as the training loader passes them over; the fit uses the rest."""
     from pid.data.io import list_image_files, load_rgb
 
     for file in list_image_files(folder):
-        img = torch.from_numpy(load_rgb(file)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        try:
+            pixels = load_rgb(file)
+        except Exception as e:  # noqa: BLE001 - PIL raises several types for broken files
+            log.warning("latent fit: passed over %s, which cannot be decoded (%s: %s)", file,
+                        type(e).__name__, e)
+            continue
+        img = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         h, w = img.shape[-2] // sr_scale, img.shape[-1] // sr_scale
         if min(h, w) >= 16:
             yield F.interpolate(img, size=(h, w), mode="bicubic", antialias=True).clamp(-1, 1)[0]
