@@ -74,6 +74,7 @@ def train(cfg: DictConfig) -> dict:
     # Auto-resume (resume=auto): may point cfg.paths.output_dir at the earlier run of this experiment.
     ckpt_path = prepare_run(cfg) if cfg.train else cfg.get("ckpt_path")
     datamodule, model, trainer = build(cfg)
+    check_compare_options(cfg, model)
     if trainer.is_global_zero and not trainer.fast_dev_run:
         save_resolved_config(model.run_config, cfg.paths.output_dir)
     if cfg.train:
@@ -104,14 +105,40 @@ def train(cfg: DictConfig) -> dict:
             log.info("held-out comparison skipped under FSDP (the model is sharded across ranks): "
                      "`make eval ckpt=%s`", path)
         elif cfg.compare:
-            from pid.eval.heldout import compare_on_heldout
-
-            kwargs = dict(ema=find_ema(trainer), out_dir=cfg.paths.output_dir,
-                          **(cfg.get("compare_options") or {}))
-            own = getattr(model, "compare_on_heldout", None)  # a module may bring its own report (DMD2)
-            metrics.update(own(datamodule, **kwargs) if own is not None else
-                           compare_on_heldout(model, datamodule, **kwargs))
+            metrics.update(heldout_comparison(model)(model, datamodule, ema=find_ema(trainer),
+                                                     out_dir=cfg.paths.output_dir,
+                                                     **(cfg.get("compare_options") or {})))
     return metrics
+
+
+def heldout_comparison(model):
+    """The held-out comparison run after training: the module's own (``heldout_comparison()``, e.g. DMD2's
+    student vs teacher) or :func:`pid.eval.heldout.compare_on_heldout`."""
+    from pid.eval.heldout import compare_on_heldout
+
+    own = getattr(model, "heldout_comparison", None)
+    return own() if own is not None else compare_on_heldout
+
+
+def check_compare_options(cfg: DictConfig, model) -> None:
+    """Refuse ``compare_options`` keys the comparison does not take before training, not after it.
+
+    Raises:
+        PiDConfigError: naming the unknown keys and the accepted ones.
+    """
+    import inspect
+
+    if not cfg.get("compare") or not cfg.get("train", True):
+        return
+    options = dict(cfg.get("compare_options") or {})
+    params = inspect.signature(heldout_comparison(model)).parameters
+    fixed = {"module", "datamodule", "ema", "out_dir", "extractor"}
+    accepted = [name for name in params if name not in fixed]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise PiDConfigError(f"compare_options.{unknown[0]} is not an option of the held-out comparison "
+                             f"(unknown: {', '.join(unknown)}); it takes {', '.join(accepted)} "
+                             "(or set compare=false)")
 
 
 def finish_wandb() -> None:

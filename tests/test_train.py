@@ -179,3 +179,26 @@ def test_export_config_describes_the_network_as_built(tmp_path):
     with pytest.raises(PiDConfigError, match="does not describe the trained network"):
         export_decoder(module, tmp_path / "other.safetensors")
     assert not (tmp_path / "other.safetensors").exists()
+
+
+def test_unknown_compare_options_are_refused_before_training():
+    """A misspelt compare_options key stops the run at start, naming the accepted keys, instead of after
+    the whole training run; each module's own comparison decides what it takes."""
+    from types import SimpleNamespace
+
+    from conftest import compose_train
+    from pid.lit.distill import DMD2Module
+    from pid.train import check_compare_options
+    from pid.utils.errors import PiDConfigError
+
+    teacher = SimpleNamespace()
+    check_compare_options(compose_train(["experiment=quickstart", "compare_options.max_crops=4"]), teacher)
+    with pytest.raises(PiDConfigError, match=r"compare_options.num_crops is not an option.*max_crops"):
+        check_compare_options(compose_train(["experiment=quickstart", "+compare_options.num_crops=4"]),
+                              teacher)
+    check_compare_options(compose_train(["experiment=quickstart", "+compare_options.num_crops=4",
+                                         "compare=false"]), teacher)
+    dmd2 = ["experiment=quickstart_dmd2", "model.teacher_ckpt=unused"]
+    check_compare_options(compose_train([*dmd2, "+compare_options.student_steps=2"]), DMD2Module)
+    with pytest.raises(PiDConfigError, match=r"compare_options.sigmas .*student_steps"):
+        check_compare_options(compose_train([*dmd2, "+compare_options.sigmas=[0]"]), DMD2Module)

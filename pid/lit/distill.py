@@ -452,12 +452,13 @@ class DMD2Module(pl.LightningModule):
     def teacher_full_steps(self) -> int:
         return int(self._teacher_sampling()["num_steps"])
 
-    def compare_on_heldout(self, datamodule, ema=None, out_dir: str | Path = ".",
-                           **options) -> dict[str, float]:
-        """Hook used by `pid.train`: 4-step student vs teacher at 4 steps vs teacher at full steps."""
+    @staticmethod
+    def heldout_comparison():
+        """Hook used by `pid.train`: the held-out comparison of a distillation run, 4-step student vs
+        teacher at 4 steps vs teacher at full steps (``compare_options`` are its keyword arguments)."""
         from pid.lit.distill_compare import compare_student_teacher
 
-        return compare_student_teacher(self, datamodule, ema=ema, out_dir=out_dir, **options)
+        return compare_student_teacher
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
