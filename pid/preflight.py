@@ -22,7 +22,7 @@ def check_latent_geometry(cfg: DictConfig) -> None:
     sr, patch = cfg.get("sr_scale"), net.get("patch_size")
     if down is None or sr is None:
         return
-    name = latent.get("name") or "the latent"
+    name = latent.get("name") or str(latent.get("_target_", "?")).rsplit(".", 1)[-1]  # no name: its factory
     packing = int(latent.get("packing") or 1)
     if down % packing or (channels is not None and channels % (packing * packing)):
         raise PiDConfigError(f"latent {name}: packing={packing} must divide down_factor={down} and packing² "
@@ -40,8 +40,17 @@ def check_latent_geometry(cfg: DictConfig) -> None:
     if isinstance(crop, int) and crop % (int(sr) * int(down)):
         raise PiDConfigError(
             f"data.crop_size={crop} with sr_scale={sr} gives a {crop / int(sr):g}-pixel low-res image, "
-            f"which is not a multiple of latent {name}'s down factor {down}: use a crop size that is a "
+            f"which is not a multiple of the latent's down factor {down} ({name}): use a crop size that is a "
             f"multiple of {int(sr) * int(down)}")
+    buckets = OmegaConf.select(cfg, "data.buckets", default=None) or {}
+    multiple = buckets.get("multiple")
+    square = buckets.get("kind", "single") == "square"
+    if isinstance(multiple, int) and not square and multiple % (int(sr) * int(down)):
+        raise PiDConfigError(
+            f"data.buckets.multiple={multiple}: the aspect-ratio buckets have sides that are multiples of "
+            f"{multiple} pixels, but with sr_scale={sr} the low-res image must be a multiple of the latent's "
+            f"down factor {down} ({name}): set data.buckets.multiple to a multiple of {int(sr) * int(down)} "
+            "(or data.buckets.kind=square)")
 
 
 def _present(value) -> bool:

@@ -28,7 +28,8 @@ LATENTS = {
 def test_latent_choice_aligns_the_adapter_for_every_sr_scale(name):
     channels, down, unpack = LATENTS[name]
     cfg = compose_train(
-        ["experiment=quickstart", f"latent={name}", "data.crop_size=256", "paths.output_dir=/tmp/out"]
+        ["experiment=quickstart", f"latent={name}", "data.crop_size=256", "data.buckets.multiple=128",
+         "paths.output_dir=/tmp/out"]
     )
     for sr in (2, 4, 8):
         cfg.sr_scale = sr  # everything downstream is interpolated from it
@@ -59,6 +60,9 @@ def test_latent_choice_aligns_the_adapter_for_every_sr_scale(name):
         (["latent=sdxl", "sr_scale=6"], "power of two"),
         (["latent=flux2", "sr_scale=8", "data.crop_size=192"], "multiple of 128"),
         (["latent=flux1", "model.net.patch_size=24"], "patch_size=24"),
+        (["data.crop_size=100"], r"not a multiple of the latent's down factor 8 \(embedded_latent\)"),
+        (["latent.down_factor=16"], r"data.buckets.multiple=32: .* set data.buckets.multiple to a multiple "
+                                    "of 64"),
     ],
 )
 def test_impossible_combinations_fail_at_config_time(overrides, why):
