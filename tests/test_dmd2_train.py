@@ -328,3 +328,38 @@ def test_the_log_names_the_teacher_file_a_glob_chose(setup, caplog):
         build(compose_train(distill_overrides(root, out, "glob", Path(pattern))))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher: ")]
     assert lines == [f"teacher: {newest} (the newest match of model.teacher_ckpt={pattern})"]
+
+
+def test_teacher_of_another_latent_geometry_or_a_run_folder(setup, tmp_path):
+    """A teacher whose run config names another latent geometry is refused before any weight is loaded,
+    with the overrides that fit it; a run folder stands for its export; a text file is named as such."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from pid.train import build
+    from pid.utils.errors import PiDConfigError
+
+    root, out, teacher = setup
+    with safe_open(str(teacher), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(meta["config"])
+    config["latent"]["down_factor"] = 4
+    other = tmp_path / "other" / "pid_decoder.safetensors"
+    other.parent.mkdir()
+    save_file(tensors, str(other), metadata={**meta, "config": json.dumps(config)})
+    with pytest.raises(Exception) as err:
+        build(compose_train(distill_overrides(root, out, "geom", other)))
+    cause = err.value if isinstance(err.value, PiDConfigError) else err.value.__cause__
+    assert isinstance(cause, PiDConfigError), err.value
+    assert "down_factor 4" in str(cause) and "latent.channels=16 latent.down_factor=4" in str(cause)
+
+    _, module, _ = build(compose_train(distill_overrides(root, out, "folder", teacher.parent)))
+    assert module.teacher_path == teacher
+
+    (tmp_path / "notes.txt").write_text("a text file")
+    with pytest.raises(Exception) as err:
+        build(compose_train(distill_overrides(root, out, "txt", tmp_path / "notes.txt")))
+    cause = err.value if isinstance(err.value, PiDConfigError) else err.value.__cause__
+    assert "is not a weights file" in str(cause) and "b'a text f" in str(cause)

@@ -212,3 +212,16 @@ def test_latent_fit_passes_over_files_that_cannot_be_decoded(tmp_path, caplog):
     passed_over = " ".join(r.getMessage() for r in caplog.records)
     assert "fake.png" in passed_over and "cut.jpg" in passed_over
     assert PatchPCALatent(channels=16, patch=8).fit(images).fitted
+
+
+def test_latent_path_that_is_a_folder_or_not_safetensors_is_refused_clearly(tmp_path):
+    from pid.latents.patch_pca import embedded_latent
+    from pid.utils.errors import PiDConfigError
+
+    with pytest.raises(PiDConfigError, match="is a folder: give the .safetensors file"):
+        embedded_latent(str(tmp_path), 16, 8, fit_if_missing=True)
+    assert [p.name for p in tmp_path.iterdir()] == [], "nothing is written beside it"
+    text = tmp_path / "README.md"
+    text.write_text("# not a latent\n" * 50)
+    with pytest.raises(PiDConfigError, match="cannot be read as a .safetensors file"):
+        embedded_latent(str(text), 16, 8, fit_if_missing=True)

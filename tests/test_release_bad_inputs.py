@@ -81,6 +81,8 @@ def test_unreadable_files_give_one_clear_error(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file at all")
     with pytest.raises(PiDConfigError, match="weights-only torch file"):
         read_latent(tmp_path / "junk.pt")
+    with pytest.raises(PiDConfigError, match=r"junk.pt is not a weights file: .* starts with b'not a to"):
+        read_weights(tmp_path / "junk.pt")
 
 
 def test_a_file_of_another_model_is_refused_before_the_network_is_allocated(monkeypatch):

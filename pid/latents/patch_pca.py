@@ -248,9 +248,18 @@ class PatchPCALatent(LatentSpace):
         """
         from safetensors import safe_open
 
+        if path is not None and Path(path).is_dir():
+            raise PiDConfigError(f"latent.path='{path}' is a folder: give the .safetensors file of the "
+                                 "fitted latent (a missing one is fitted and written there), e.g. "
+                                 f"{Path(path) / 'patch_pca.safetensors'}")
         if path is None or not Path(path).is_file():
             raise _missing_file(path)
-        with safe_open(str(path), framework="pt") as f:
+        try:
+            handle = safe_open(str(path), framework="pt")
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise PiDConfigError(f"latent.path='{path}' cannot be read as a .safetensors file ({err}): give "
+                                 "a file written by PatchPCALatent.save, or a new path to fit one") from err
+        with handle as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
                 raise PiDConfigError(
@@ -272,8 +281,8 @@ def embedded_latent(path: str, channels: int, down_factor: int, fit_if_missing: 
     """The embedded default latent space (conf/latent/patch_pca.yaml): read from ``path`` when the file
     exists, else unfitted, to be fitted by :meth:`PatchPCALatent.prepare` (when ``fit_if_missing``) or
     filled from a checkpoint that carries it. Building it never fits it and never needs the file."""
-    if Path(path).is_file():
-        latent = PatchPCALatent.from_file(path)
+    if Path(path).exists():
+        latent = PatchPCALatent.from_file(path)  # a folder or an unreadable file: refused with the reason
         if (latent.channels, latent.down_factor) != (channels, down_factor):
             raise ValueError(f"latent.path={path} holds a {latent.channels}-channel {latent.down_factor}× "
                              f"latent, but the config asks for latent.channels={channels}, "

@@ -76,9 +76,11 @@ def resolve_teacher_path(value: str | os.PathLike | None, config_key: str = "mod
                        "logs/quickstart/runs/<time>/pid_decoder.safetensors)", path=text)
         return Path(matches[-1])
     path = Path(text)
-    if not path.is_file():
+    if path.is_dir() and (path / "pid_decoder.safetensors").is_file():
+        return path / "pid_decoder.safetensors"  # a run folder of `pid.train`: its export
+    if not path.exists():
         raise MissingWeightsError("PiD teacher", config_key, _TEACHER_FILES, path=path)
-    return path
+    return path  # a file, or a folder pid.weights reads (an official DCP checkpoint) or refuses with why
 
 
 class DMD2Module(pl.LightningModule):
@@ -215,11 +217,26 @@ class DMD2Module(pl.LightningModule):
         from pid.weights import load_weights, read_weights
 
         wf = read_weights(path)
+        self._check_teacher_latent(path, wf.config or {})
         load_weights(net, wf, weights="ema", allow=("unused-aux-head",), config_key="model.teacher_ckpt")
         latent_state = wf.groups.get("latent")
         if latent_state and getattr(self.latent, "store_in_checkpoint", False):
             self.latent.load_state_dict(latent_state, strict=True)  # the latent the teacher was trained on
         return wf.config or {}
+
+    def _check_teacher_latent(self, path: Path, config: dict) -> None:
+        """A teacher trained on another latent geometry (its run config says) is refused, naming the fix."""
+        theirs = config.get("latent") or {}
+        keys = [k for k in ("channels", "down_factor") if k in theirs]
+        ours = {k: getattr(self.latent, k, None) for k in keys}
+        differ = [k for k in keys if ours[k] is not None and int(theirs[k]) != int(ours[k])]
+        if differ:
+            fix = " ".join(f"latent.{k}={theirs[k]}" for k in keys)
+            have = ", ".join(f"{k} {ours[k]}" for k in differ)
+            want = ", ".join(f"{k} {theirs[k]}" for k in differ)
+            raise PiDConfigError(
+                f"model.teacher_ckpt={path} was trained on a latent with {want}, but this run's latent has "
+                f"{have}: distil it with `{fix}`, or pick a teacher trained on this latent")
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -76,6 +76,15 @@ def read_weights(path: str | Path) -> WeightsFile:
         raise FileNotFoundError(f"no weights file or DCP folder at {path}")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # torch.save files are zip archives (since torch 1.6)
+        with open(path, "rb") as f:
+            head = f.read(8)
+        raise PiDConfigError(
+            f"{path} is not a weights file: a .safetensors file or a torch.save archive (.pth, .pt, .ckpt) "
+            f"was expected, and it is neither (it starts with {head!r}; a partly copied or downloaded file, "
+            "or another kind of file?)")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 — a pickle that needs code, a truncated file, ...
