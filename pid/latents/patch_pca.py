@@ -283,6 +283,8 @@ def embedded_latent(path: str, channels: int, down_factor: int, fit_if_missing: 
     filled from a checkpoint that carries it. Building it never fits it and never needs the file."""
     if Path(path).exists():
         latent = PatchPCALatent.from_file(path)  # a folder or an unreadable file: refused with the reason
+        log.info("embedded latent: %s (fitted earlier on %d patches; delete it, or set latent.path to a new "
+                 "file, to fit it on other training images)", path, latent.n_patches)
         if (latent.channels, latent.down_factor) != (channels, down_factor):
             raise ValueError(f"latent.path={path} holds a {latent.channels}-channel {latent.down_factor}× "
                              f"latent, but the config asks for latent.channels={channels}, "
