@@ -89,6 +89,10 @@ def train(cfg: DictConfig) -> dict:
     if cfg.train and not trainer.fast_dev_run and trainer.is_global_zero and finished:
         mark_complete(cfg.paths.output_dir, trainer.global_step)
 
+    if cfg.train and not trainer.fast_dev_run and trainer.global_step == 0:
+        log.warning("no training step ran (trainer.max_steps=%s): nothing is exported or compared, so an "
+                    "untrained decoder cannot pass for this run's result", cfg.trainer.get("max_steps"))
+        return metrics
     sharded = fsdp_root(trainer) is not None
     if cfg.train and not trainer.fast_dev_run and sharded:
         # FSDP: every rank holds a shard; gather the (EMA) weights on all ranks, rank 0 writes them.

@@ -29,3 +29,17 @@ def test_progress_lines_every_period_with_eta_when_stdout_is_not_a_terminal(caps
     assert lines[1].startswith("step 60/100 (60%) | 1.08 s/step | elapsed 1:05 | ETA 0:43")
     assert lines[2].startswith("step 100/100 (100%)") and lines[2].endswith("| done")
     assert len(lines) == 3
+
+
+def test_a_run_that_ends_before_max_steps_says_stopped_not_done(capsys):
+    """A preempted or signalled run ends short of max_steps: its last line must not claim it is done."""
+    trainer = SimpleNamespace(global_step=0, max_steps=100, is_global_zero=True, sanity_checking=False,
+                              precision="32-true", callback_metrics={})
+    module = SimpleNamespace(device=torch.device("cpu"))
+    cb = StepProgress(every_s=30, bar="never")
+    cb._trainer = trainer
+    cb.on_train_start(trainer, module)
+    trainer.global_step = 23
+    cb.on_train_end(trainer, module)
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("step 23/100 (23%)") and last.endswith("| stopped"), last

@@ -202,3 +202,19 @@ def test_unknown_compare_options_are_refused_before_training():
     check_compare_options(compose_train([*dmd2, "+compare_options.student_steps=2"]), DMD2Module)
     with pytest.raises(PiDConfigError, match=r"compare_options.sigmas .*student_steps"):
         check_compare_options(compose_train([*dmd2, "+compare_options.sigmas=[0]"]), DMD2Module)
+
+
+def test_a_run_with_no_training_step_exports_nothing(tiny_image_root, tmp_path, caplog):
+    """trainer.max_steps=0 trains nothing: no pid_decoder.safetensors appears that a later glob (DMD2's
+    teacher, make eval) would take for a trained decoder."""
+    import logging
+
+    from pid.train import train
+
+    cfg = compose_train(tiny_train_overrides(
+        tiny_image_root, tmp_path, "logger=none", "trainer.max_steps=0", "++trainer.limit_val_batches=0",
+        "callbacks.image_grid.every_n_steps=0"))
+    with caplog.at_level(logging.WARNING, logger="pid.train"):
+        train(cfg)
+    assert not list(tmp_path.rglob("pid_decoder.safetensors"))
+    assert any("no training step ran" in r.getMessage() for r in caplog.records)

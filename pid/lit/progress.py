@@ -136,4 +136,6 @@ class StepProgress(ProgressBar):
             self._bar.close()
             self._bar = None
         if self.is_enabled:
-            print(self.line(trainer) + " | done", flush=True)
+            max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+            stopped = max_steps is not None and trainer.global_step < max_steps
+            print(self.line(trainer) + (" | stopped" if stopped else " | done"), flush=True)
