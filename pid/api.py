@@ -211,12 +211,11 @@ def export_decoder(module, path: str | Path, ema=None,
         net_state = averaged_net_state(None, module, ema)
     carried = getattr(module.latent, "store_in_checkpoint", False)
     latent_state = module.latent.state_dict() if carried else None
-    config = exported_config(module.run_config or {}, module.net, net_state, path)
+    config = exported_config(module.run_config or {}, net_state, path)
     return write_export(path, net_state, config, module.sr_scale, latent_state, ema=ema is not None)
 
 
-def exported_config(run_config: dict, net: nn.Module, net_state: dict[str, torch.Tensor],
-                    path: str | Path) -> dict:
+def exported_config(run_config: dict, net_state: dict[str, torch.Tensor], path: str | Path) -> dict:
     """The run's config with ``model.net`` describing the network as built, checked against its weights.
 
     A module may drop a training-only part after its config was composed (distillation drops the adapter's
@@ -231,10 +230,7 @@ def exported_config(run_config: dict, net: nn.Module, net_state: dict[str, torch
     net_cfg = (config.get("model") or {}).get("net")
     if not isinstance(net_cfg, dict) or "_target_" not in net_cfg:
         return config
-    adapter_cfg = net_cfg.get("adapter")
-    adapter = getattr(net, "adapter", None)
-    if isinstance(adapter_cfg, dict) and adapter is not None:
-        adapter_cfg["aux_rgb_head"] = getattr(adapter, "aux_rgb_head", None) is not None
+    net_cfg = config["model"]["net"] = net_config_for_weights(net_cfg, net_state)
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in instantiate(net_cfg).state_dict().items()}
     differ = sorted(k for k in shapes.keys() | net_state.keys()
@@ -247,19 +243,19 @@ def exported_config(run_config: dict, net: nn.Module, net_state: dict[str, torch
     return config
 
 
-def net_config_of_file(config: dict, wf) -> dict:
-    """``model.net`` of a project file's config, without the aux RGB head when the file has none.
+def net_config_for_weights(net_cfg: dict, tensor_names) -> dict:
+    """A copy of ``model.net`` whose adapter has the aux RGB head exactly when the weights do.
 
     The head is training-only (decoding never runs it) and distillation drops it after the config was
-    composed, so checkpoints of distillation runs hold no aux head while their config still names one.
+    composed, so exports and checkpoints of distillation runs hold no aux head while their run config still
+    names one. ``tensor_names``: the weights' tensor names (a state dict's keys).
     """
     import copy
 
-    net_cfg = copy.deepcopy(dict(config["model"]["net"]))
+    net_cfg = copy.deepcopy(dict(net_cfg))
     adapter_cfg = net_cfg.get("adapter")
-    has_head = any("aux_rgb_head." in k for group in wf.groups.values() for k in group)
-    if isinstance(adapter_cfg, dict) and adapter_cfg.get("aux_rgb_head") and not has_head:
-        net_cfg["adapter"] = {**adapter_cfg, "aux_rgb_head": False}
+    if isinstance(adapter_cfg, dict):
+        net_cfg["adapter"] = {**adapter_cfg, "aux_rgb_head": any("aux_rgb_head." in k for k in tensor_names)}
     return net_cfg
 
 
@@ -305,7 +301,8 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
         config = wf.config
         from hydra.utils import instantiate
 
-        net = instantiate(net_config_of_file(config, wf))
+        net = instantiate(net_config_for_weights(config["model"]["net"],
+                                                 [k for group in wf.groups.values() for k in group]))
         load_weights(net, wf, weights=weights, config_key="ckpt")
         if latent is None:
             latent = _latent_for(dict(config["latent"]), build=build_latent)

@@ -212,40 +212,35 @@ def test_nonfinite_loss_is_skipped_counted_and_stops_when_persistent(tiny_image_
     assert all(torch.isfinite(v).all() for v in find_ema(trainer).shadow.values())
     assert trainer.callback_metrics["train/nonfinite_skipped"] == 2
 
-    cfg2 = compose_train(tiny_train_overrides(
-        tiny_image_root, tmp_path / "b", f"latent.path={tmp_path}/latent.safetensors", "trainer.max_steps=6",
-        "++trainer.limit_val_batches=0", "compare=false", "callbacks.image_grid.every_n_steps=0",
-        "callbacks.nonfinite.max_consecutive=3", "callbacks.model_checkpoint.every_n_train_steps=100"))
-    dm, module, trainer = build(cfg2)
-    always = module.diffusion_loss
+    def fit_with_every_loss(folder: str, change) -> None:
+        """A 6-step run (3 bad steps in a row stop it); every loss goes through ``change(loss, module)``."""
+        cfg = compose_train(tiny_train_overrides(
+            tiny_image_root, tmp_path / folder, f"latent.path={tmp_path}/latent.safetensors",
+            "trainer.max_steps=6", "++trainer.limit_val_batches=0", "compare=false",
+            "callbacks.image_grid.every_n_steps=0", "callbacks.nonfinite.max_consecutive=3",
+            "callbacks.model_checkpoint.every_n_train_steps=100"))
+        dm, module, trainer = build(cfg)
+        plain = module.diffusion_loss
 
-    def broken(*args, **kwargs):
-        terms = always(*args, **kwargs)
-        terms["loss"] = terms["loss"] + float("inf")
-        return terms
+        def changed(*args, **kwargs):
+            terms = plain(*args, **kwargs)
+            terms["loss"] = change(terms["loss"], module)
+            return terms
 
-    module.diffusion_loss = broken
-    with pytest.raises(NonFiniteLossError, match="3 consecutive training steps"):
+        module.diffusion_loss = changed
         trainer.fit(module, datamodule=dm)
+
+    with pytest.raises(NonFiniteLossError, match="3 consecutive training steps"):
+        fit_with_every_loss("b", lambda loss, module: loss + float("inf"))
 
     # A finite loss whose gradients are infinite (as at a learning rate far too high) counts the same: the
     # run stops after 3 in a row instead of skipping every step and exporting untrained weights.
-    cfg3 = compose_train(tiny_train_overrides(
-        tiny_image_root, tmp_path / "c", f"latent.path={tmp_path}/latent.safetensors", "trainer.max_steps=6",
-        "++trainer.limit_val_batches=0", "compare=false", "callbacks.image_grid.every_n_steps=0",
-        "callbacks.nonfinite.max_consecutive=3", "callbacks.model_checkpoint.every_n_train_steps=100"))
-    dm, module, trainer = build(cfg3)
-    finite = module.diffusion_loss
-
-    def infinite_gradient(*args, **kwargs):
-        terms = finite(*args, **kwargs)
+    def infinite_gradient(loss, module):
         w = next(module.net.parameters()).sum()
-        terms["loss"] = terms["loss"] + torch.sqrt(w - w.detach())  # value 0, gradient +inf
-        return terms
+        return loss + torch.sqrt(w - w.detach())  # value 0, gradient +inf
 
-    module.diffusion_loss = infinite_gradient
     with pytest.raises(NonFiniteLossError, match="3 consecutive training steps had a non-finite gradient"):
-        trainer.fit(module, datamodule=dm)
+        fit_with_every_loss("c", infinite_gradient)
 
 
 @pytest.mark.slow

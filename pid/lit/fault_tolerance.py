@@ -178,7 +178,7 @@ class NonFiniteGuard(pl.Callback):
         self._bad_this_batch = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not getattr(self, "_bad_this_batch", False):
+        if not self._bad_this_batch:
             self.consecutive = 0  # a finite loss *and* finite gradients: the step was applied
         if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0 or self.skipped:
             pl_module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False,

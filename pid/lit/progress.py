@@ -136,6 +136,5 @@ class StepProgress(ProgressBar):
             self._bar.close()
             self._bar = None
         if self.is_enabled:
-            max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-            stopped = max_steps is not None and trainer.global_step < max_steps
+            stopped = trainer.global_step < (trainer.max_steps or -1)  # max_steps -1: no limit
             print(self.line(trainer) + (" | stopped" if stopped else " | done"), flush=True)
