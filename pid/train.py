@@ -143,6 +143,14 @@ def check_compare_options(cfg: DictConfig, model) -> None:
         raise PiDConfigError(f"compare_options.{unknown[0]} is not an option of the held-out comparison "
                              f"(unknown: {', '.join(unknown)}); it takes {', '.join(accepted)} "
                              "(or set compare=false)")
+    if options.get("sigmas") is not None:
+        from pid.api import check_sigma
+
+        sigmas = list(options["sigmas"])
+        try:
+            check_sigma(sigmas, len(sigmas), "train")  # the rule every decode applies
+        except ValueError as err:
+            raise PiDConfigError(f"compare_options.sigmas={sigmas}: {err}") from None
 
 
 def finish_wandb() -> None:

@@ -202,6 +202,10 @@ def test_unknown_compare_options_are_refused_before_training():
     check_compare_options(compose_train([*dmd2, "+compare_options.student_steps=2"]), DMD2Module)
     with pytest.raises(PiDConfigError, match=r"compare_options.sigmas .*student_steps"):
         check_compare_options(compose_train([*dmd2, "+compare_options.sigmas=[0]"]), DMD2Module)
+    for sigmas in ("[0,1.5]", "[-0.1]"):
+        with pytest.raises(PiDConfigError, match=r"compare_options.sigmas=.*must be in \[0, 1\]"):
+            cfg = compose_train(["experiment=quickstart", f"compare_options.sigmas={sigmas}"])
+            check_compare_options(cfg, teacher)
 
 
 def test_a_run_with_no_training_step_exports_nothing(tiny_image_root, tmp_path, caplog):
