@@ -94,7 +94,79 @@ def check_mandatory_values(cfg: DictConfig) -> None:
                              + "  (e.g. " + " ".join(f"{k}=..." for k in missing) + ")")
 
 
+# Numeric settings and the values they may take, by the key's last name and the subtree it lives in: a
+# learning rate of -1 or a batch size of 0 would otherwise surface as an error of torch or Lightning that
+# does not name the key. (name, subtree, kind, low, high, what it is); kind: "int" | "float".
+_RANGES = (
+    ("lr", "model", "float", 0, None, "a learning rate"),
+    ("weight_decay", "model", "float", 0.0, None, "a weight decay"),
+    ("latent_dropout", "model", "float", 0.0, 1.0, "a probability"),
+    ("caption_dropout", "model", "float", 0.0, 1.0, "a probability"),
+    ("min_lr_ratio", "model", "float", 0.0, 1.0, "a fraction of the learning rate"),
+    ("warmup_steps", "model", "int", 0, None, "a number of steps"),
+    ("num_steps", "model", "int", 1, None, "a number of sampler steps"),
+    ("batch_size", "data", "int", 1, None, "a number of samples"),
+    ("num_workers", "data", "int", 0, None, "a number of loader processes"),
+    ("crop_size", "data", "int", 1, None, "a side in pixels"),
+    ("sr_scale", "", "int", 1, None, "a scale factor"),
+    ("max_steps", "trainer", "int", -1, None, "a number of steps (-1: no limit)"),
+    ("accumulate_grad_batches", "trainer", "int", 1, None, "a number of batches"),
+    ("gradient_clip_val", "trainer", "float", 0.0, None, "a gradient norm"),
+    ("decay", "callbacks.ema", "float", 0.0, 1.0, "an EMA decay"),
+)
+
+
+def _leaves(node, prefix: str = "", parent: str = ""):
+    """(dotted path, names) of every leaf under ``node`` (a plain container), lists excluded; names are the
+    leaf's key and its parent's (a per-network value such as ``warmup_steps.student`` obeys
+    ``warmup_steps``'s range)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict):
+                yield from _leaves(value, path, str(key))
+            else:
+                yield path, (str(key), parent)
+
+
+def check_value_ranges(cfg: DictConfig) -> None:
+    """Numeric settings must be numbers in their range (``_RANGES``), e.g. ``model.optimizer.lr`` > 0,
+    ``data.batch_size`` ≥ 1, ``model.latent_dropout`` in [0, 1]; ``null`` is left to the code that reads it.
+
+    Raises:
+        PiDConfigError: naming every key out of range, its value and the range.
+    """
+    tree = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
+    tree.pop("hydra", None)
+    problems = []
+    for path, names in _leaves(tree):
+        for name, subtree, kind, low, high, what in _RANGES:
+            if name not in names or not (path == name if not subtree else path.startswith(subtree + ".")):
+                continue
+            try:
+                value = OmegaConf.select(cfg, path, throw_on_missing=False)
+            except Exception:  # an interpolation that cannot resolve yet is reported where it is read
+                break
+            if value is None or value == "???":
+                break
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if kind == "int" and not (numeric and float(value).is_integer()):
+                problems.append(f"{path}={value!r} must be a whole number ({what})")
+            elif not numeric:
+                problems.append(f"{path}={value!r} must be a number ({what})")
+            elif name == "lr" and value <= 0:
+                problems.append(f"{path}={value!r} must be > 0 ({what})")
+            elif (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+                problems.append(f"{path}={value!r} must be {bounds} ({what})")
+            break
+    if problems:
+        raise PiDConfigError("Config values out of range:\n  " + "\n  ".join(problems)
+                             + "\nSet them on the command line, e.g. " + problems[0].split("=", 1)[0] + "=...")
+
+
 def check_config(cfg: DictConfig) -> None:
     """All checks that need nothing but the config."""
+    check_value_ranges(cfg)
     check_required_weights(cfg)
     check_mandatory_values(cfg)

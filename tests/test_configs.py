@@ -63,3 +63,35 @@ def test_paper_experiments_build_the_paper_network_on_meta(experiment, sr):
     backbone = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("adapter."))
     assert 1.17e9 <= backbone <= 1.43e9
     assert set(cfg.required_weights) == {"model.init_from", "latent.path", "text.path"}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_passes_the_value_range_check(experiment):
+    from pid.preflight import check_value_ranges
+
+    check_value_ranges(compose_train([f"experiment={experiment}", "paths.output_dir=/tmp/out"]))
+
+
+@pytest.mark.parametrize("experiment, override, message", [
+    ("quickstart", "model.optimizer.lr=-1", "model.optimizer.lr=-1 must be > 0"),
+    ("quickstart", "model.optimizer.lr=0", "model.optimizer.lr=0 must be > 0"),
+    ("quickstart", "model.optimizer.lr=abc", "model.optimizer.lr='abc' must be a number"),
+    ("quickstart", "data.batch_size=-1", "data.batch_size=-1 must be >= 1"),
+    ("quickstart", "data.batch_size=2.5", "data.batch_size=2.5 must be a whole number"),
+    ("quickstart", "data.num_workers=-2", "data.num_workers=-2 must be >= 0"),
+    ("quickstart", "model.latent_dropout=1.5", "model.latent_dropout=1.5 must be in [0.0, 1.0]"),
+    ("quickstart", "model.sampling.num_steps=0", "model.sampling.num_steps=0 must be >= 1"),
+    ("quickstart", "trainer.max_steps=-5", "trainer.max_steps=-5 must be >= -1"),
+    ("quickstart", "callbacks.ema.decay=1.5", "callbacks.ema.decay=1.5 must be in [0.0, 1.0]"),
+    ("quickstart", "sr_scale=0", "sr_scale=0 must be >= 1"),
+    ("quickstart_dmd2", "model.student_optimizer.lr=-1e-5", "model.student_optimizer.lr=-1e-05 must be > 0"),
+    ("quickstart_dmd2", "model.warmup_steps.student=-3", "model.warmup_steps.student=-3 must be >= 0"),
+])
+def test_values_out_of_range_are_refused_naming_the_key(experiment, override, message):
+    from pid.preflight import check_config
+    from pid.utils.errors import PiDConfigError
+
+    cfg = compose_train([f"experiment={experiment}", "paths.output_dir=/tmp/out", override])
+    with pytest.raises(PiDConfigError) as err:
+        check_config(cfg)
+    assert message in str(err.value)
