@@ -161,8 +161,9 @@ def check_value_ranges(cfg: DictConfig) -> None:
                 problems.append(f"{path}={value!r} must be {bounds} ({what})")
             break
     if problems:
+        example = problems[0].split("=", 1)[0] + "=..."
         raise PiDConfigError("Config values out of range:\n  " + "\n  ".join(problems)
-                             + "\nSet them on the command line, e.g. " + problems[0].split("=", 1)[0] + "=...")
+                             + f"\nSet them on the command line, e.g. {example}")
 
 
 def check_config(cfg: DictConfig) -> None:
