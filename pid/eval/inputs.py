@@ -4,30 +4,24 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from pid.utils.errors import MissingWeightsError, PiDConfigError
+from pid.utils.errors import PiDConfigError
+from pid.weights.paths import resolve_weights_path
 
 
 def resolve_ckpt(path: str | None, key: str) -> Path | None:
-    """A checkpoint path; a glob resolves to its newest match. Missing: MissingWeightsError naming ``key``."""
+    """A checkpoint path, a run folder (its export) or a glob (its newest match, logged); None when unset.
+
+    Missing: MissingWeightsError naming ``key`` (:func:`pid.weights.paths.resolve_weights_path`).
+    """
     if path in (None, "", "null"):
         return None
-    path = str(path)
-    if any(c in path for c in "*?["):
-        matches = sorted(glob.glob(path), key=os.path.getmtime)
-        if not matches:
-            raise MissingWeightsError(f"checkpoint for `{key}`", key, "a pid_decoder.safetensors export",
-                                      "`make train` (quickstart) or a run of pid.train", path=path)
-        return Path(matches[-1])
-    if not Path(path).is_file():
-        raise MissingWeightsError(f"checkpoint for `{key}`", key, "a pid_decoder.safetensors export",
-                                  path=path)
-    return Path(path)
+    return resolve_weights_path(path, key, f"checkpoint for `{key}`", "a pid_decoder.safetensors export",
+                                source="`make train` (quickstart) or a run of pid.train")
 
 
 def pick_device(name: str) -> torch.device:

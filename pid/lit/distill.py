@@ -32,7 +32,6 @@ through Lightning, the discriminator's (stepped together with the fake score's) 
 from __future__ import annotations
 
 import copy
-import glob
 import logging
 import os
 import warnings
@@ -49,8 +48,9 @@ from pid.diffusion.guidance import DualCFG
 from pid.lit.lr_schedule import LRFactor
 from pid.utils.containers import plain_container
 from pid.lit.strategies import clip_grad_norm, finish_fsdp_backward
-from pid.utils.errors import MissingWeightsError, PiDConfigError
+from pid.utils.errors import PiDConfigError
 from pid.utils.images import downsample, to_signed
+from pid.weights.paths import resolve_weights_path
 
 log = logging.getLogger(__name__)
 # Checkpoints after the optimiser steps of an iteration are what we want (global_step counts iterations).
@@ -62,25 +62,12 @@ _TEACHER_FILES = "a pid_decoder.safetensors export or a .ckpt written by `pid.tr
 
 
 def resolve_teacher_path(value: str | os.PathLike | None, config_key: str = "model.teacher_ckpt") -> Path:
-    """A file path, or a glob (newest match wins, e.g. the latest quickstart run's export)."""
-    if value in (None, "", "???"):
-        raise MissingWeightsError("PiD teacher", config_key, _TEACHER_FILES,
-                                  source="a teacher run, e.g. `make train exp=quickstart`")
-    text = str(Path(str(value)).expanduser())
-    if glob.has_magic(text):
-        matches = sorted(glob.glob(text), key=lambda p: (os.path.getmtime(p), p))
-        if not matches:
-            raise MissingWeightsError(
-                "PiD teacher", config_key, _TEACHER_FILES,
-                source="a finished teacher run (`make train exp=quickstart` writes "
-                       "logs/quickstart/runs/<time>/pid_decoder.safetensors)", path=text)
-        return Path(matches[-1])
-    path = Path(text)
-    if path.is_dir() and (path / "pid_decoder.safetensors").is_file():
-        return path / "pid_decoder.safetensors"  # a run folder of `pid.train`: its export
-    if not path.exists():
-        raise MissingWeightsError("PiD teacher", config_key, _TEACHER_FILES, path=path)
-    return path  # a file, or a folder pid.weights reads (an official DCP checkpoint) or refuses with why
+    """A file, a run folder of ``pid.train`` or a glob (newest match wins, e.g. the latest quickstart
+    run's export): :func:`pid.weights.paths.resolve_weights_path`."""
+    source = ("a finished teacher run (`make train exp=quickstart` writes "
+              "logs/quickstart/runs/<time>/pid_decoder.safetensors)") if value not in (None, "", "???") else \
+        "a teacher run, e.g. `make train exp=quickstart`"
+    return resolve_weights_path(value, config_key, "PiD teacher", _TEACHER_FILES, source=source)
 
 
 class DMD2Module(pl.LightningModule):
@@ -196,8 +183,7 @@ class DMD2Module(pl.LightningModule):
         self.latent = latent.requires_grad_(False).eval()
         self.text_encoder = text_encoder.requires_grad_(False).eval() if text_encoder is not None else None
         self.teacher_path = resolve_teacher_path(teacher_ckpt)
-        log.info("teacher: %s%s", self.teacher_path, "" if str(self.teacher_path) == str(teacher_ckpt)
-                 else f" (the newest match of model.teacher_ckpt={teacher_ckpt})")
+        log.info("teacher: %s", self.teacher_path)  # a glob's choice is logged by the resolver
         self.teacher_config = self._load_teacher(net, self.teacher_path)
         teacher_model = (self.teacher_config or {}).get("model") or {}
         # Time shift of the re-noising times: the teacher's own training setting unless `time` overrides it.

@@ -1,0 +1,47 @@
+"""Where a config key's weights are: a file, a run folder of ``pid.train``, or a glob (newest match)."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+
+from pid.utils.errors import MissingWeightsError
+
+log = logging.getLogger(__name__)
+
+EXPORT_NAME = "pid_decoder.safetensors"
+
+
+def resolve_weights_path(value: str | os.PathLike | None, config_key: str, what: str, expected: str,
+                         source: str | None = None) -> Path:
+    """The weights file ``value`` names, for the config key ``config_key``.
+
+    ``value`` is a file; a run folder of ``pid.train`` (its ``pid_decoder.safetensors``); another folder
+    (returned as is: an official DCP checkpoint the weights reader takes, or refuses saying why); or a glob
+    (``*``, ``?``, ``[``), which resolves to its newest match by modification time (ties: the later path),
+    e.g. ``logs/quickstart/runs/*/pid_decoder.safetensors`` for the latest quickstart run. ``~`` expands.
+    A glob's choice is logged with the number of matches, so a run says which file it used.
+
+    Raises:
+        MissingWeightsError: ``value`` unset, nothing matches the glob, or the path does not exist; the
+            message names ``config_key``, ``what`` is needed and ``expected`` files, and ``source``.
+    """
+    if value in (None, "", "???", "null"):
+        raise MissingWeightsError(what, config_key, expected, source=source)
+    text = str(Path(str(value)).expanduser())
+    if glob.has_magic(text):
+        matches = sorted(glob.glob(text), key=lambda p: (os.path.getmtime(p), p))
+        if not matches:
+            raise MissingWeightsError(what, config_key, expected, source=source, path=text)
+        log.info("%s=%s: %s, the newest of %d match%s", config_key, text, matches[-1], len(matches),
+                 "" if len(matches) == 1 else "es")
+        return Path(matches[-1])
+    path = Path(text)
+    if path.is_dir() and (path / EXPORT_NAME).is_file():
+        log.info("%s=%s: the run folder's export %s", config_key, text, path / EXPORT_NAME)
+        return path / EXPORT_NAME
+    if not path.exists():
+        raise MissingWeightsError(what, config_key, expected, source=source, path=path)
+    return path

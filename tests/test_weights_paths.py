@@ -1,0 +1,58 @@
+"""One resolver for every config key that names weights (model.teacher_ckpt, ckpt, student_ckpt, ...)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from pid.eval.inputs import resolve_ckpt
+from pid.utils.errors import MissingWeightsError
+from pid.weights.paths import resolve_weights_path
+
+
+def _file(path, mtime):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_a_glob_resolves_to_its_newest_match_and_says_so(tmp_path, caplog):
+    old = _file(tmp_path / "runs" / "b" / "pid_decoder.safetensors", 1_000)
+    new = _file(tmp_path / "runs" / "a" / "pid_decoder.safetensors", 2_000)
+    pattern = f"{tmp_path}/runs/*/pid_decoder.safetensors"
+    with caplog.at_level(logging.INFO, logger="pid.weights.paths"):
+        assert resolve_ckpt(pattern, "ckpt") == new
+    assert caplog.messages == [f"ckpt={pattern}: {new}, the newest of 2 matches"]
+    os.utime(old, (3_000, 3_000))
+    assert resolve_weights_path(pattern, "model.teacher_ckpt", "PiD teacher", "an export") == old
+
+
+def test_a_run_folder_stands_for_its_export_and_other_folders_pass_through(tmp_path):
+    export = _file(tmp_path / "run" / "pid_decoder.safetensors", 1_000)
+    assert resolve_ckpt(str(tmp_path / "run"), "ckpt") == export
+    dcp = tmp_path / "official" / "checkpoints"
+    dcp.mkdir(parents=True)
+    assert resolve_ckpt(str(dcp), "ckpt") == dcp  # the weights reader takes or refuses it, saying why
+
+
+def test_home_expands(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    f = _file(tmp_path / "w.safetensors", 1_000)
+    assert resolve_ckpt("~/w.safetensors", "ckpt") == f
+
+
+@pytest.mark.parametrize("value", ["{tmp}/nothing/*.safetensors", "{tmp}/missing.safetensors"])
+def test_nothing_there_names_the_key_and_the_path(tmp_path, value):
+    value = value.format(tmp=tmp_path)
+    with pytest.raises(MissingWeightsError, match="student_ckpt") as err:
+        resolve_ckpt(value, "student_ckpt")
+    assert value in str(err.value) and err.value.config_key == "student_ckpt"
+
+
+def test_unset_is_none_for_an_optional_checkpoint_and_an_error_for_a_required_one():
+    assert resolve_ckpt(None, "student_ckpt") is None
+    with pytest.raises(MissingWeightsError, match="model.teacher_ckpt"):
+        resolve_weights_path("???", "model.teacher_ckpt", "PiD teacher", "an export")
