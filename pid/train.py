@@ -25,9 +25,10 @@ def build(cfg: DictConfig):
     from hydra.utils import instantiate
 
     from pid.lit.compile import compile_net
-    from pid.utils.loggers import instantiate_callbacks, instantiate_loggers
+    from pid.utils.loggers import instantiate_callbacks, instantiate_loggers, route_lightning_logs_to_root
     from pid.utils.run_naming import apply_run_naming, remember_wandb_id
 
+    route_lightning_logs_to_root()
     apply_release(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")

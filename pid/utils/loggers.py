@@ -12,6 +12,25 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 
+def route_lightning_logs_to_root() -> None:
+    """Let Lightning's messages reach the run's handlers once.
+
+    Lightning gives its package logger ``lightning`` a console handler of its own ("INFO: ..."), and
+    ``lightning.pytorch`` / ``lightning.fabric`` one each when it is imported before logging is configured,
+    which Hydra does later: each message then printed twice, once in Lightning's format. With handlers on
+    the root logger (Hydra's console and ``train.log``), those private handlers are removed and the
+    messages propagate to the root; otherwise nothing changes.
+    """
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        for handler in list(lg.handlers):
+            if type(handler) is logging.StreamHandler:
+                lg.removeHandler(handler)
+        lg.propagate = True
+
+
 def wandb_credentials_available() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
