@@ -41,6 +41,14 @@ def test_haarpsi_is_one_for_identical_images_and_lower_for_degraded_ones():
     assert float(haarpsi(noisy, x)) < 0.9
 
 
+def test_few_crops_mark_a_verdict_as_too_few_to_rank():
+    from pid.eval.heldout import MIN_CROPS_FOR_VERDICT, few_crops_caveat
+
+    assert few_crops_caveat(MIN_CROPS_FOR_VERDICT) == "" and few_crops_caveat(30) == ""
+    assert "only 2 crops: too few to rank" in few_crops_caveat(2)
+    assert "only 1 crop:" in few_crops_caveat(1)
+
+
 def test_verdict_claims_only_what_every_measure_agrees_on():
     base = {"psnr": 20.0, "ssim": 0.6, "haarpsi": 0.5, "inception_dist": 300.0, "blockiness": 1.5}
     better = {"psnr": 21.0, "ssim": 0.7, "haarpsi": 0.6, "inception_dist": 250.0, "blockiness": 1.1}
@@ -122,6 +130,7 @@ def test_compare_on_heldout_reports_both_sigmas_with_every_measure(tmp_path, cap
     rows = [ln for ln in out.splitlines() if ln.strip().startswith("0.4 ")]
     assert rows and "native decode + bicubic" in rows[0], out
     assert "-> σ = 0: " in out and "-> σ = 0.4: " in out
+    assert out.count("only 6 crops: too few to rank") == 2  # one per verdict: 6 crops call nothing
     saved = json.loads((tmp_path / "heldout_comparison.json").read_text())
     assert saved["heldout/pid_haarpsi_s0.4"] == pytest.approx(metrics["heldout/pid_haarpsi_s0.4"])
     assert (tmp_path / "heldout_grid.png").is_file()

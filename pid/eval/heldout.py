@@ -46,6 +46,19 @@ MEASURES = {
 }
 
 
+#: Below this many crops a verdict is marked as too few to rank two decoders (the Inception distance of a
+#: handful of crops swings by tens of units between draws).
+MIN_CROPS_FOR_VERDICT = 8
+
+
+def few_crops_caveat(n: int) -> str:
+    """"" for ``n`` ≥ :data:`MIN_CROPS_FOR_VERDICT` crops, else a note to append to a verdict."""
+    if n >= MIN_CROPS_FOR_VERDICT:
+        return ""
+    return (f" (only {n} crop{'s' if n != 1 else ''}: too few to rank; compare_options.max_crops=null "
+            "scores every held-out crop)")
+
+
 def sigma_tag(sigma: float) -> str:
     """Metric-key suffix of a latent noise level: 0 → "s0", 0.4 → "s0.4"."""
     return f"s{float(sigma):g}"
@@ -148,7 +161,7 @@ def comparison_table(metrics: dict[str, float], sigmas, n: int, size, sr_scale: 
             row = "".join(f"{MEASURES[m][1].format(metrics[f'heldout/{name}_{m}{suffix}']):>16}"
                           for m in MEASURES)
             lines.append(f"  {f'{float(sigma):g}' if name == 'baseline' else '':<5}{label:<26}{row}")
-        lines.append(f"  {'':<5}-> σ = {float(sigma):g}: {verdict(metrics, suffix)[0]}")
+        lines.append(f"  {'':<5}-> σ = {float(sigma):g}: {verdict(metrics, suffix)[0]}{few_crops_caveat(n)}")
     return "\n".join(lines)
 
 

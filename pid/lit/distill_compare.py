@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from pid.diffusion import schedules
-from pid.eval.heldout import score_decodes, write_comparison
+from pid.eval.heldout import few_crops_caveat, score_decodes, write_comparison
 from pid.utils.images import to_signed, upsample
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,8 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
                f"(lower is better):\n" + "\n".join(rows) + "\n"
                f"  -> {k}-step student {'beats' if dist[s] < dist[t_few] else 'does not beat'} "
                f"the teacher at {k} "
-               f"steps; student / teacher@{full} = {metrics['heldout/student_over_teacher_full']:.2f}")
+               f"steps; student / teacher@{full} = {metrics['heldout/student_over_teacher_full']:.2f}"
+               f"{few_crops_caveat(n)}")
     if include_teacher_sde:
         before = dist[f"teacher_{k}step_{sampler}"]
         metrics["heldout/student_over_teacher_same_sampler"] = dist[s] / max(before, 1e-12)
