@@ -4,9 +4,9 @@ when no teacher exists."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import json
 import pytest
 import skimage.data
 import torch
