@@ -116,8 +116,8 @@ class PiDDecoder:
             timesteps: an explicit time grid (wins over num_steps).
 
         Raises:
-            ValueError: a non-finite latent, σ outside its range (with the ``frame="ve"`` hint for σ > 1),
-                a wrong latent shape, or a bad frame.
+            ValueError: a non-finite or integer latent, σ outside its range (with the ``frame="ve"`` hint
+                for σ > 1), a wrong latent shape, or a bad frame.
         """
         from pid.diffusion.schedules import student_timesteps
         from pid.sampling import decode_latent
@@ -125,6 +125,11 @@ class PiDDecoder:
         latent = torch.as_tensor(latent)
         if latent.ndim != 4 or 0 in latent.shape:
             raise ValueError(f"latent must be a non-empty (B, C, h, w) tensor, got {tuple(latent.shape)}")
+        if not latent.is_floating_point():
+            raise ValueError(f"latent has dtype {latent.dtype}: a latent is the encoder's floating-point "
+                             "output (normalised). An integer tensor is usually an image or token ids: "
+                             "encode images first (python -m pid.decode --image ...), or pass latent.float() "
+                             "if the values are the latent")
         if not torch.isfinite(latent).all():
             bad = int((~torch.isfinite(latent)).sum())
             raise ValueError(f"latent has {bad} non-finite value(s) (NaN/inf); decode needs a finite latent")

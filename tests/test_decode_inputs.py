@@ -46,6 +46,12 @@ def test_a_non_finite_latent_is_refused(decoder, bad):
         decoder.decode(z, sigma=0.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool])
+def test_an_integer_latent_is_refused(decoder, dtype):
+    with pytest.raises(ValueError, match=f"dtype {dtype}.*encode images first"):
+        decoder.decode(torch.ones(1, 4, 2, 2, dtype=dtype), sigma=0.0)
+
+
 def test_valid_inputs_still_decode(decoder):
     z = torch.randn(1, 4, 2, 2)
     out = decoder.decode(z, sigma=0.3, generator=torch.Generator().manual_seed(0))
