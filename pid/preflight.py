@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -94,25 +95,51 @@ def check_mandatory_values(cfg: DictConfig) -> None:
                              + "  (e.g. " + " ".join(f"{k}=..." for k in missing) + ")")
 
 
-# Numeric settings and the values they may take, by the key's last name and the subtree it lives in: a
-# learning rate of -1 or a batch size of 0 would otherwise surface as an error of torch or Lightning that
-# does not name the key. (name, subtree, kind, low, high, what it is); kind: "int" | "float".
+@dataclass(frozen=True)
+class _Range:
+    """The values a numeric setting may take: ``low`` ≤ value ≤ ``high`` (``low < value`` when
+    ``low_open``), a whole number when ``whole``."""
+
+    name: str  # the key's last name (or its parent's, for per-network dicts such as warmup_steps.student)
+    subtree: str  # where it lives ("" = top level)
+    whole: bool
+    low: float | None
+    high: float | None
+    what: str
+    low_open: bool = False
+
+    def problem(self, path: str, value) -> str | None:
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if self.whole and not (numeric and float(value).is_integer()):
+            return f"{path}={value!r} must be a whole number ({self.what})"
+        if not numeric:
+            return f"{path}={value!r} must be a number ({self.what})"
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        if below or (self.high is not None and value > self.high):
+            low = f"> {self.low}" if self.low_open else f">= {self.low}"
+            bounds = f"in [{self.low}, {self.high}]" if self.high is not None else low
+            return f"{path}={value!r} must be {bounds} ({self.what})"
+        return None
+
+
+# Numeric settings and their ranges: a learning rate of -1 or a batch size of 0 would otherwise surface as
+# an error of torch or Lightning that does not name the key.
 _RANGES = (
-    ("lr", "model", "float", 0, None, "a learning rate"),
-    ("weight_decay", "model", "float", 0.0, None, "a weight decay"),
-    ("latent_dropout", "model", "float", 0.0, 1.0, "a probability"),
-    ("caption_dropout", "model", "float", 0.0, 1.0, "a probability"),
-    ("min_lr_ratio", "model", "float", 0.0, 1.0, "a fraction of the learning rate"),
-    ("warmup_steps", "model", "int", 0, None, "a number of steps"),
-    ("num_steps", "model", "int", 1, None, "a number of sampler steps"),
-    ("batch_size", "data", "int", 1, None, "a number of samples"),
-    ("num_workers", "data", "int", 0, None, "a number of loader processes"),
-    ("crop_size", "data", "int", 1, None, "a side in pixels"),
-    ("sr_scale", "", "int", 1, None, "a scale factor"),
-    ("max_steps", "trainer", "int", -1, None, "a number of steps (-1: no limit)"),
-    ("accumulate_grad_batches", "trainer", "int", 1, None, "a number of batches"),
-    ("gradient_clip_val", "trainer", "float", 0.0, None, "a gradient norm"),
-    ("decay", "callbacks.ema", "float", 0.0, 1.0, "an EMA decay"),
+    _Range("lr", "model", False, 0, None, "a learning rate", low_open=True),
+    _Range("weight_decay", "model", False, 0.0, None, "a weight decay"),
+    _Range("latent_dropout", "model", False, 0.0, 1.0, "a probability"),
+    _Range("caption_dropout", "model", False, 0.0, 1.0, "a probability"),
+    _Range("min_lr_ratio", "model", False, 0.0, 1.0, "a fraction of the learning rate"),
+    _Range("warmup_steps", "model", True, 0, None, "a number of steps"),
+    _Range("num_steps", "model", True, 1, None, "a number of sampler steps"),
+    _Range("batch_size", "data", True, 1, None, "a number of samples"),
+    _Range("num_workers", "data", True, 0, None, "a number of loader processes"),
+    _Range("crop_size", "data", True, 1, None, "a side in pixels"),
+    _Range("sr_scale", "", True, 1, None, "a scale factor"),
+    _Range("max_steps", "trainer", True, -1, None, "a number of steps (-1: no limit)"),
+    _Range("accumulate_grad_batches", "trainer", True, 1, None, "a number of batches"),
+    _Range("gradient_clip_val", "trainer", False, 0.0, None, "a gradient norm"),
+    _Range("decay", "callbacks.ema", False, 0.0, 1.0, "an EMA decay"),
 )
 
 
@@ -140,25 +167,16 @@ def check_value_ranges(cfg: DictConfig) -> None:
     tree.pop("hydra", None)
     problems = []
     for path, names in _leaves(tree):
-        for name, subtree, kind, low, high, what in _RANGES:
-            if name not in names or not (path == name if not subtree else path.startswith(subtree + ".")):
+        for rule in _RANGES:
+            inside = path == rule.name if not rule.subtree else path.startswith(rule.subtree + ".")
+            if rule.name not in names or not inside:
                 continue
             try:
                 value = OmegaConf.select(cfg, path, throw_on_missing=False)
             except Exception:  # an interpolation that cannot resolve yet is reported where it is read
                 break
-            if value is None or value == "???":
-                break
-            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if kind == "int" and not (numeric and float(value).is_integer()):
-                problems.append(f"{path}={value!r} must be a whole number ({what})")
-            elif not numeric:
-                problems.append(f"{path}={value!r} must be a number ({what})")
-            elif name == "lr" and value <= 0:
-                problems.append(f"{path}={value!r} must be > 0 ({what})")
-            elif (low is not None and value < low) or (high is not None and value > high):
-                bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
-                problems.append(f"{path}={value!r} must be {bounds} ({what})")
+            if value is not None and value != "???" and (problem := rule.problem(path, value)):
+                problems.append(problem)
             break
     if problems:
         example = problems[0].split("=", 1)[0] + "=..."

@@ -64,10 +64,9 @@ _TEACHER_FILES = "a pid_decoder.safetensors export or a .ckpt written by `pid.tr
 def resolve_teacher_path(value: str | os.PathLike | None, config_key: str = "model.teacher_ckpt") -> Path:
     """A file, a run folder of ``pid.train`` or a glob (newest match wins, e.g. the latest quickstart
     run's export): :func:`pid.weights.paths.resolve_weights_path`."""
-    source = ("a finished teacher run (`make train exp=quickstart` writes "
-              "logs/quickstart/runs/<time>/pid_decoder.safetensors)") if value not in (None, "", "???") else \
-        "a teacher run, e.g. `make train exp=quickstart`"
-    return resolve_weights_path(value, config_key, "PiD teacher", _TEACHER_FILES, source=source)
+    return resolve_weights_path(value, config_key, "PiD teacher", _TEACHER_FILES,
+                                source="a teacher run: `make train exp=quickstart` writes "
+                                       "logs/quickstart/runs/<time>/pid_decoder.safetensors")
 
 
 class DMD2Module(pl.LightningModule):
