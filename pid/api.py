@@ -23,9 +23,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from pid.utils.errors import MissingWeightsError, PiDConfigError
+from pid.utils.errors import PiDConfigError
 from pid.weights import load_weights, read_weights
 from pid.weights.export import write_export
+from pid.weights.paths import resolve_weights_path
 from pid.weights.release import Release, load_release
 
 log = logging.getLogger(__name__)
@@ -270,8 +271,9 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
     """Load a decoder from any weights file :mod:`pid.weights` reads.
 
     Args:
-        path: our export / ``.ckpt``, or with ``release``: an official ``model_ema_bf16.pth``, full
-            ``model.pth``, DCP folder, or an export of a model trained from a release.
+        path: our export / ``.ckpt``, a run folder of ``pid.train`` (its export) or a glob (its newest
+            match, logged), or with ``release``: an official ``model_ema_bf16.pth``, full ``model.pth``,
+            DCP folder, or an export of a model trained from a release.
         latent: an already built latent space to reuse.
         build_latent: False loads only the latent's geometry (channels, down factor, noise form): enough to
             decode latents, without the encoder's weights (``decoder.encode`` is then unavailable). Release
@@ -280,11 +282,10 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
         weights: "ema" (default) or "raw" for files holding both.
         text_encoder: a local Gemma-2 folder (or a built encoder) for ``decode(caption=...)``.
     """
-    path = Path(str(path)).expanduser()
-    if not path.exists():
-        raise MissingWeightsError("PiD decoder", "ckpt",
-                                  "a pid_decoder.safetensors export, a .ckpt of pid.train, or a released "
-                                  "model_ema_bf16.pth / model.pth / DCP folder (with release=)", path=path)
+    path = resolve_weights_path(path, "path", "PiD decoder",
+                                "a pid_decoder.safetensors export, a run folder of pid.train, a .ckpt of "
+                                "pid.train, or a released model_ema_bf16.pth / model.pth / DCP folder (with "
+                                "release=)")
     wf = read_weights(path)
     if release is not None:
         rel = load_release(release)

@@ -203,7 +203,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
         from pid.weights.release import load_release
 
         latent_obj = load_release(args.release).build_latent(args.latent_path)
-    decoder = load_decoder(args.ckpt, device=args.device, build_latent=build_latent, latent=latent_obj,
+    from pid.weights.paths import resolve_weights_path
+
+    ckpt = resolve_weights_path(args.ckpt, "--ckpt", "PiD decoder",
+                                "an export, a run folder of pid.train or a released file")
+    decoder = load_decoder(ckpt, device=args.device, build_latent=build_latent, latent=latent_obj,
                            release=args.release, text_encoder=args.text_encoder)
     frame = args.frame
     stored_sigma, states = None, None

@@ -197,3 +197,17 @@ def test_a_new_metric_is_one_class_and_one_config_entry(checkpoints, tiny_image_
     for name in ("native_bicubic", "pid_teacher@2"):
         line = next(m for m in lines if m.startswith(name))
         assert f"brightness={by[name]['brightness']:.3g}" in line and "patch_fid=" in line
+
+
+def test_load_decoder_takes_a_run_folder_and_a_glob_as_ckpt_does(checkpoints, tmp_path):
+    import shutil
+
+    from pid.api import load_decoder
+
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    shutil.copy(checkpoints["teacher"], run / "pid_decoder.safetensors")
+    expected = load_decoder(checkpoints["teacher"]).net.state_dict()
+    for path in (run, f"{tmp_path}/runs/*/pid_decoder.safetensors"):
+        got = load_decoder(path).net.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in expected.items())

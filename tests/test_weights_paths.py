@@ -56,3 +56,35 @@ def test_unset_is_none_for_an_optional_checkpoint_and_an_error_for_a_required_on
     assert resolve_ckpt(None, "student_ckpt") is None
     with pytest.raises(MissingWeightsError, match="model.teacher_ckpt"):
         resolve_weights_path("???", "model.teacher_ckpt", "PiD teacher", "an export")
+
+
+def test_a_run_folder_without_its_export_says_the_run_stopped_early(tmp_path):
+    run = tmp_path / "runs" / "2026-01-01_00-00-00"
+    run.mkdir(parents=True)
+    (run / "train.log").write_text("stopped\n")
+    with pytest.raises(MissingWeightsError, match="run folder of pid.train without pid_decoder") as err:
+        resolve_ckpt(str(run), "ckpt")
+    assert err.value.config_key == "ckpt" and "train.log" in str(err.value)
+
+
+def test_the_log_says_how_long_the_chosen_run_trained(tmp_path, caplog):
+    export = _file(tmp_path / "run" / "pid_decoder.safetensors", 1_000)
+    (tmp_path / "run" / "run_complete.json").write_text('{"global_step": 2, "time": "x"}')
+    with caplog.at_level(logging.INFO, logger="pid.weights.paths"):
+        resolve_ckpt(f"{tmp_path}/*/pid_decoder.safetensors", "ckpt")
+        resolve_ckpt(str(tmp_path / "run"), "ckpt")
+    assert caplog.messages == [
+        f"ckpt={tmp_path}/*/pid_decoder.safetensors: {export} (trained 2 steps), the newest of 1 match",
+        f"ckpt={tmp_path / 'run'}: the run folder's export {export} (trained 2 steps)"]
+
+
+
+def test_load_decoder_names_its_argument_and_refuses_a_run_without_export(tmp_path):
+    from pid.api import load_decoder
+
+    with pytest.raises(MissingWeightsError, match="path=/path/to/weights"):
+        load_decoder(tmp_path / "nothing.safetensors")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run_identity.json").write_text("{}")
+    with pytest.raises(MissingWeightsError, match="run folder of pid.train"):
+        load_decoder(tmp_path / "run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 from pathlib import Path
@@ -12,6 +13,18 @@ from pid.utils.errors import MissingWeightsError
 log = logging.getLogger(__name__)
 
 EXPORT_NAME = "pid_decoder.safetensors"
+#: Files every run folder of ``pid.train`` holds from its start (a folder with one is a run, not weights).
+RUN_MARKERS = ("run_identity.json", "train.log", ".hydra")
+
+
+def describe_run(export: Path) -> str:
+    """How long the run that wrote ``export`` trained, from its ``run_complete.json``: " (trained 300
+    steps)", or "" when the file is not an export of a finished run."""
+    try:
+        steps = json.loads((export.parent / "run_complete.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f" (trained {steps} steps)"
 
 
 def resolve_weights_path(value: str | os.PathLike | None, config_key: str, what: str, expected: str,
@@ -22,7 +35,8 @@ def resolve_weights_path(value: str | os.PathLike | None, config_key: str, what:
     (returned as is: an official DCP checkpoint the weights reader takes, or refuses saying why); or a glob
     (``*``, ``?``, ``[``), which resolves to its newest match by modification time (ties: the later path),
     e.g. ``logs/quickstart/runs/*/pid_decoder.safetensors`` for the latest quickstart run. ``~`` expands.
-    A glob's choice is logged with the number of matches, so a run says which file it used.
+    A glob's choice is logged with the number of matches and the steps its run trained, so a run says
+    which file it used. A run folder without an export (a run that stopped early) is refused as such.
 
     Raises:
         MissingWeightsError: ``value`` unset, nothing matches the glob, or the path does not exist; the
@@ -35,13 +49,19 @@ def resolve_weights_path(value: str | os.PathLike | None, config_key: str, what:
         matches = sorted(glob.glob(text), key=lambda p: (os.path.getmtime(p), p))
         if not matches:
             raise MissingWeightsError(what, config_key, expected, source=source, path=text)
-        log.info("%s=%s: %s, the newest of %d match%s", config_key, text, matches[-1], len(matches),
-                 "" if len(matches) == 1 else "es")
+        log.info("%s=%s: %s%s, the newest of %d match%s", config_key, text, matches[-1],
+                 describe_run(Path(matches[-1])), len(matches), "" if len(matches) == 1 else "es")
         return Path(matches[-1])
     path = Path(text)
     if path.is_dir() and (path / EXPORT_NAME).is_file():
-        log.info("%s=%s: the run folder's export %s", config_key, text, path / EXPORT_NAME)
+        log.info("%s=%s: the run folder's export %s%s", config_key, text, path / EXPORT_NAME,
+                 describe_run(path / EXPORT_NAME))
         return path / EXPORT_NAME
+    if path.is_dir() and any((path / marker).exists() for marker in RUN_MARKERS):
+        raise MissingWeightsError.with_message(
+            f"{config_key}={text} is a run folder of pid.train without {EXPORT_NAME}: the run stopped before "
+            "it exported (see its train.log; re-running its command resumes it), or trained no step. Give a "
+            "finished run's folder or its export file.", config_key)
     if not path.exists():
         raise MissingWeightsError(what, config_key, expected, source=source, path=path)
     return path
