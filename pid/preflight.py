@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -107,19 +108,37 @@ class _Range:
     high: float | None
     what: str
     low_open: bool = False
+    high_open: bool = False
+    choices: Callable[[], tuple[str, ...]] | None = None  # names allowed instead of a number (looked up late)
 
     def problem(self, path: str, value) -> str | None:
+        if isinstance(value, (list, tuple)):  # every element obeys the range (betas, student_t_list)
+            found = [self.problem(f"{path}[{i}]", v) for i, v in enumerate(value)]
+            return next((f for f in found if f), None)
+        if self.choices is not None:
+            names = self.choices()
+            if value not in names:
+                return f"{path}={value!r} must be one of {', '.join(names)} ({self.what})"
+            return None
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         if self.whole and not (numeric and float(value).is_integer()):
             return f"{path}={value!r} must be a whole number ({self.what})"
         if not numeric:
             return f"{path}={value!r} must be a number ({self.what})"
         below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
-        if below or (self.high is not None and value > self.high):
+        above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if below or above:
             low = f"> {self.low}" if self.low_open else f">= {self.low}"
-            bounds = f"in [{self.low}, {self.high}]" if self.high is not None else low
+            ends = ("(" if self.low_open else "[", ")" if self.high_open else "]")
+            bounds = f"in {ends[0]}{self.low}, {self.high}{ends[1]}" if self.high is not None else low
             return f"{path}={value!r} must be {bounds} ({self.what})"
         return None
+
+
+def _sampler_names() -> tuple[str, ...]:
+    from pid.diffusion.samplers import SAMPLERS
+
+    return tuple(sorted(SAMPLERS))
 
 
 # Numeric settings and their ranges: a learning rate of -1 or a batch size of 0 would otherwise surface as
@@ -140,12 +159,28 @@ _RANGES = (
     _Range("accumulate_grad_batches", "trainer", True, 1, None, "a number of batches"),
     _Range("gradient_clip_val", "trainer", False, 0.0, None, "a gradient norm"),
     _Range("decay", "callbacks.ema", False, 0.0, 1.0, "an EMA decay"),
+    _Range("seed", "", True, None, None, "a random seed"),
+    _Range("max_crops", "compare_options", True, 1, None, "a number of held-out crops; null: all of them"),
+    _Range("betas", "model", False, 0.0, 1.0, "Adam's moment decays", high_open=True),
+    _Range("sigma_max", "model", False, 0.0, 1.0, "a latent noise level"),
+    _Range("sigma_min", "model", False, 0.0, 1.0, "a latent noise level"),
+    _Range("prob", "model.latent_noise", False, 0.0, 1.0, "a probability"),
+    _Range("student_t_list", "model", False, 0.0, 1.0, "flow times of the student's steps"),
+    _Range("student_every", "model", True, 1, None, "a number of iterations"),
+    _Range("loss_weights", "model", False, 0.0, None, "a loss weight"),
+    _Range("gen_weight", "model", False, 0.0, None, "a loss weight"),
+    _Range("r1_weight", "model", False, 0.0, None, "a loss weight"),
+    _Range("aux_rgb_weight", "model", False, 0.0, None, "a loss weight"),
+    _Range("teacher_cfg", "model", False, 0.0, None, "a guidance scale"),
+    _Range("latent_cfg", "model", False, 0.0, None, "a guidance scale"),
+    _Range("text_cfg", "model", False, 0.0, None, "a guidance scale"),
+    _Range("sampler", "model", False, None, None, "a sampler", choices=_sampler_names),
 )
 
 
 def _leaves(node, prefix: str = "", parent: str = ""):
-    """(dotted path, names) of every leaf under ``node`` (a plain container), lists excluded; names are the
-    leaf's key and its parent's (a per-network value such as ``warmup_steps.student`` obeys
+    """(dotted path, names) of every leaf under ``node`` (a plain container; a list is one leaf); names are
+    the leaf's key and its parent's (a per-network value such as ``warmup_steps.student`` obeys
     ``warmup_steps``'s range)."""
     if isinstance(node, dict):
         for key, value in node.items():
@@ -173,6 +208,8 @@ def check_value_ranges(cfg: DictConfig) -> None:
                 continue
             try:
                 value = OmegaConf.select(cfg, path, throw_on_missing=False)
+                if OmegaConf.is_list(value):
+                    value = OmegaConf.to_container(value, resolve=True)
             except Exception:  # an interpolation that cannot resolve yet is reported where it is read
                 break
             if value is not None and value != "???" and (problem := rule.problem(path, value)):
