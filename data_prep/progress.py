@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 
 from tqdm.auto import tqdm
 
+#: Seconds between progress lines when stderr is not a terminal (a log file, `| cat`, a cluster job).
+LOG_INTERVAL_S = 30.0
 
-def bar(iterable, desc: str, total: int | None = None, enabled: bool = True):
-    return tqdm(iterable, desc=desc, total=total, unit="img", disable=not enabled, leave=False)
+
+class _Lines:
+    """A stream for tqdm that turns its carriage-return frames into whole lines (for logs and pipes)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").strip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def bar(iterable=None, desc: str = "", total: int | None = None, enabled: bool = True, leave: bool = False):
+    """A tqdm bar in a terminal; elsewhere one progress line every :data:`LOG_INTERVAL_S` seconds (and at
+    the end), never a stream of carriage-return frames."""
+    if sys.stderr.isatty():
+        return tqdm(iterable, desc=desc, total=total, unit="img", disable=not enabled, leave=leave)
+    return tqdm(iterable, desc=desc, total=total, unit="img", disable=not enabled, leave=True,
+                file=_Lines(sys.stderr), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S)
 
 
 def summary(

@@ -387,17 +387,14 @@ def build_sample_set(
 
 
 class _progress:
-    """tqdm progress bar that degrades to nothing when tqdm is missing or verbose is off."""
+    """The sample set's progress (:func:`data_prep.progress.bar`); nothing when verbose is off."""
 
     def __init__(self, total: int, enabled: bool):
         self.bar = None
         if enabled:
-            try:
-                from tqdm.auto import tqdm
+            from data_prep.progress import bar
 
-                self.bar = tqdm(total=total, desc="sample set", unit="img")
-            except ImportError:
-                pass
+            self.bar = bar(total=total, desc="sample set", leave=True)
 
     def __enter__(self):
         return self
