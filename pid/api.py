@@ -188,7 +188,8 @@ def check_sigma(sigma: float | torch.Tensor, batch: int, frame: str) -> torch.Te
             raise ValueError(f"an Euler/VE-frame sigma must be >= 0, got {s.tolist()}")
     elif (s < 0).any() or (s > 1).any():
         hint = (" A sigma > 1 is usually an Euler/VE-frame sigma (SDXL's EulerDiscreteScheduler): for a "
-                "VP latent space pass frame='ve' to convert it." if (s > 1).any() else "")
+                "VP latent space pass frame='ve' (pid.decode: --frame ve) to convert it."
+                if (s > 1).any() else "")
         shown = [round(v, 4) for v in s.tolist()]
         raise ValueError(f"sigma must be in [0, 1] in the training frame, got {shown}."
                          + hint)

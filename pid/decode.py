@@ -224,6 +224,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
             f"{decoder.latent.channels} ({decoder.latent.name})"
         )
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    scale = decoder.sr_scale * decoder.latent.down_factor
+    steps = args.steps or decoder.sampling.get("num_steps")
+    logging.getLogger("pid.decode").info(
+        "decoding a %s latent into %d×%d px (%s steps on %s); large outputs on a CPU take minutes",
+        "×".join(map(str, latent.shape)), latent.shape[-2] * scale, latent.shape[-1] * scale, steps,
+        decoder.device)
     images = decoder.decode(latent, sigma, caption=args.caption, caption_states=states,
                             num_steps=args.steps, latent_cfg=args.latent_cfg, sampler=args.sampler,
                             generator=generator, frame=frame)
