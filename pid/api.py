@@ -16,6 +16,7 @@ files need ``release=`` to say which network they hold). Tensors load weights-on
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -117,8 +118,8 @@ class PiDDecoder:
             timesteps: an explicit time grid (wins over num_steps).
 
         Raises:
-            ValueError: a non-finite or integer latent, σ outside its range (with the ``frame="ve"`` hint
-                for σ > 1), a wrong latent shape, or a bad frame.
+            ValueError: a non-finite or integer latent, a negative guidance scale, σ outside its range
+                (with the ``frame="ve"`` hint for σ > 1), a wrong latent shape, or a bad frame.
         """
         from pid.diffusion.schedules import student_timesteps
         from pid.sampling import decode_latent
@@ -135,6 +136,11 @@ class PiDDecoder:
             bad = int((~torch.isfinite(latent)).sum())
             raise ValueError(f"latent has {bad} non-finite value(s) (NaN/inf); decode needs a finite latent")
         sigma = check_sigma(sigma, latent.shape[0], frame)
+        for name, scale in (("text_cfg", text_cfg), ("latent_cfg", latent_cfg)):
+            number = isinstance(scale, (int, float)) and not isinstance(scale, bool)
+            if scale is not None and not (number and math.isfinite(scale) and scale >= 0):
+                raise ValueError(f"{name}={scale!r}: a guidance scale is a finite number >= 0 "
+                                 "(1: no guidance)")
         form = getattr(self.latent, "noise_form", "flow")
         if frame in ("flow", "vp") and frame != form:
             raise ValueError(f"frame={frame!r}, but this decoder's latent space is noised in the {form!r} "

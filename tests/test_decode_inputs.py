@@ -46,6 +46,12 @@ def test_a_non_finite_latent_is_refused(decoder, bad):
         decoder.decode(z, sigma=0.0)
 
 
+@pytest.mark.parametrize("key, value", [("latent_cfg", -1.0), ("text_cfg", math.nan), ("latent_cfg", "4")])
+def test_a_bad_guidance_scale_is_refused(decoder, key, value):
+    with pytest.raises(ValueError, match=f"{key}=.*finite number >= 0"):
+        decoder.decode(torch.randn(1, 4, 2, 2), sigma=0.0, **{key: value})
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool])
 def test_an_integer_latent_is_refused(decoder, dtype):
     with pytest.raises(ValueError, match=f"dtype {dtype}.*encode images first"):

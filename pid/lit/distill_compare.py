@@ -100,8 +100,8 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
     n, size = images["truth"].shape[0], tuple(images["truth"].shape[-2:])
     width = max(len(name) for name in dist)
     rows = [f"  {name:<{width}} inception dist {dist[name]:9.3f}   PSNR {ps[name]:6.2f} dB" for name in dist]
-    summary = (f"held-out {n} crops {size[0]}x{size[1]} (sr {module.sr_scale}x), Inception feature distance "
-               f"(lower is better):\n" + "\n".join(rows) + "\n"
+    summary = (f"held-out {n} crops {size[0]}x{size[1]} (sr {module.sr_scale}x), clean latents (σ = 0), "
+               f"Inception feature distance (lower is better):\n" + "\n".join(rows) + "\n"
                f"  -> {k}-step student {'beats' if dist[s] < dist[t_few] else 'does not beat'} "
                f"the teacher at {k} "
                f"steps; student / teacher@{full} = {metrics['heldout/student_over_teacher_full']:.2f}"
