@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 from pathlib import Path
@@ -109,10 +110,13 @@ class _Range:
     what: str
     low_open: bool = False
     high_open: bool = False
+    size: int | None = None  # a list of exactly this many values (Adam's betas)
     choices: Callable[[], tuple[str, ...]] | None = None  # names allowed instead of a number (looked up late)
 
     def problem(self, path: str, value) -> str | None:
         if isinstance(value, (list, tuple)):  # every element obeys the range (betas, student_t_list)
+            if self.size is not None and len(value) != self.size:
+                return f"{path}={value!r} must hold {self.size} values ({self.what})"
             found = [self.problem(f"{path}[{i}]", v) for i, v in enumerate(value)]
             return next((f for f in found if f), None)
         if self.choices is not None:
@@ -123,8 +127,8 @@ class _Range:
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         if self.whole and not (numeric and float(value).is_integer()):
             return f"{path}={value!r} must be a whole number ({self.what})"
-        if not numeric:
-            return f"{path}={value!r} must be a number ({self.what})"
+        if not numeric or not math.isfinite(value):
+            return f"{path}={value!r} must be a finite number ({self.what})"
         below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
         if below or above:
@@ -139,6 +143,12 @@ def _sampler_names() -> tuple[str, ...]:
     from pid.diffusion.samplers import SAMPLERS
 
     return tuple(sorted(SAMPLERS))
+
+
+def _shift_rules() -> tuple[str, ...]:
+    from pid.diffusion.flow import SHIFT_RULES
+
+    return tuple(SHIFT_RULES)
 
 
 # Numeric settings and their ranges: a learning rate of -1 or a batch size of 0 would otherwise surface as
@@ -159,9 +169,9 @@ _RANGES = (
     _Range("accumulate_grad_batches", "trainer", True, 1, None, "a number of batches"),
     _Range("gradient_clip_val", "trainer", False, 0.0, None, "a gradient norm"),
     _Range("decay", "callbacks.ema", False, 0.0, 1.0, "an EMA decay"),
-    _Range("seed", "", True, None, None, "a random seed"),
+    _Range("seed", "", True, 0, 2**32 - 1, "a random seed"),
     _Range("max_crops", "compare_options", True, 1, None, "a number of held-out crops; null: all of them"),
-    _Range("betas", "model", False, 0.0, 1.0, "Adam's moment decays", high_open=True),
+    _Range("betas", "model", False, 0.0, 1.0, "Adam's moment decays", high_open=True, size=2),
     _Range("sigma_max", "model", False, 0.0, 1.0, "a latent noise level"),
     _Range("sigma_min", "model", False, 0.0, 1.0, "a latent noise level"),
     _Range("prob", "model.latent_noise", False, 0.0, 1.0, "a probability"),
@@ -174,6 +184,15 @@ _RANGES = (
     _Range("teacher_cfg", "model", False, 0.0, None, "a guidance scale"),
     _Range("latent_cfg", "model", False, 0.0, None, "a guidance scale"),
     _Range("text_cfg", "model", False, 0.0, None, "a guidance scale"),
+    _Range("shift_base", "model", False, 0, None, "a time shift", low_open=True),
+    _Range("shift_ref_size", "model", False, 0, None, "a side in pixels", low_open=True),
+    _Range("shift_rule", "model", False, None, None, "a time-shift rule", choices=_shift_rules),
+    _Range("logit_std", "model", False, 0, None, "a standard deviation", low_open=True),
+    _Range("weight", "model.consistency", False, 0.0, None, "a loss weight"),
+    _Range("sigmas", "callbacks.image_grid", False, 0.0, 1.0, "latent noise levels"),
+    _Range("val_check_interval", "trainer", False, 0, None, "steps or an epoch fraction", low_open=True),
+    _Range("log_every_n_steps", "trainer", True, 1, None, "a number of steps"),
+    _Range("every_n_train_steps", "callbacks", True, 0, None, "a number of steps (0: off)"),
     _Range("sampler", "model", False, None, None, "a sampler", choices=_sampler_names),
 )
 
@@ -221,8 +240,18 @@ def check_value_ranges(cfg: DictConfig) -> None:
                              + f"\nSet them on the command line, e.g. {example}")
 
 
+def check_schedule(cfg: DictConfig) -> None:
+    """A learning rate that decays over the run (``model.lr_decay=cosine``) needs the run's length."""
+    decay = OmegaConf.select(cfg, "model.lr_decay", default=None)
+    steps = OmegaConf.select(cfg, "trainer.max_steps", default=None)
+    if decay == "cosine" and steps in (None, -1):
+        raise PiDConfigError(f"model.lr_decay=cosine decays over trainer.max_steps, which is {steps} (no "
+                             "limit): set trainer.max_steps to the run's length, or model.lr_decay=constant")
+
+
 def check_config(cfg: DictConfig) -> None:
     """All checks that need nothing but the config."""
     check_value_ranges(cfg)
+    check_schedule(cfg)
     check_required_weights(cfg)
     check_mandatory_values(cfg)

@@ -75,7 +75,7 @@ def test_every_experiment_passes_the_value_range_check(experiment):
 @pytest.mark.parametrize("experiment, override, message", [
     ("quickstart", "model.optimizer.lr=-1", "model.optimizer.lr=-1 must be > 0"),
     ("quickstart", "model.optimizer.lr=0", "model.optimizer.lr=0 must be > 0"),
-    ("quickstart", "model.optimizer.lr=abc", "model.optimizer.lr='abc' must be a number"),
+    ("quickstart", "model.optimizer.lr=abc", "model.optimizer.lr='abc' must be a finite number"),
     ("quickstart", "data.batch_size=-1", "data.batch_size=-1 must be >= 1"),
     ("quickstart", "data.batch_size=2.5", "data.batch_size=2.5 must be a whole number"),
     ("quickstart", "data.num_workers=-2", "data.num_workers=-2 must be >= 0"),
@@ -99,6 +99,17 @@ def test_every_experiment_passes_the_value_range_check(experiment):
     ("quickstart_dmd2", "model.loss_weights.regression=-1", "loss_weights.regression=-1 must be >= 0.0"),
     ("quickstart_dmd2", "model.student_t_list=[1.5,0.5]", "student_t_list[0]=1.5 must be in [0.0, 1.0]"),
     ("quickstart_dmd2", "compare_options.max_crops=-3", "compare_options.max_crops=-3 must be >= 1"),
+    ("quickstart", "model.optimizer.lr=nan", "model.optimizer.lr=nan must be a finite number"),
+    ("quickstart", "model.optimizer.lr=inf", "model.optimizer.lr=inf must be a finite number"),
+    ("quickstart", "model.optimizer.betas=[0.9]", "model.optimizer.betas=[0.9] must hold 2 values"),
+    ("quickstart", "model.time.shift_base=0", "model.time.shift_base=0 must be > 0"),
+    ("quickstart", "model.time.shift_rule=foo", "model.time.shift_rule='foo' must be one of area"),
+    ("quickstart", "model.time.logit_std=-1", "model.time.logit_std=-1 must be > 0"),
+    ("quickstart", "model.consistency.weight=-1", "model.consistency.weight=-1 must be >= 0.0"),
+    ("quickstart", "callbacks.image_grid.sigmas=[2]", "image_grid.sigmas[0]=2 must be in [0.0, 1.0]"),
+    ("quickstart", "trainer.val_check_interval=0", "trainer.val_check_interval=0 must be > 0"),
+    ("quickstart", "seed=-1", "seed=-1 must be in [0, 4294967295]"),
+    ("quickstart", "trainer.max_steps=-1", "model.lr_decay=cosine decays over trainer.max_steps"),
 ])
 def test_values_out_of_range_are_refused_naming_the_key(experiment, override, message):
     from pid.preflight import check_config
