@@ -137,8 +137,11 @@ class PiDDecoder:
             raise ValueError(f"latent has {bad} non-finite value(s) (NaN/inf); decode needs a finite latent")
         sigma = check_sigma(sigma, latent.shape[0], frame)
         for name, scale in (("text_cfg", text_cfg), ("latent_cfg", latent_cfg)):
-            number = isinstance(scale, (int, float)) and not isinstance(scale, bool)
-            if scale is not None and not (number and math.isfinite(scale) and scale >= 0):
+            try:  # Python, NumPy and 0-d torch numbers
+                value = float(scale) if scale is not None and not isinstance(scale, (bool, str)) else None
+            except (TypeError, ValueError):
+                value = None
+            if scale is not None and not (value is not None and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}={scale!r}: a guidance scale is a finite number >= 0 "
                                  "(1: no guidance)")
         form = getattr(self.latent, "noise_form", "flow")

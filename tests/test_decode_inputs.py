@@ -58,6 +58,13 @@ def test_an_integer_latent_is_refused(decoder, dtype):
         decoder.decode(torch.ones(1, 4, 2, 2, dtype=dtype), sigma=0.0)
 
 
+def test_numpy_and_torch_guidance_scales_are_numbers(decoder):
+    import numpy as np
+
+    for scale in (np.float32(2.0), torch.tensor(2.0)):
+        assert decoder.decode(torch.randn(1, 4, 2, 2), sigma=0.0, latent_cfg=scale).isfinite().all()
+
+
 def test_valid_inputs_still_decode(decoder):
     z = torch.randn(1, 4, 2, 2)
     out = decoder.decode(z, sigma=0.3, generator=torch.Generator().manual_seed(0))

@@ -88,3 +88,22 @@ def test_load_decoder_names_its_argument_and_refuses_a_run_without_export(tmp_pa
     (tmp_path / "run" / "run_identity.json").write_text("{}")
     with pytest.raises(MissingWeightsError, match="run folder of pid.train"):
         load_decoder(tmp_path / "run")
+
+
+def test_a_glob_passes_over_runs_without_an_export(tmp_path, caplog):
+    export = _file(tmp_path / "runs" / "a" / "pid_decoder.safetensors", 1_000)
+    failed = tmp_path / "runs" / "b"  # newer: a run whose config check failed
+    failed.mkdir()
+    (failed / "train.log").write_text("Config values out of range\n")
+    with caplog.at_level(logging.INFO, logger="pid.weights.paths"):
+        assert resolve_ckpt(f"{tmp_path}/runs/*", "ckpt") == export
+    assert "1 run folder(s) without an export passed over" in caplog.messages[0]
+    with pytest.raises(MissingWeightsError, match="1 run folder"):
+        resolve_ckpt(f"{tmp_path}/runs/b*", "ckpt")
+
+
+def test_a_stopped_run_points_to_its_last_checkpoint(tmp_path):
+    last = _file(tmp_path / "run" / "checkpoints" / "last.ckpt", 1_000)
+    (tmp_path / "run" / "train.log").write_text("stopped by a signal\n")
+    with pytest.raises(MissingWeightsError, match=f"ckpt={last}"):
+        resolve_ckpt(str(tmp_path / "run"), "ckpt")

@@ -27,6 +27,16 @@ def describe_run(export: Path) -> str:
     return f" (trained {steps} steps)"
 
 
+def _is_run_without_export(path: Path) -> bool:
+    return path.is_dir() and not (path / EXPORT_NAME).is_file() and any(
+        (path / marker).exists() for marker in RUN_MARKERS)
+
+
+def _export_of(path: Path) -> Path:
+    """A run folder's export, or ``path`` itself."""
+    return path / EXPORT_NAME if path.is_dir() and (path / EXPORT_NAME).is_file() else path
+
+
 def resolve_weights_path(value: str | os.PathLike | None, config_key: str, what: str, expected: str,
                          source: str | None = None) -> Path:
     """The weights file ``value`` names, for the config key ``config_key``.
@@ -35,8 +45,10 @@ def resolve_weights_path(value: str | os.PathLike | None, config_key: str, what:
     (returned as is: an official DCP checkpoint the weights reader takes, or refuses saying why); or a glob
     (``*``, ``?``, ``[``), which resolves to its newest match by modification time (ties: the later path),
     e.g. ``logs/quickstart/runs/*/pid_decoder.safetensors`` for the latest quickstart run. ``~`` expands.
-    A glob's choice is logged with the number of matches and the steps its run trained, so a run says
-    which file it used. A run folder without an export (a run that stopped early) is refused as such.
+    A glob passes over run folders without an export (runs that stopped early or failed their config
+    check) and resolves a run folder to its export. A glob's choice is logged with the number of matches
+    and the steps its run trained, so a run says which file it used. A run folder without an export (a
+    run that stopped early) is refused as such, naming its last checkpoint when it has one.
 
     Raises:
         MissingWeightsError: ``value`` unset, nothing matches the glob, or the path does not exist; the
@@ -47,21 +59,27 @@ def resolve_weights_path(value: str | os.PathLike | None, config_key: str, what:
     text = str(Path(str(value)).expanduser())
     if glob.has_magic(text):
         matches = sorted(glob.glob(text), key=lambda p: (os.path.getmtime(p), p))
-        if not matches:
-            raise MissingWeightsError(what, config_key, expected, source=source, path=text)
-        log.info("%s=%s: %s%s, the newest of %d match%s", config_key, text, matches[-1],
-                 describe_run(Path(matches[-1])), len(matches), "" if len(matches) == 1 else "es")
-        return Path(matches[-1])
+        usable = [m for m in matches if not _is_run_without_export(Path(m))]
+        if not usable:
+            found = f" ({len(matches)} run folder(s) without {EXPORT_NAME})" if matches else ""
+            raise MissingWeightsError(what + found, config_key, expected, source=source, path=text)
+        skipped = len(matches) - len(usable)
+        log.info("%s=%s: %s%s, the newest of %d match%s%s", config_key, text, usable[-1],
+                 describe_run(_export_of(Path(usable[-1]))), len(usable), "" if len(usable) == 1 else "es",
+                 f" ({skipped} run folder(s) without an export passed over)" if skipped else "")
+        return _export_of(Path(usable[-1]))
     path = Path(text)
     if path.is_dir() and (path / EXPORT_NAME).is_file():
         log.info("%s=%s: the run folder's export %s%s", config_key, text, path / EXPORT_NAME,
                  describe_run(path / EXPORT_NAME))
         return path / EXPORT_NAME
-    if path.is_dir() and any((path / marker).exists() for marker in RUN_MARKERS):
+    if _is_run_without_export(path):
+        last = path / "checkpoints" / "last.ckpt"
+        hint = f" Its last checkpoint can be used as is: {config_key}={last}." if last.is_file() else ""
         raise MissingWeightsError.with_message(
             f"{config_key}={text} is a run folder of pid.train without {EXPORT_NAME}: the run stopped before "
             "it exported (see its train.log; re-running its command resumes it), or trained no step. Give a "
-            "finished run's folder or its export file.", config_key)
+            f"finished run's folder or its export file.{hint}", config_key)
     if not path.exists():
         raise MissingWeightsError(what, config_key, expected, source=source, path=path)
     return path
