@@ -56,11 +56,14 @@ class PixelTokenEmbedder(nn.Module):
         self.pixel_dim = pixel_dim
         self.proj = nn.Linear(in_channels, pixel_dim)
 
-    def forward(self, x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, patch_size: int, row_offset: int = 0) -> torch.Tensor:
+        """``row_offset``: the image row of x's first row (a context-parallel rank's slice of the image),
+        so the positions are the whole image's."""
         B, _, H, W = x.shape
         p, D = patch_size, self.pixel_dim
         tokens = self.proj(x.permute(0, 2, 3, 1))  # (B, H, W, D)
-        emb_x, emb_y = sincos_2d_axes(D, H, W, device=x.device)
+        emb_x, emb_y = sincos_2d_axes(D, H + row_offset, W, device=x.device)
+        emb_y = emb_y[row_offset:]
         pos = torch.cat(
             [emb_x.to(x.dtype)[None].expand(H, W, D // 2), emb_y.to(x.dtype)[:, None].expand(H, W, D // 2)],
             dim=-1,
@@ -117,11 +120,17 @@ class MMDiTJointAttention(nn.Module):
         rope_txt: RopeFreqs | None = None,
         attn_mask: torch.Tensor | None = None,
         text_out: bool = True,
+        context=None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``context`` (:class:`pid.parallel.context.ContextParallel`): x holds this rank's slice of the
+        image tokens; image keys/values are gathered over the group, text is replicated (whole on every
+        rank), so out_x is this rank's slice and out_y the whole text's."""
         B, Nx, D = x.shape
         qx, kx, vx = split_heads(self.qkv_x(x), self.num_heads)
         qx = apply_rope(self.q_norm_x(qx), rope_img)
         kx = apply_rope(self.k_norm_x(kx), rope_img)
+        if context is not None:
+            kx, vx = context.gather_kv(kx, vx)
         q, k, v = qx, kx, vx
         Ny = 0
         if y is not None:
@@ -173,6 +182,7 @@ class MMDiTBlock(nn.Module):
         rope_txt: RopeFreqs | None = None,
         attn_mask: torch.Tensor | None = None,
         text_out: bool = True,
+        context=None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation_img(c).chunk(
             6, -1
@@ -182,7 +192,8 @@ class MMDiTBlock(nn.Module):
             mod_y = self.adaLN_modulation_txt(c).chunk(6, -1)
             y_norm = modulate(self.norm_y1(y), mod_y[0], mod_y[1])
         x_norm = modulate(self.norm_x1(x), shift_msa, scale_msa)
-        attn_x, attn_y = self.attn(x_norm, y_norm, rope_img, rope_txt, attn_mask, text_out=text_out)
+        attn_x, attn_y = self.attn(x_norm, y_norm, rope_img, rope_txt, attn_mask, text_out=text_out,
+                                   context=context)
         x = x + gate_msa * attn_x
         x = x + gate_mlp * self.mlp_x(modulate(self.norm_x2(x), shift_mlp, scale_mlp))
         if attn_y is None:
@@ -232,14 +243,16 @@ class PiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.Linear(patch_hidden_size, 6 * pixel_dim * p2))
 
     def forward(
-        self, u: torch.Tensor, s_cond: torch.Tensor, batch_size: int, rope: RopeFreqs
+        self, u: torch.Tensor, s_cond: torch.Tensor, batch_size: int, rope: RopeFreqs, context=None
     ) -> torch.Tensor:
+        """``context``: u holds the pixel tokens of this context-parallel rank's patches; the compacted
+        keys/values are gathered over its group."""
         BL, P2, d = u.shape
         L = BL // batch_size
         mod = self.adaLN_modulation(s_cond).view(BL, P2, 6 * d)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, -1)
         a = modulate(self.norm1(u), shift_msa, scale_msa).reshape(batch_size, L, P2 * d)
-        a = self.attn(self.compress_to_attn(a), rope)
+        a = self.attn(self.compress_to_attn(a), rope, context=context)
         a = self.expand_from_attn(a).view(BL, P2, d)
         u = u + gate_msa * a
         u = u + gate_mlp * self.mlp(modulate(self.norm2(u), shift_mlp, scale_mlp))

@@ -159,6 +159,7 @@ def rope_2d(
     theta: float = 10000.0,
     span: float = 16.0,
     ref_grid: tuple[int, int] | None = None,
+    window: tuple[int, int, int, int] | None = None,
     device=None,
 ) -> RopeFreqs:
     """2-D RoPE angles for a (grid_h, grid_w) token grid, row-major.
@@ -168,6 +169,9 @@ def rope_2d(
     even k and y for odd k, with frequency theta_axis^(-4 floor(k/2) / head_dim).
     ``ref_grid=(h_ref, w_ref)`` enables NTK-aware scaling: per axis,
     theta_axis = theta * (n / n_ref)^(d / (d - 2)) with d = head_dim / 2.
+    ``window=(top, left, h, w)``: only the rows top..top+h-1 and columns left..left+w-1 of the
+    (grid_h, grid_w) grid, (h·w, head_dim // 2) — the global positions of a tile (tiled decoding,
+    :mod:`pid.tiling`); the values equal those rows of the whole grid's table.
     """
     axis_dim = head_dim // 2
     if ref_grid is None:
@@ -178,14 +182,18 @@ def rope_2d(
     exponent = torch.arange(0, head_dim, 4, device=device)[: head_dim // 4].float() / head_dim
     freqs_w = 1.0 / (theta_w**exponent)
     freqs_h = 1.0 / (theta_h**exponent)
-    y_pos, x_pos = torch.meshgrid(
-        torch.linspace(0, span, grid_h, device=device),
-        torch.linspace(0, span, grid_w, device=device),
-        indexing="ij",
-    )
+    pos_h = torch.linspace(0, span, grid_h, device=device)
+    pos_w = torch.linspace(0, span, grid_w, device=device)
+    if window is not None:
+        top, left, win_h, win_w = window
+        if top < 0 or left < 0 or win_h < 1 or win_w < 1 or top + win_h > grid_h or left + win_w > grid_w:
+            raise ValueError(f"RoPE window (top, left, h, w)={tuple(window)} is not inside the "
+                             f"{grid_h}x{grid_w} grid")
+        pos_h, pos_w = pos_h[top:top + win_h], pos_w[left:left + win_w]
+    y_pos, x_pos = torch.meshgrid(pos_h, pos_w, indexing="ij")
     ang_x = torch.outer(x_pos.reshape(-1), freqs_w)
     ang_y = torch.outer(y_pos.reshape(-1), freqs_h)
-    angles = torch.stack([ang_x, ang_y], dim=-1).reshape(grid_h * grid_w, -1)  # interleave x, y pairs
+    angles = torch.stack([ang_x, ang_y], dim=-1).reshape(y_pos.numel(), -1)  # interleave x, y pairs
     return torch.cos(angles), torch.sin(angles)
 
 
@@ -240,10 +248,17 @@ class RotaryAttention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, rope: RopeFreqs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: RopeFreqs, context=None) -> torch.Tensor:
+        """x (B, N, dim), rope for its N tokens → (B, N, dim).
+
+        ``context``: a :class:`pid.parallel.context.ContextParallel` when x is this rank's slice of a
+        longer sequence; keys and values are then gathered over its group (queries stay local).
+        """
         B, N, D = x.shape
         q, k, v = split_heads(self.qkv(x), self.num_heads)
         q = apply_rope(self.q_norm(q), rope)
         k = apply_rope(self.k_norm(k), rope)
+        if context is not None:
+            k, v = context.gather_kv(k, v)
         out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.proj(out.transpose(1, 2).reshape(B, N, D))

@@ -104,6 +104,8 @@ class PiDNet(PixelDiT):
         features_only: bool = False,
         latent_features: AdapterOutput | None = None,
         encode_only: bool = False,
+        rope_window: tuple[int, int, int, int] | None = None,
+        context=None,
     ) -> torch.Tensor | tuple[torch.Tensor | None, Extras] | AdapterOutput:
         """Velocity v = eps - x0.
 
@@ -124,6 +126,13 @@ class PiDNet(PixelDiT):
                 call's tokens and ``sigma``.
             encode_only: return :meth:`encode_latent` of ``latent`` at ``x``'s size (with ``latent_keep``)
                 and nothing else. Through ``forward`` a wrapper that gathers parameters (FSDP) sees the call.
+            rope_window: (Gh, Gw, top, left): x is a tile of a (Gh, Gw)-patch image (PixelDiT.forward);
+                ``latent_features`` then hold the tile's features.
+            context: a :class:`pid.parallel.context.ContextParallel`: the forward is split over its group
+                by patch rows (PixelDiT.forward). Every rank passes the same whole inputs (and whole
+                ``latent_features``); the adapter runs whole and each rank injects its tokens' features.
+                The velocity and extras["features"] come back whole on every rank; extras["aux_rgb"] is
+                the adapter's, whole. Image heights must split into equal rows of patches.
         """
         if encode_only:
             if latent is None:
@@ -142,7 +151,8 @@ class PiDNet(PixelDiT):
         if features_only and not feature_blocks:
             raise ValueError("features_only=True needs at least one index in feature_blocks")
 
-        ctx = self.embed(x, t, y, y_mask)
+        x_in, rope_window = self.context_rows(x, context, rope_window)
+        ctx = self.embed(x_in, t, y, y_mask, rope_window, context)
         B = x.shape[0]
         out: AdapterOutput | None = None
         inject = None
@@ -153,6 +163,10 @@ class PiDNet(PixelDiT):
             n = out.features[0].shape[0] if out.features else B
             if n != B:
                 raise ValueError(f"latent_features are for a batch of {n}, x is a batch of {B}")
+        if out is not None and context is not None:  # this rank's tokens of the whole-image features
+            full = self.patch_grid(*x.shape[-2:])
+            out = AdapterOutput([context.shard_tokens(f, full) for f in out.features],
+                                None if out.pit is None else context.shard_tokens(out.pit, full), out.aux_rgb)
         if out is not None:
             sigma = self._per_sample(sigma, B, x.device, default=0.0)
 
@@ -168,7 +182,10 @@ class PiDNet(PixelDiT):
         s = self.pixel_condition(ctx, h)
         if out is not None:
             s = self.adapter.inject_pit(s, out, sigma)
-        v = self.as_velocity(self.run_pixel_blocks(x, s, ctx.grid), x, t)
+        pixels = self.run_pixel_blocks(x_in, s, ctx.grid, rope_window, context)
+        if context is not None:
+            pixels = context.gather(pixels, dim=2)
+        v = self.as_velocity(pixels, x, t)
         return (v, extras) if return_extras else v
 
     def encode_latent(

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -58,7 +59,8 @@ class PatchContext:
     rope_img: RopeFreqs
     rope_txt: RopeFreqs | None
     attn_mask: torch.Tensor | None  # (B, 1, 1, Ltxt + L) bool, True = attend
-    grid: tuple[int, int]  # (Hp, Wp) patch grid
+    grid: tuple[int, int]  # (Hp, Wp) patch grid (under context parallelism: this rank's rows of it)
+    context: Any = None  # pid.parallel.context.ContextParallel, or None
 
 
 class PixelDiT(nn.Module):
@@ -214,9 +216,15 @@ class PixelDiT(nn.Module):
             )
         return height // p, width // p
 
-    def image_rope(self, grid_h: int, grid_w: int, head_dim: int, device) -> RopeFreqs:
+    def image_rope(self, grid_h: int, grid_w: int, head_dim: int, device,
+                   rope_window: tuple[int, int, int, int] | None = None) -> RopeFreqs:
+        """RoPE of a (grid_h, grid_w) patch grid; ``rope_window=(Gh, Gw, top, left)``: the grid is the
+        window at (top, left) of a (Gh, Gw) global grid, whose positions (and NTK scaling) it takes."""
         ref = self.rope_ref_grid if self.rope_mode == "ntk_aware" else None
-        return rope_2d(head_dim, grid_h, grid_w, ref_grid=ref, device=device)
+        if rope_window is None:
+            return rope_2d(head_dim, grid_h, grid_w, ref_grid=ref, device=device)
+        gh, gw, top, left = (int(v) for v in rope_window)
+        return rope_2d(head_dim, gh, gw, ref_grid=ref, window=(top, left, grid_h, grid_w), device=device)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, L, C*p*p), features ordered (c, i, j) like F.unfold."""
@@ -232,6 +240,27 @@ class PixelDiT(nn.Module):
         u = u.view(batch_size, Hp, Wp, p, p, C).permute(0, 5, 1, 3, 2, 4)
         return u.reshape(batch_size, C, Hp * p, Wp * p)
 
+    def context_rows(self, x: torch.Tensor, context, rope_window=None):
+        """This context-parallel rank's rows of the image x (B, C, H, W) and their place in the grid.
+
+        Returns (x[:, :, rows], rope_window=(Hp, Wp, first patch row, 0)): the rank keeps patch rows
+        [r·Hp/size, (r+1)·Hp/size) (:meth:`pid.parallel.context.ContextParallel.rows`); the window gives
+        its tokens the whole grid's RoPE positions. With ``context=None``: (x, rope_window) unchanged.
+
+        Raises:
+            ValueError: Hp is not a multiple of the group size (naming the sizes that work), or a
+                ``rope_window`` (a tile) is combined with context parallelism.
+        """
+        if context is None:
+            return x, rope_window
+        if rope_window is not None:
+            raise ValueError("context parallelism splits the whole image: it cannot be combined with a "
+                             "rope_window (a tile)")
+        grid = self.patch_grid(*x.shape[-2:])
+        r0, r1 = context.rows(grid[0], self.patch_size)
+        p = self.patch_size
+        return x[:, :, r0 * p:r1 * p], (grid[0], grid[1], r0, 0)
+
     @staticmethod
     def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(B, L, D) patch tokens -> (B, D, Hp, Wp) feature map."""
@@ -246,8 +275,12 @@ class PixelDiT(nn.Module):
         t: torch.Tensor,
         y: torch.Tensor | None = None,
         y_mask: torch.Tensor | None = None,
+        rope_window: tuple[int, int, int, int] | None = None,
+        context=None,
     ) -> PatchContext:
-        """Patch tokens, timestep conditioning, text tokens, RoPE tables and attention mask."""
+        """Patch tokens, timestep conditioning, text tokens, RoPE tables and attention mask
+        (``rope_window``: see :meth:`forward`; ``context``: x is this context-parallel rank's rows, see
+        :meth:`context_rows`, and the mask covers the whole image's keys)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         B, _, H, W = x.shape
@@ -262,7 +295,7 @@ class PixelDiT(nn.Module):
         t_emb = self.t_embedder(t * self.timestep_scale).view(B, 1, self.hidden_size)
         cond = F.silu(t_emb)
         head_dim = self.hidden_size // self.num_groups
-        rope_img = self.image_rope(*grid, head_dim, x.device)
+        rope_img = self.image_rope(*grid, head_dim, x.device, rope_window)
 
         text, rope_txt, attn_mask = None, None, None
         if y is not None:
@@ -276,8 +309,10 @@ class PixelDiT(nn.Module):
             if y_mask is not None:
                 keep_txt = y_mask[:, :n_txt].to(device=x.device, dtype=torch.bool)
                 keep_img = keep_txt.new_ones(B, grid[0] * grid[1])
+                if context is not None:  # keys: the text and every rank's image tokens
+                    keep_img = keep_txt.new_ones(B, grid[0] * grid[1] * context.size)
                 attn_mask = torch.cat([keep_txt, keep_img], dim=1)[:, None, None, :]
-        return PatchContext(tokens, text, t_emb, cond, rope_img, rope_txt, attn_mask, grid)
+        return PatchContext(tokens, text, t_emb, cond, rope_img, rope_txt, attn_mask, grid, context)
 
     def run_patch_blocks(
         self,
@@ -298,25 +333,34 @@ class PixelDiT(nn.Module):
             if inject is not None:
                 h = inject(i, h)
             h, text = self.patch_blocks[i](
-                h, text, ctx.cond, ctx.rope_img, ctx.rope_txt, ctx.attn_mask, text_out=i < last
+                h, text, ctx.cond, ctx.rope_img, ctx.rope_txt, ctx.attn_mask, text_out=i < last,
+                context=ctx.context,
             )
             if i in wanted:
                 features[i] = self.tokens_to_map(h, ctx.grid)
+                if ctx.context is not None:  # every rank's rows: the whole map
+                    features[i] = ctx.context.gather(features[i], dim=2)
         return h, features
 
     def pixel_condition(self, ctx: PatchContext, tokens: torch.Tensor) -> torch.Tensor:
         """Per-patch conditioning of the pixel level: s = silu(t_emb + h), (B, L, D)."""
         return F.silu(ctx.t_emb + tokens)
 
-    def run_pixel_blocks(self, x: torch.Tensor, s: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """PiT stack on per-pixel tokens of x, conditioned on s (B, L, D); returns (B, C, H, W)."""
+    def run_pixel_blocks(self, x: torch.Tensor, s: torch.Tensor, grid: tuple[int, int],
+                         rope_window: tuple[int, int, int, int] | None = None,
+                         context=None) -> torch.Tensor:
+        """PiT stack on per-pixel tokens of x, conditioned on s (B, L, D); returns (B, C, H, W).
+
+        ``context``: x, s and the result are this context-parallel rank's rows (``rope_window`` from
+        :meth:`context_rows`); the pixel positions start at the rank's first image row."""
         B = x.shape[0]
-        u = self.pixel_embedder(x, self.patch_size)
+        row_offset = int(rope_window[2]) * self.patch_size if context is not None else 0
+        u = self.pixel_embedder(x, self.patch_size, row_offset=row_offset)
         s_cond = s.reshape(-1, self.hidden_size)
         head_dim = self.pixel_attn_hidden_size // self.pixel_num_groups
-        rope = self.image_rope(*grid, head_dim, x.device)
+        rope = self.image_rope(*grid, head_dim, x.device, rope_window)
         for block in self.pixel_blocks:
-            u = block(u, s_cond, B, rope)
+            u = block(u, s_cond, B, rope, context=context)
         return self.unpatchify_pixels(self.final_layer(u), B, grid)
 
     def forward(
@@ -325,6 +369,8 @@ class PixelDiT(nn.Module):
         t: torch.Tensor,
         y: torch.Tensor | None = None,
         y_mask: torch.Tensor | None = None,
+        rope_window: tuple[int, int, int, int] | None = None,
+        context=None,
     ) -> torch.Tensor:
         """Velocity v = eps - x0 at (x_t, t).
 
@@ -334,10 +380,22 @@ class PixelDiT(nn.Module):
             y: (B, L, txt_embed_dim) text-encoder hidden states, or None (no text stream).
             y_mask: (B, L) 1/True for real text tokens; padded tokens are not attended.
                 The official pipeline passes no mask (all padded tokens are attended).
+            rope_window: (Gh, Gw, top, left) in patch cells when x is a window of a larger image (a tile of
+                a tiled decode, :mod:`pid.tiling`): RoPE takes the positions of the window in the (Gh, Gw)
+                global patch grid, so a tile sees the positions it has in the whole image. None: x is the
+                whole image.
+            context: a :class:`pid.parallel.context.ContextParallel` to split this forward over its group
+                (every rank passes the same whole inputs; each runs its rows of patch and pixel tokens,
+                attention gathers keys/values, and every rank returns the whole output). None: one process.
         """
-        ctx = self.embed(x, t, y, y_mask)
+        x_in, rope_window = self.context_rows(x, context, rope_window)
+        ctx = self.embed(x_in, t, y, y_mask, rope_window, context)
         h, _ = self.run_patch_blocks(ctx)
-        return self.as_velocity(self.run_pixel_blocks(x, self.pixel_condition(ctx, h), ctx.grid), x, t)
+        s = self.pixel_condition(ctx, h)
+        out = self.run_pixel_blocks(x_in, s, ctx.grid, rope_window, context)
+        if context is not None:
+            out = context.gather(out, dim=2)
+        return self.as_velocity(out, x, t)
 
     def as_velocity(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The network output as the velocity v = ε − x₀ that losses and samplers use.

@@ -1,0 +1,1 @@
+"""Parallelism beyond data parallel: context parallelism (:mod:`pid.parallel.context`)."""

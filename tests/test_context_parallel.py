@@ -1,0 +1,120 @@
+"""Context parallelism (pid.parallel.context) on 2 CPU processes (gloo), against one process.
+
+The network: a tiny PiD (v1.5 adapter: PiT injection and auxiliary RGB head; captions with a padding mask)
+split over a CP group of 2 gives the output, the discriminator features and, after the gradients are
+averaged over the group as DDP/FSDP average them, every parameter gradient of the same network run whole in
+one process, in float32 to 1e-5. A grid whose rows do not split is refused with the sizes that work.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+HERE = Path(__file__).resolve().parent
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _inputs(seed: int = 0, b: int = 2, h: int = 64, w: int = 48):
+    g = torch.Generator().manual_seed(seed)
+    y_mask = torch.ones(b, 5, dtype=torch.bool)
+    y_mask[0, 3:] = False  # a padded caption
+    return {"x": torch.randn(b, 3, h, w, generator=g), "t": torch.rand(b, generator=g),
+            "latent": torch.randn(b, 4, h // 32, w // 32, generator=g),
+            "sigma": torch.tensor([0.0, 0.4])[:b], "latent_keep": torch.tensor([1.0, 0.0])[:b],
+            "y": torch.randn(b, 5, 32, generator=g), "y_mask": y_mask,
+            "weight": torch.randn(b, 3, h, w, generator=g)}
+
+
+def _loss_and_grads(net, inp: dict, context=None):
+    """A loss touching every output (velocity, aux RGB, block-1 features); its gradients by name."""
+    net.zero_grad(set_to_none=True)
+    kwargs = {k: inp[k] for k in ("latent", "sigma", "latent_keep", "y", "y_mask")}
+    v, extras = net(inp["x"], inp["t"], return_extras=True, feature_blocks=(1,), context=context, **kwargs)
+    loss = (v * inp["weight"]).square().mean() + extras["aux_rgb"].square().mean() \
+        + extras["features"][1].pow(2).mean()
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
+    return v.detach(), extras["features"][1].detach(), extras["aux_rgb"].detach(), loss.detach(), grads
+
+
+def _network_worker(rank: int, world: int, port: int, out: str) -> None:
+    sys.path.insert(0, str(HERE))
+    from conftest import tiny_pid_net
+
+    from pid.parallel import context as cpmod
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        cp = cpmod.init_context_parallel(world, "cpu")
+        net = tiny_pid_net("v1_5", seed=3).train()
+        with torch.no_grad():  # the zero-initialised heads and output layer would hide half the gradients
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        inp = _inputs()
+        v, feat, aux, loss, grads = _loss_and_grads(net, inp, context=cp)
+        for g in grads.values():  # what DDP and FSDP do to every gradient: the mean over the ranks
+            dist.all_reduce(g)
+            g /= world
+        uneven = None
+        try:
+            net(torch.randn(1, 3, 48, 32), torch.rand(1), context=cp)
+        except ValueError as err:
+            uneven = str(err)
+        no_grad_v = None
+        with torch.no_grad():
+            no_grad_v = net(inp["x"], inp["t"], context=cp,
+                            **{k: inp[k] for k in ("latent", "sigma", "latent_keep", "y", "y_mask")})
+        if rank == 0:
+            ref = _loss_and_grads(net, inp)
+            torch.save({"cp": (v, feat, aux, loss, grads), "ref": ref, "uneven": uneven,
+                        "no_grad_v": no_grad_v, "mesh": (cp.size, cp.rank, cp.dp_size, cp.dp_rank)},
+                       Path(out) / "net.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_network_forward_and_backward_cp2_equal_one_process(tmp_path):
+    mp.start_processes(_network_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    got = torch.load(tmp_path / "net.pt", weights_only=False)
+    assert got["mesh"] == (2, 0, 1, 0)
+    (v, feat, aux, loss, grads), (rv, rfeat, raux, rloss, rgrads) = got["cp"], got["ref"]
+    torch.testing.assert_close(v, rv, **TOL)
+    torch.testing.assert_close(got["no_grad_v"], rv, **TOL)
+    torch.testing.assert_close(feat, rfeat, **TOL)
+    torch.testing.assert_close(aux, raux, **TOL)
+    torch.testing.assert_close(loss, rloss, **TOL)
+    assert grads.keys() == rgrads.keys() and len(grads) > 50
+    worst = max(float((grads[n] - rgrads[n]).abs().max()) for n in grads)
+    print(f"CP=2 vs CP=1: max |Δv| {float((v - rv).abs().max()):.2e}, max |Δgrad| {worst:.2e}")
+    for n, g in rgrads.items():
+        torch.testing.assert_close(grads[n], g, **TOL, msg=n)
+    assert any(n.startswith("adapter.") for n in grads) and any("y_embedder" in n for n in grads)
+    assert "3 patch rows" in got["uneven"] and "sizes that work: 1, 3" in got["uneven"]
+
+
+def test_split_problem_names_working_sizes():
+    from pid.parallel.context import split_problem
+
+    assert split_problem(8, 4) is None
+    msg = split_problem(6, 4, patch_size=16)
+    assert "sizes that work: 1, 2, 3, 6" in msg and "multiples of 64 px" in msg
+
+
+if __name__ == "__main__":
+    pytest.main([__file__, "-q"])
