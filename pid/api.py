@@ -104,7 +104,8 @@ class PiDDecoder:
                caption: str | Sequence[str] | None = None, caption_states: torch.Tensor | None = None,
                num_steps: int | None = None, text_cfg: float | None = None, latent_cfg: float | None = None,
                sampler: str | None = None, timesteps=None, generator: torch.Generator | None = None,
-               frame: str = "train") -> torch.Tensor:
+               frame: str = "train", tile: int | None = None,
+               tile_overlap: int | None = None) -> torch.Tensor:
         """Decode a normalised latent at noise level σ to an image in [-1, 1].
 
         Args:
@@ -116,10 +117,19 @@ class PiDDecoder:
             num_steps, sampler, text_cfg, latent_cfg: override the file's / release's sampling defaults
                 (students: "sde" on their t-list, 1 step at t = 1.0; teachers: "dpmpp_2m" with text CFG).
             timesteps: an explicit time grid (wins over num_steps).
+            tile: decode in overlapping tiles of ``tile`` × ``tile`` output pixels (an int multiple of the
+                network's patch size, ``decoder.net.patch_size``) whose velocities are blended at every
+                sampler step (MultiDiffusion, :mod:`pid.tiling`), for outputs larger than the device holds:
+                the network's activation memory is one tile's (× the guidance branches), not the image's.
+                A tile that covers the image decodes it whole. Same noise, same sampler: only attention
+                across tile borders differs from the whole decode.
+            tile_overlap: output pixels neighbouring tiles share at least (a multiple of the patch size,
+                below ``tile``; default tile / 4 on the patch grid), blended by linear ramps.
 
         Raises:
             ValueError: a non-finite or integer latent, a negative guidance scale, σ outside its range
-                (with the ``frame="ve"`` hint for σ > 1), a wrong latent shape, or a bad frame.
+                (with the ``frame="ve"`` hint for σ > 1), a wrong latent shape, a bad frame, or a tile /
+                tile_overlap off the patch grid.
         """
         from pid.diffusion.schedules import student_timesteps
         from pid.sampling import decode_latent
@@ -175,7 +185,7 @@ class PiDDecoder:
             text=(y, None), null_text=y_null, shift_base=self.time.get("shift_base", 6.0),
             shift_ref_size=self.time.get("shift_ref_size", 2048),
             shift_rule=self.time.get("shift_rule", "area"),
-            generator=generator, timesteps=timesteps)
+            generator=generator, timesteps=timesteps, tile=tile, tile_overlap=tile_overlap)
 
 
 def check_sigma(sigma: float | torch.Tensor, batch: int, frame: str) -> torch.Tensor:

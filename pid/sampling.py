@@ -93,6 +93,9 @@ def decode_latent(
     shift_rule: str = "area",
     generator: torch.Generator | None = None,
     timesteps: torch.Tensor | None = None,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    context=None,
 ) -> torch.Tensor:
     """Sample the image in [-1, 1] for a normalised latent (possibly noisy at level σ).
 
@@ -105,6 +108,17 @@ def decode_latent(
         null_text: (1 or B, L, D) states of the null caption the text-CFG branch uses (zeros if None).
         shift_rule, shift_base, shift_ref_size: the time shift of the grid (:func:`flow.release_shift`).
         timesteps: explicit grid (wins over ``num_steps`` and the shift).
+        tile, tile_overlap: decode in overlapping tiles of ``tile`` output pixels (a multiple of the
+            patch size) sharing at least ``tile_overlap`` pixels (default tile / 4), their velocities
+            blended at every step (:mod:`pid.tiling`): the network's memory is a tile's. A tile that
+            covers the image decodes it whole, exactly as without ``tile``. Raises ValueError for a tile
+            or overlap off the patch grid.
+        context: a :class:`pid.parallel.context.ContextParallel`: every network call is split over its
+            group by patch rows (:func:`pid.parallel.context.init_context_parallel`, e.g. under torchrun);
+            every rank of the group must call with the same arguments, the random state (global and
+            ``generator``) is taken from the group's first rank, and every rank returns the whole image,
+            the one a single process decodes. Raises ValueError for a height whose patch rows do not split
+            evenly (naming the sizes that work) or together with ``tile``.
     """
     want = getattr(getattr(net, "adapter", None), "latent_channels", None)
     if latent.ndim != 4 or (want is not None and latent.shape[1] != want):
@@ -115,8 +129,24 @@ def decode_latent(
     height, width = output_size(latent, latent_down, sr_scale)
     sigma = torch.as_tensor(sigma, dtype=torch.float32, device=device).expand(b).contiguous()
     y, y_mask = text
-    model = DualCFG(pid_denoiser(net), text_scale=text_cfg if y is not None else 1.0, latent_scale=latent_cfg,
-                    cond={"latent": latent, "sigma": sigma, "y": y, "y_mask": y_mask, "y_null": null_text})
+    denoiser = pid_denoiser(net)
+    cp_cond = {}
+    if context is not None and context.size > 1:
+        if tile is not None:
+            raise ValueError("decode with context parallelism splits the whole image over the ranks: pass "
+                             "either context or tile, not both")
+        context.rows(height // int(net.patch_size), int(net.patch_size))  # refuse an uneven split up front
+        context.sync_rng(device, [generator] if generator is not None else [])
+        cp_cond = {"context": context}
+    if tile is not None:
+        from pid.tiling import TiledDenoiser, plan_tiles
+
+        layout = plan_tiles((height, width), int(net.patch_size), tile, tile_overlap)
+        if layout.tiled:
+            denoiser = TiledDenoiser(net, layout)
+    model = DualCFG(denoiser, text_scale=text_cfg if y is not None else 1.0, latent_scale=latent_cfg,
+                    cond={"latent": latent, "sigma": sigma, "y": y, "y_mask": y_mask, "y_null": null_text,
+                          **cp_cond})
     if timesteps is None:
         shift = flow.release_shift(height, width, base=shift_base, ref_size=shift_ref_size, rule=shift_rule)
         grid = schedules.official_teacher_timesteps if sampler == "dpmpp_2m" else schedules.teacher_timesteps

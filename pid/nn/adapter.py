@@ -331,9 +331,26 @@ class LatentAdapter(nn.Module):
         official LQTensorDrop: the latent *input* becomes zeros and the adapter and gates still run on it)
         or "zero_features" (the adapter's outputs are zeroed, so the backbone sees no injection at all).
         """
+        feat = self.trunk(latent, grid, keep)  # (B, width, Hp, Wp)
+        out = self.heads(feat, keep)
+        if return_aux and self.aux_rgb_head is not None:
+            out.aux_rgb = self.predict_rgb(feat.flatten(2).transpose(1, 2), grid)
+        return out
+
+    def trunk(self, latent: torch.Tensor, grid: tuple[int, int],
+              keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv trunk's map (B, width, Hp, Wp) on the patch grid (the first half of :meth:`forward`).
+
+        Its GroupNorms take statistics over the whole grid; everything after it (:meth:`heads`) is per token,
+        so a tile of the image takes its features from the window of this map (:mod:`pid.tiling`).
+        """
         if keep is not None and self.drop_mode == "zero_latent":
             latent = latent * keep.to(device=latent.device, dtype=latent.dtype).view(-1, 1, 1, 1)
-        feat = self.latent_proj(self.align(latent, grid))  # (B, width, Hp, Wp)
+        return self.latent_proj(self.align(latent, grid))
+
+    def heads(self, feat: torch.Tensor, keep: torch.Tensor | None = None) -> AdapterOutput:
+        """Per-injection-point features (B, h·w, hidden_size) of a trunk map or a window of it
+        (B, width, h, w): the second half of :meth:`forward` (``keep`` applied by ``drop_mode``)."""
         tokens = feat.flatten(2).transpose(1, 2)  # (B, N, width)
         features = [head(tokens) for head in self.output_heads]
         pit = self.pit_head(tokens) if self.pit_head is not None else None
@@ -341,8 +358,7 @@ class LatentAdapter(nn.Module):
             k = keep.to(device=tokens.device, dtype=tokens.dtype).view(-1, 1, 1)
             features = [f * k for f in features]
             pit = pit * k if pit is not None else None
-        aux = self.predict_rgb(tokens, grid) if (return_aux and self.aux_rgb_head is not None) else None
-        return AdapterOutput(features, pit, aux)
+        return AdapterOutput(features, pit, None)
 
     def predict_rgb(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Auxiliary low-res RGB (B, 3, Hp*f, Wp*f), f = patch_size / sr_scale (not masked by ``keep``)."""
