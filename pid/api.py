@@ -49,6 +49,8 @@ class PiDDecoder:
     text: dict = field(default_factory=dict)
     text_encoder: nn.Module | None = None
     release: str | None = None
+    #: what the file says it decodes (:class:`pid.identity.ModelIdentity`; None when nothing says)
+    identity: object | None = None
     _warned_null: bool = False
 
     def to(self, device) -> "PiDDecoder":
@@ -238,7 +240,10 @@ def export_decoder(module, path: str | Path, ema=None,
     carried = getattr(module.latent, "store_in_checkpoint", False)
     latent_state = module.latent.state_dict() if carried else None
     config = exported_config(module.run_config or {}, net_state, path)
-    return write_export(path, net_state, config, module.sr_scale, latent_state, ema=ema is not None)
+    from pid.identity import identity_of_module
+
+    return write_export(path, net_state, config, module.sr_scale, latent_state, ema=ema is not None,
+                        identity=identity_of_module(module).to_dict())
 
 
 def exported_config(run_config: dict, net_state: dict[str, torch.Tensor], path: str | Path) -> dict:
@@ -343,8 +348,12 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
                 "dim": model_cfg["net"].get("txt_embed_dim")}
         text_cfg = config.get("text") or {}
     encoder = _text_encoder(text_encoder, text_cfg) if text_encoder is not None else None
+    from pid.identity import checked_decoder_identity  # refuses a latent space the network was not trained on
+
+    identity = checked_decoder_identity(wf, latent, release, label=f"path={path}")
     decoder = PiDDecoder(net.eval(), latent.eval(), sr_scale, sampling=sampling, time=time, text=text,
-                         text_encoder=encoder, release=None if release is None else str(release))
+                         text_encoder=encoder, release=None if release is None else str(release),
+                         identity=identity)
     return decoder.to(device)
 
 

@@ -40,8 +40,12 @@ def load_decoders(cfg: DictConfig, device) -> tuple:
     teacher = load_decoder(teacher_path, device=device, release=release, latent=latent)
     student = sr_dec = None
     if cfg.methods.student.enabled and cfg.student_ckpt:
-        student = load_decoder(resolve_ckpt(cfg.student_ckpt, "student_ckpt"), device=device,
-                               latent=teacher.latent, release=student_release)
+        ours = _paired_identity(teacher)
+        student_path = resolve_ckpt(
+            cfg.student_ckpt, "student_ckpt",
+            compatible=lambda p: _student_misfit(ours, teacher_path, p, student_release))
+        _check_student(ours, teacher_path, student_path, student_release)
+        student = load_decoder(student_path, device=device, latent=teacher.latent, release=student_release)
     if cfg.methods.sr_cascade.enabled and cfg.sr_cascade_ckpt:
         sr_dec = load_decoder(resolve_ckpt(cfg.sr_cascade_ckpt, "sr_cascade_ckpt"), device=device)
         rgb = sr_dec.latent.down_factor == 1 and sr_dec.latent.channels == 3
@@ -49,6 +53,38 @@ def load_decoders(cfg: DictConfig, device) -> tuple:
             raise PiDConfigError(f"sr_cascade_ckpt={cfg.sr_cascade_ckpt} is not an RGB-conditioned SR model "
                                  f"at sr_scale {teacher.sr_scale} (`make train exp=quickstart_sr`)")
     return teacher, teacher_path, student, sr_dec
+
+
+def _paired_identity(teacher):
+    """The teacher's identity with the latent space the evaluation encodes with (what a student must fit)."""
+    from dataclasses import replace
+
+    from pid.identity import identity_of, latent_identity
+
+    ours = teacher.identity or identity_of(teacher.net, teacher.latent, teacher.sr_scale)
+    return replace(ours, latent=latent_identity(teacher.latent))
+
+
+def _check_student(ours, teacher_path, student_path, student_release) -> None:
+    """Refuse a student that decodes another model than the teacher ``ours`` (latent, text encoder,
+    sr_scale; :func:`pid.identity.check_compatible`), naming both identities."""
+    from pid.identity import check_compatible, read_identity
+
+    for note in check_compatible(
+            ours, read_identity(student_path, release=student_release), ours_label=f"ckpt={teacher_path}",
+            theirs_label=f"student_ckpt={student_path}", parts=("latent", "text", "sr_scale"),
+            advice="Evaluate a student distilled from this teacher (student_ckpt=<its DMD2 run's export>), "
+                   "or set ckpt= to the teacher the student was distilled from."):
+        log.info("%s", note)
+
+
+def _student_misfit(ours, teacher_path, student_path, student_release) -> Exception | None:
+    """None when the student file fits the teacher, else the error saying why (glob choice)."""
+    try:
+        _check_student(ours, teacher_path, student_path, student_release)
+    except PiDConfigError as err:
+        return err
+    return None
 
 
 def build_suite(cfg: DictConfig, truth, captions, device):

@@ -13,15 +13,17 @@ from pid.utils.errors import PiDConfigError
 from pid.weights.paths import resolve_weights_path
 
 
-def resolve_ckpt(path: str | None, key: str) -> Path | None:
-    """A checkpoint path, a run folder (its export) or a glob (its newest match, logged); None when unset.
+def resolve_ckpt(path: str | None, key: str, compatible=None) -> Path | None:
+    """A checkpoint path, a run folder (its export) or a glob (its newest match ``compatible`` accepts,
+    logged with what it passed over); None when unset.
 
     Missing: MissingWeightsError naming ``key`` (:func:`pid.weights.paths.resolve_weights_path`).
     """
     if path in (None, "", "null"):
         return None
     return resolve_weights_path(path, key, f"checkpoint for `{key}`", "a pid_decoder.safetensors export",
-                                source="`make train` (quickstart) or a run of pid.train")
+                                source="`make train` (quickstart) or a run of pid.train",
+                                compatible=compatible)
 
 
 def pick_device(name: str) -> torch.device:

@@ -100,6 +100,13 @@ class LatentSpace(nn.Module, ABC):
         """
         return self
 
+    def identity_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors that define what this space encodes, hashed into its fingerprint (:mod:`pid.identity`).
+
+        The state dict by default (weights, fitted bases, normalisation buffers); spaces leave out parts
+        that do not change the latent, such as a native decoder."""
+        return self.state_dict()
+
     # --- the two maps subclasses provide -------------------------------------------
     @abstractmethod
     def encode_raw(self, images: torch.Tensor) -> torch.Tensor:

@@ -378,6 +378,10 @@ class RAELatent(LatentSpace):
             raise RuntimeError(f"encoder returned {tokens.shape[1]} patch tokens for a {h}×{w} grid")
         return tokens.float().transpose(1, 2).reshape(b, self._channels, h, w)
 
+    def identity_tensors(self) -> dict[str, torch.Tensor]:
+        """The encoder and the statistics: the native decoder does not change the latent."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("decoder.")}
+
     def decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
         if self.decoder is None:
             raise MissingWeightsError(

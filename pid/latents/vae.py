@@ -353,6 +353,11 @@ class DiffusersVAELatent(LatentSpace):
             self.vae.use_tiling = tiling
         return self.pack((mean.squeeze(2) if self._frames else mean).float())
 
+    def identity_tensors(self) -> dict[str, torch.Tensor]:
+        """The encoder side and the normalisation: the VAE's decoder does not change the latent."""
+        return {k: v for k, v in self.state_dict().items()
+                if not k.startswith(("vae.decoder.", "vae.post_quant_conv."))}
+
     def decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw latent (B, C, h, w) → images (B, 3, h·f, w·f), float32, with the VAE's own decoder."""
         z = self.unpack(raw).to(self._dtype())

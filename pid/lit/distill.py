@@ -61,12 +61,14 @@ STUDENT_SAMPLERS = ("sde", "euler")
 _TEACHER_FILES = "a pid_decoder.safetensors export or a .ckpt written by `pid.train`"
 
 
-def resolve_teacher_path(value: str | os.PathLike | None, config_key: str = "model.teacher_ckpt") -> Path:
-    """A file, a run folder of ``pid.train`` or a glob (newest match wins, e.g. the latest quickstart
-    run's export): :func:`pid.weights.paths.resolve_weights_path`."""
+def resolve_teacher_path(value: str | os.PathLike | None, config_key: str = "model.teacher_ckpt",
+                         compatible=None) -> Path:
+    """A file, a run folder of ``pid.train`` or a glob (the newest match ``compatible`` accepts, e.g. the
+    latest quickstart run trained on this run's latent): :func:`pid.weights.paths.resolve_weights_path`."""
     return resolve_weights_path(value, config_key, "PiD teacher", _TEACHER_FILES,
                                 source="a teacher run: `make train exp=quickstart` writes "
-                                       "logs/quickstart/runs/<time>/pid_decoder.safetensors")
+                                       "logs/quickstart/runs/<time>/pid_decoder.safetensors",
+                                compatible=compatible)
 
 
 class DMD2Module(pl.LightningModule):
@@ -181,9 +183,13 @@ class DMD2Module(pl.LightningModule):
             adapter.aux_rgb_head = None  # no aux RGB loss in distillation: student, teacher, critic drop it
         self.latent = latent.requires_grad_(False).eval()
         self.text_encoder = text_encoder.requires_grad_(False).eval() if text_encoder is not None else None
-        self.teacher_path = resolve_teacher_path(teacher_ckpt)
+        from pid.identity import identity_of
+
+        ours = identity_of(net, self.latent, self.sr_scale, self.text_encoder)
+        self.teacher_path = resolve_teacher_path(teacher_ckpt,
+                                                 compatible=lambda p: self._teacher_misfit(p, ours))
         log.info("teacher: %s", self.teacher_path)  # a glob's choice is logged by the resolver
-        self.teacher_config = self._load_teacher(net, self.teacher_path)
+        self.teacher_config = self._load_teacher(net, self.teacher_path, ours)
         teacher_model = (self.teacher_config or {}).get("model") or {}
         # Time shift of the re-noising times: the teacher's own training setting unless `time` overrides it.
         self.time = {**self._time_override, **(teacher_model.get("time") or {})}
@@ -192,7 +198,7 @@ class DMD2Module(pl.LightningModule):
         self.teacher = copy.deepcopy(net).requires_grad_(False).eval()
         self.discriminator = discriminator(in_channels=net.hidden_size, num_blocks=net.patch_depth)
 
-    def _load_teacher(self, net: nn.Module, path: Path) -> dict:
+    def _load_teacher(self, net: nn.Module, path: Path, ours) -> dict:
         """Load the teacher's (EMA) weights into ``net`` strictly, and its embedded latent; return its run
         config.
 
@@ -201,27 +207,52 @@ class DMD2Module(pl.LightningModule):
         and fake score without it, as the official recipe does)."""
         from pid.weights import load_weights, read_weights
 
+        from pid.identity import latent_identity, read_identity
+
         wf = read_weights(path)
-        self._check_teacher_latent(path, wf.config or {})
+        theirs = read_identity(wf)
+        for note in self._check_teacher(path, theirs, ours):
+            log.info("teacher identity: %s", note)
         load_weights(net, wf, weights="ema", allow=("unused-aux-head",), config_key="model.teacher_ckpt")
         latent_state = wf.groups.get("latent")
         if latent_state and getattr(self.latent, "store_in_checkpoint", False):
             self.latent.load_state_dict(latent_state, strict=True)  # the latent the teacher was trained on
+            if ours.latent.digest != latent_identity(self.latent).digest:
+                log.info("the teacher's embedded latent %s replaces this run's %s: the student learns the "
+                         "latent its teacher decodes", latent_identity(self.latent).describe(),
+                         ours.latent.describe())
         return wf.config or {}
 
-    def _check_teacher_latent(self, path: Path, config: dict) -> None:
-        """A teacher trained on another latent geometry (its run config says) is refused, naming the fix."""
-        theirs = config.get("latent") or {}
-        keys = [k for k in ("channels", "down_factor") if k in theirs]
-        ours = {k: getattr(self.latent, k, None) for k in keys}
-        differ = [k for k in keys if ours[k] is not None and int(theirs[k]) != int(ours[k])]
-        if differ:
-            fix = " ".join(f"latent.{k}={theirs[k]}" for k in keys)
-            have = ", ".join(f"{k} {ours[k]}" for k in differ)
-            want = ", ".join(f"{k} {theirs[k]}" for k in differ)
-            raise PiDConfigError(
-                f"model.teacher_ckpt={path} was trained on a latent with {want}, but this run's latent has "
-                f"{have}: distil it with `{fix}`, or pick a teacher trained on this latent")
+    def _check_teacher(self, path: Path, theirs, ours) -> list[str]:
+        """Refuse a teacher that decodes another model than this run's (latent, text encoder, sr_scale,
+        output parameterisation; :func:`pid.identity.check_compatible`); the message names both identities
+        and the overrides that distil this teacher correctly. A latent whose tensors travel in the teacher's
+        file is compared by class and geometry only: the run takes the teacher's tensors. Returns notes."""
+        from pid.identity import check_compatible, run_overrides_for
+
+        adopt = bool(theirs is not None and theirs.latent.carried
+                     and getattr(self.latent, "store_in_checkpoint", False))
+
+        def advice(differ: list[str]) -> str:
+            overrides = run_overrides_for(theirs.config or {}, differ) if theirs.config else []
+            own = (f"run with the settings it was trained with: `{' '.join(overrides)}`" if overrides
+                   else "run with the latent, text encoder, sr_scale and model.net it was trained with")
+            return (f"To distil this teacher, {own}. To keep this run's settings, set model.teacher_ckpt to "
+                    "a teacher trained with them.")
+
+        return check_compatible(ours, theirs, ours_label="this run",
+                                theirs_label=f"model.teacher_ckpt={path}", latent_tensors=not adopt,
+                                advice=advice)
+
+    def _teacher_misfit(self, path: Path, ours) -> Exception | None:
+        """None when the teacher file at ``path`` fits this run, else the error saying why (glob choice)."""
+        from pid.identity import read_identity
+
+        try:
+            self._check_teacher(path, read_identity(path), ours)
+        except PiDConfigError as err:
+            return err
+        return None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -486,6 +517,9 @@ class DMD2Module(pl.LightningModule):
         checkpoint["pid"] = {"format": 1, "config": self.run_config, "sr_scale": self.sr_scale,
                              "distill": {"teacher": str(self.teacher_path),
                                          "student_every": self.student_every}}
+        from pid.identity import identity_of_module
+
+        checkpoint["pid"]["identity"] = identity_of_module(self).to_dict()
         for key in ("hyper_parameters", "datamodule_hyper_parameters"):
             if key in checkpoint:
                 checkpoint[key] = plain_container(checkpoint[key])

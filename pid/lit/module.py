@@ -257,6 +257,9 @@ class PiDModule(pl.LightningModule):
         for key in [k for k in checkpoint["state_dict"] if k.startswith(drop)]:
             del checkpoint["state_dict"][key]
         checkpoint["pid"] = {"format": 1, "config": self.run_config, "sr_scale": self.sr_scale}
+        from pid.identity import identity_of_module
+
+        checkpoint["pid"]["identity"] = identity_of_module(self).to_dict()
         # Plain containers only, so the file loads with torch.load(weights_only=True).
         for key in ("hyper_parameters", "datamodule_hyper_parameters"):
             if key in checkpoint:

@@ -30,8 +30,12 @@ def write_export(
     sr_scale: int,
     latent_state: dict[str, torch.Tensor] | None = None,
     ema: bool = False,
+    identity: dict | None = None,
 ) -> Path:
-    """Write ``net_state`` (project names), optional latent tensors and the run config as a PiD export."""
+    """Write ``net_state`` (project names), optional latent tensors and the run config as a PiD export.
+
+    ``identity``: the model's fingerprint (:meth:`pid.identity.ModelIdentity.to_dict`), metadata key
+    ``identity``."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -43,6 +47,8 @@ def write_export(
         "sr_scale": str(sr_scale),
         "ema": str(bool(ema)),
     }
+    if identity is not None:
+        meta["identity"] = json.dumps(identity, sort_keys=True)
     tmp = _atomic(path)
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)

@@ -120,7 +120,8 @@ def _read_safetensors(path: Path) -> WeightsFile:
             "pid-export",
             groups,
             json.loads(meta.get("config") or "{}"),
-            {"ema": meta.get("ema") == "True", "sr_scale": meta.get("sr_scale")},
+            {"ema": meta.get("ema") == "True", "sr_scale": meta.get("sr_scale"),
+             "identity": meta.get("identity")},
         )
     return _from_flat(path, tensors)
 
@@ -131,7 +132,8 @@ def _from_lightning(path: Path, ckpt: dict) -> WeightsFile:
     if shadow:  # the EMA tracks the trained tensors; the rest (frozen parts) are the same in both
         groups["net_ema"] = {**groups.get("net", {}), **shadow}
     groups.pop("text_encoder", None)
-    meta = {"global_step": ckpt.get("global_step"), "distill": (ckpt["pid"] or {}).get("distill")}
+    meta = {"global_step": ckpt.get("global_step"), "distill": (ckpt["pid"] or {}).get("distill"),
+            "identity": (ckpt["pid"] or {}).get("identity")}
     return WeightsFile(path, "lightning", groups, ckpt["pid"].get("config") or None, meta)
 
 
