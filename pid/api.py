@@ -107,7 +107,7 @@ class PiDDecoder:
                num_steps: int | None = None, text_cfg: float | None = None, latent_cfg: float | None = None,
                sampler: str | None = None, timesteps=None, generator: torch.Generator | None = None,
                frame: str = "train", tile: int | None = None,
-               tile_overlap: int | None = None) -> torch.Tensor:
+               tile_overlap: int | None = None, context=None) -> torch.Tensor:
         """Decode a normalised latent at noise level σ to an image in [-1, 1].
 
         Args:
@@ -127,6 +127,10 @@ class PiDDecoder:
                 across tile borders differs from the whole decode.
             tile_overlap: output pixels neighbouring tiles share at least (a multiple of the patch size,
                 below ``tile``; default tile / 4 on the patch grid), blended by linear ramps.
+            context: a :class:`pid.parallel.context.ContextParallel` (``init_context_parallel(n)`` under
+                ``torchrun --nproc_per_node n``): each network call is split by patch rows over its n ranks,
+                which all call ``decode`` with the same arguments and all get the image one process decodes.
+                The output's patch rows must split evenly (the error names the sizes that work).
 
         Raises:
             ValueError: a non-finite or integer latent, a negative guidance scale, σ outside its range
@@ -187,7 +191,7 @@ class PiDDecoder:
             text=(y, None), null_text=y_null, shift_base=self.time.get("shift_base", 6.0),
             shift_ref_size=self.time.get("shift_ref_size", 2048),
             shift_rule=self.time.get("shift_rule", "area"),
-            generator=generator, timesteps=timesteps, tile=tile, tile_overlap=tile_overlap)
+            generator=generator, timesteps=timesteps, tile=tile, tile_overlap=tile_overlap, context=context)
 
 
 def check_sigma(sigma: float | torch.Tensor, batch: int, frame: str) -> torch.Tensor:

@@ -25,6 +25,7 @@ Several images (B > 1) are written as ``out_0.png``, ``out_1.png``, …
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--latent-cfg", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--context-parallel", type=int, default=1, metavar="N",
+                        help="split each image over N processes started by `torchrun --nproc_per_node N` "
+                             "(patch rows per process; the image is the one a single process decodes; "
+                             "rank 0 writes it)")
     return parser
 
 
@@ -230,9 +235,20 @@ def main(argv: list[str] | None = None) -> list[Path]:
         "decoding a %s latent into %d×%d px (%s steps on %s); large outputs on a CPU take minutes",
         "×".join(map(str, latent.shape)), latent.shape[-2] * scale, latent.shape[-1] * scale, steps,
         decoder.device)
+    context = None
+    if args.context_parallel != 1:
+        from pid.parallel.context import init_from_environment
+
+        if args.context_parallel < 1:
+            raise PiDConfigError(f"--context-parallel {args.context_parallel}: a number of processes >= 1")
+        if str(args.device).startswith("cuda"):
+            decoder.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        context = init_from_environment(args.context_parallel, decoder.device)
     images = decoder.decode(latent, sigma, caption=args.caption, caption_states=states,
                             num_steps=args.steps, latent_cfg=args.latent_cfg, sampler=args.sampler,
-                            generator=generator, frame=frame)
+                            generator=generator, frame=frame, context=context)
+    if context is not None and context.rank != 0:
+        return []  # every rank holds the image; the first writes it
     paths = save_images(images, args.out)
     shown = ", ".join(f"{float(v):g}" for v in torch.as_tensor(sigma).reshape(-1))
     print(f"decoded {tuple(latent.shape)} at σ={shown} ({frame}) → " + ", ".join(map(str, paths)))

@@ -51,6 +51,27 @@ def _loss_and_grads(net, inp: dict, context=None):
     return v.detach(), extras["features"][1].detach(), extras["aux_rgb"].detach(), loss.detach(), grads
 
 
+def _decodes(net, context) -> dict:
+    """Decodes of one latent batch with both guidances (text CFG 3 with a null caption, latent CFG 2) at
+    σ = 0.3: the student's SDE sampler (fresh noise every step, from a generator) and the teacher's
+    DPM-Solver++ (noise from the global generator); with ``context`` split over its group."""
+    from pid.diffusion.schedules import student_timesteps
+    from pid.sampling import decode_latent
+
+    g = torch.Generator().manual_seed(11)
+    latent = torch.randn(2, 4, 2, 1, generator=g)  # a 64 x 32 px image: 4 patch rows
+    y = torch.randn(2, 5, 32, generator=g)
+    common = dict(sr_scale=4, latent_down=8, text=(y, None), null_text=torch.zeros(1, 5, 32), text_cfg=3.0,
+                  latent_cfg=2.0, context=context)
+    torch.manual_seed(123 + (0 if context is None else context.rank))  # ranks differ: decode syncs them
+    gen = torch.Generator().manual_seed(5 + (0 if context is None else context.rank))
+    sde = decode_latent(net, latent, 0.3, num_steps=3, sampler="sde", generator=gen,
+                        timesteps=student_timesteps(num_steps=3), **common)
+    torch.manual_seed(7)
+    dpm = decode_latent(net, latent, torch.tensor([0.0, 0.5]), num_steps=3, sampler="dpmpp_2m", **common)
+    return {"sde": sde, "dpmpp_2m": dpm}
+
+
 def _network_worker(rank: int, world: int, port: int, out: str) -> None:
     sys.path.insert(0, str(HERE))
     from conftest import tiny_pid_net
@@ -80,18 +101,28 @@ def _network_worker(rank: int, world: int, port: int, out: str) -> None:
         with torch.no_grad():
             no_grad_v = net(inp["x"], inp["t"], context=cp,
                             **{k: inp[k] for k in ("latent", "sigma", "latent_keep", "y", "y_mask")})
+        decodes = _decodes(net.eval(), cp)
         if rank == 0:
-            ref = _loss_and_grads(net, inp)
+            decodes = {k: (v, _decodes(net, None)[k]) for k, v in decodes.items()}
+            ref = _loss_and_grads(net.train(), inp)
             torch.save({"cp": (v, feat, aux, loss, grads), "ref": ref, "uneven": uneven,
-                        "no_grad_v": no_grad_v, "mesh": (cp.size, cp.rank, cp.dp_size, cp.dp_rank)},
+                        "no_grad_v": no_grad_v, "decodes": decodes,
+                        "mesh": (cp.size, cp.rank, cp.dp_size, cp.dp_rank)},
                        Path(out) / "net.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_network_forward_and_backward_cp2_equal_one_process(tmp_path):
-    mp.start_processes(_network_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    got = torch.load(tmp_path / "net.pt", weights_only=False)
+@pytest.fixture(scope="module")
+def cp_results(tmp_path_factory) -> dict:
+    """What the 2 CP ranks and one process computed (network and decodes), from one spawn."""
+    out = tmp_path_factory.mktemp("cp")
+    mp.start_processes(_network_worker, args=(2, free_port(), str(out)), nprocs=2, start_method="spawn")
+    return torch.load(out / "net.pt", weights_only=False)
+
+
+def test_network_forward_and_backward_cp2_equal_one_process(cp_results):
+    got = cp_results
     assert got["mesh"] == (2, 0, 1, 0)
     (v, feat, aux, loss, grads), (rv, rfeat, raux, rloss, rgrads) = got["cp"], got["ref"]
     torch.testing.assert_close(v, rv, **TOL)
@@ -116,5 +147,66 @@ def test_split_problem_names_working_sizes():
     assert "sizes that work: 1, 2, 3, 6" in msg and "multiples of 64 px" in msg
 
 
-if __name__ == "__main__":
-    pytest.main([__file__, "-q"])
+
+def test_decode_cp2_equals_one_process(cp_results):
+    for name, (cp, ref) in cp_results["decodes"].items():
+        print(f"decode {name}: CP=2 vs one process max |Δ| {float((cp - ref).abs().max()):.2e}")
+        torch.testing.assert_close(cp, ref, **TOL, msg=name)
+
+
+def _perturbed_tiny_decoder(out: Path) -> Path:
+    """The quickstart export with every weight moved off its initialisation (its zero output layer would
+    make every decode the same whatever the network computes)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(HERE))
+    from conftest import export_tiny_decoder
+
+    path = export_tiny_decoder(out)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    g = torch.Generator().manual_seed(0)
+    for k, v in tensors.items():
+        if v.is_floating_point() and k.startswith("net."):
+            tensors[k] = v + 0.05 * torch.randn(v.shape, generator=g).to(v.dtype)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def test_decode_cli_under_torchrun_equals_one_process(tmp_path):
+    """`torchrun --nproc_per_node 2 -m pid.decode --context-parallel 2` writes the image of a plain
+    `python -m pid.decode` (latent guidance, σ > 0, the file's sampler)."""
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from pid.decode import main
+
+    ckpt = _perturbed_tiny_decoder(tmp_path)
+    save_file({"latent": torch.randn(1, 16, 2, 3, generator=torch.Generator().manual_seed(1))},
+              str(tmp_path / "z.safetensors"))
+    common = ["--ckpt", str(ckpt), "--latent", str(tmp_path / "z.safetensors"), "--sigma", "0.3",
+              "--latent-cfg", "2", "--seed", "4", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(free_port()), "-m", "pid.decode", *common,
+                           "--out", str(tmp_path / "cp.png"), "--context-parallel", "2"],
+                          cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    main([*common, "--out", str(tmp_path / "one.png")])
+    cp, one = (np.asarray(Image.open(tmp_path / f"{n}.png")).astype(int) for n in ("cp", "one"))
+    assert cp.shape == one.shape == (64, 96, 3)
+    assert one.std() > 10, "a real image, not a constant"
+    diff = np.abs(cp - one)
+    assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())  # 8-bit rounding at most
+
+
+def test_decode_cli_refuses_a_wrong_process_count(tmp_path):
+    from pid.parallel.context import init_from_environment
+
+    with pytest.raises(ValueError, match="torchrun --nproc_per_node 2"):
+        init_from_environment(2, "cpu")  # one process, no torchrun

@@ -247,6 +247,27 @@ def init_context_parallel(size: int, device_type: str | None = None) -> ContextP
     return _ACTIVE
 
 
+def init_from_environment(size: int, device: torch.device | str = "cpu") -> ContextParallel:
+    """The process group of ``torchrun`` (its RANK / WORLD_SIZE / MASTER_* variables: NCCL on CUDA, gloo on
+    the CPU) and the CP layout over all of its ranks (one group: DP 1 × CP ``size``), for decoding.
+
+    Raises:
+        ValueError: the world size is not ``size`` (naming how to start it).
+    """
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != int(size):
+        raise ValueError(f"--context-parallel {size} splits each image over {size} processes, but "
+                         f"{world} were started: run `torchrun --nproc_per_node {size} -m pid.decode ...`")
+    device = torch.device(device)
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return init_context_parallel(int(size), device.type)
+
+
 def active() -> ContextParallel | None:
     """The CP layout built last in this process (:func:`init_context_parallel`), or None."""
     return _ACTIVE
