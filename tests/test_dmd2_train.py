@@ -330,13 +330,14 @@ def test_the_log_names_the_teacher_file_a_glob_chose(setup, caplog):
     with caplog.at_level(logging.INFO, logger="pid"):
         build(compose_train(distill_overrides(root, out, "glob", Path(pattern))))
     messages = [r.getMessage() for r in caplog.records]
-    assert f"model.teacher_ckpt={pattern}: {newest}, the newest of 2 matches" in messages
+    assert f"model.teacher_ckpt={pattern}: {newest}, the newest compatible one of 2 matches" in messages
     assert f"teacher: {newest}" in messages
 
 
 def test_teacher_of_another_latent_geometry_or_a_run_folder(setup, tmp_path):
-    """A teacher whose run config names another latent geometry is refused before any weight is loaded,
-    with the overrides that fit it; a run folder stands for its export; a text file is named as such."""
+    """A teacher written before fingerprints whose run config names another latent geometry is refused
+    before any weight is loaded, naming both identities and the overrides that fit it; a run folder stands
+    for its export; a text file is named as such."""
     import json
 
     from safetensors import safe_open
@@ -352,12 +353,14 @@ def test_teacher_of_another_latent_geometry_or_a_run_folder(setup, tmp_path):
     config["latent"]["down_factor"] = 4
     other = tmp_path / "other" / "pid_decoder.safetensors"
     other.parent.mkdir()
-    save_file(tensors, str(other), metadata={**meta, "config": json.dumps(config)})
+    old_meta = {k: v for k, v in meta.items() if k != "identity"}  # a file written before fingerprints
+    save_file(tensors, str(other), metadata={**old_meta, "config": json.dumps(config)})
     with pytest.raises(Exception) as err:
         build(compose_train(distill_overrides(root, out, "geom", other)))
     cause = err.value if isinstance(err.value, PiDConfigError) else err.value.__cause__
     assert isinstance(cause, PiDConfigError), err.value
-    assert "down_factor 4" in str(cause) and "latent.channels=16 latent.down_factor=4" in str(cause)
+    assert "latent down factor 4 vs 8" in str(cause) and "written before fingerprints" in str(cause)
+    assert "`latent=patch_pca latent.down_factor=4" in str(cause)
 
     _, module, _ = build(compose_train(distill_overrides(root, out, "folder", teacher.parent)))
     assert module.teacher_path == teacher

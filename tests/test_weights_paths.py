@@ -97,9 +97,23 @@ def test_a_glob_passes_over_runs_without_an_export(tmp_path, caplog):
     (failed / "train.log").write_text("Config values out of range\n")
     with caplog.at_level(logging.INFO, logger="pid.weights.paths"):
         assert resolve_ckpt(f"{tmp_path}/runs/*", "ckpt") == export
-    assert "1 run folder(s) without an export passed over" in caplog.messages[0]
+    assert "passed over: 1 run folder(s) without an export" in caplog.messages[0]
     with pytest.raises(MissingWeightsError, match="1 run folder"):
         resolve_ckpt(f"{tmp_path}/runs/b*", "ckpt")
+
+
+def test_a_glob_with_a_compatibility_check_takes_the_newest_compatible_match(tmp_path, caplog):
+    from pid.utils.errors import PiDConfigError
+
+    old = _file(tmp_path / "runs" / "a" / "pid_decoder.safetensors", 1_000)
+    new = _file(tmp_path / "runs" / "b" / "pid_decoder.safetensors", 2_000)
+    refuse_b = lambda p: PiDConfigError("another latent") if p.parent.name == "b" else None  # noqa: E731
+    with caplog.at_level(logging.INFO, logger="pid.weights.paths"):
+        assert resolve_ckpt(f"{tmp_path}/runs/*", "ckpt", compatible=refuse_b) == old
+    assert f"1 newer export(s) of another model ({new}: another latent)" in caplog.messages[0]
+    with pytest.raises(PiDConfigError, match="none of its 2 finished run") as err:
+        resolve_ckpt(f"{tmp_path}/runs/*", "ckpt", compatible=lambda p: PiDConfigError("another latent"))
+    assert f"The newest, {new}:\nanother latent" in str(err.value)
 
 
 def test_a_stopped_run_points_to_its_last_checkpoint(tmp_path):
