@@ -28,7 +28,7 @@ from pid.utils.errors import PiDConfigError
 from pid.weights import load_weights, read_weights
 from pid.weights.export import write_export
 from pid.weights.paths import resolve_weights_path
-from pid.weights.release import Release, load_release
+from pid.weights.release import Release, find_preset, load_release
 
 log = logging.getLogger(__name__)
 
@@ -296,13 +296,15 @@ def net_config_for_weights(net_cfg: dict, tensor_names) -> dict:
 
 def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: nn.Module | None = None,
                  build_latent: bool = True, *, release: str | Path | Release | None = None,
-                 weights: str = "ema", text_encoder: str | nn.Module | None = None) -> PiDDecoder:
+                 weights: str = "ema", text_encoder: str | nn.Module | None = None,
+                 latent_path: str | Path | None = None) -> PiDDecoder:
     """Load a decoder from any weights file :mod:`pid.weights` reads.
 
     Args:
         path: our export / ``.ckpt``, a run folder of ``pid.train`` (its export) or a glob (its newest
-            match, logged), or with ``release``: an official ``model_ema_bf16.pth``, full ``model.pth``,
-            DCP folder, or an export of a model trained from a release.
+            match, logged); a file written by ``pid.weights.export`` / ``convert`` (its preset beside it,
+            ``<stem>.yaml``, or inside a ``.safetensors``; the log says which); or with ``release``: an
+            official ``model_ema_bf16.pth``, full ``model.pth``, DCP folder, a ComfyUI file.
         latent: an already built latent space to reuse.
         build_latent: False loads only the latent's geometry (channels, down factor, noise form): enough to
             decode latents, without the encoder's weights (``decoder.encode`` is then unavailable). Release
@@ -310,12 +312,25 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
         release: preset name, alias, official name or preset file (:mod:`pid.weights.release`).
         weights: "ema" (default) or "raw" for files holding both.
         text_encoder: a local Gemma-2 folder (or a built encoder) for ``decode(caption=...)``.
+        latent_path: weights of a release's latent space (e.g. a local VAE folder), so that
+            ``decoder.encode`` works; a preset found with the file builds its own embedded latent already.
     """
     path = resolve_weights_path(path, "path", "PiD decoder",
                                 "a pid_decoder.safetensors export, a run folder of pid.train, a .ckpt of "
                                 "pid.train, or a released model_ema_bf16.pth / model.pth / DCP folder (with "
                                 "release=)")
     wf = read_weights(path)
+    release_found, own_latent = release is None and not wf.config, False
+    if release_found:
+        found = find_preset(path, wf.meta)
+        if found is None:
+            raise PiDConfigError(
+                f"{path} carries no config ({wf.layout}) and no preset was found beside it "
+                f"({Path(path).with_suffix('.yaml').name}) or inside it: name its network with release=... "
+                "(a preset name or file, see conf/releases/)")
+        release, where = found
+        own_latent = build_latent and _has_latent_file(release)
+        log.info("%s: network, latent space and sampler from %s", path, where)
     if release is not None:
         rel = load_release(release)
         with torch.device("meta"):  # refuse a file of another model before allocating the network
@@ -323,16 +338,15 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
                          dry_run=True)
         net = rel.build_net()
         load_weights(net, wf, weights=weights, config_key="ckpt")
-        latent = latent or rel.build_latent(geometry_only=True)
+        if latent is None and latent_path is not None:
+            latent = rel.build_latent(latent_path)
+        latent = latent or rel.build_latent(geometry_only=not (release_found and own_latent))
         text = {"uses_text": bool(rel.text.get("states", True)), "max_length": net.txt_max_length,
                 "dim": rel.net.get("txt_embed_dim"),
                 "negative_prompt": rel.text.get("negative_prompt")}
         sampling, time, sr_scale = dict(rel.sampling), dict(rel.time), int(rel.sr_scale or 1)
         text_cfg = rel.text
     else:
-        if not wf.config:
-            raise PiDConfigError(f"{path} carries no config ({wf.layout}): name its network with release=... "
-                                 "(a preset name or file, see conf/releases/)")
         config = wf.config
         from hydra.utils import instantiate
 
@@ -359,6 +373,12 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
                          text_encoder=encoder, release=None if release is None else str(release),
                          identity=identity)
     return decoder.to(device)
+
+
+def _has_latent_file(rel: Release) -> bool:
+    """Whether a preset's latent space names weights that are on disk (an exported embedded latent)."""
+    cfg = rel.latent_config() if rel.kind != "prior" else None
+    return bool(cfg and cfg.get("path") and Path(str(cfg["path"])).expanduser().exists())
 
 
 def _text_encoder(source: str | nn.Module, text_cfg: dict) -> nn.Module:

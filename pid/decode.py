@@ -148,6 +148,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: config keys named by errors of the shared code → this command's flags
+CLI_FLAGS = {"latent.path": "--latent-path", "release": "--release", "ckpt": "--ckpt"}
+
+
+def cli_message(err: BaseException) -> str:
+    """An error's message in this command's words: ``latent.path=X`` → ``--latent-path X`` etc."""
+    import re
+
+    text = str(err)
+    for key, flag in CLI_FLAGS.items():
+        text = re.sub(rf"`?(?<![\w.]){re.escape(key)}=(\.\.\.|[^\s`,;)]*)`?", rf"{flag} \1", text)
+    return re.sub(r"(?<![\w.])latent\.path(?![\w])", "--latent-path", text)
+
+
 def _latent_from_image(decoder, path: str, size) -> torch.Tensor:
     from pid.data.io import load_rgb
 
@@ -207,13 +221,28 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.image and args.release:
         from pid.weights.release import load_release
 
-        latent_obj = load_release(args.release).build_latent(args.latent_path)
+        try:
+            latent_obj = load_release(args.release).build_latent(args.latent_path)
+        except MissingWeightsError as err:
+            raise MissingWeightsError.with_message(cli_message(err), err.config_key) from err
     from pid.weights.paths import resolve_weights_path
 
     ckpt = resolve_weights_path(args.ckpt, "--ckpt", "PiD decoder",
                                 "an export, a run folder of pid.train or a released file")
-    decoder = load_decoder(ckpt, device=args.device, build_latent=build_latent, latent=latent_obj,
-                           release=args.release, text_encoder=args.text_encoder)
+    try:
+        decoder = load_decoder(ckpt, device=args.device, build_latent=build_latent, latent=latent_obj,
+                               release=args.release, text_encoder=args.text_encoder,
+                               latent_path=args.latent_path if args.image and not args.release else None)
+    except MissingWeightsError as err:  # the shared code names config keys; say this command's flags
+        raise MissingWeightsError.with_message(cli_message(err), err.config_key) from err
+    except PiDConfigError as err:
+        raise PiDConfigError(cli_message(err)) from err
+    from pid.latents.geometry import LatentGeometry
+
+    if args.image and isinstance(decoder.latent, LatentGeometry):
+        raise PiDConfigError(f"--image needs the weights of the decoder's latent space "
+                             f"({decoder.latent.name}) to encode it: give them with --latent-path (e.g. a "
+                             "local VAE folder)")
     frame = args.frame
     stored_sigma, states = None, None
     if args.latent:
@@ -261,5 +290,5 @@ if __name__ == "__main__":
     try:
         main()
     except (MissingWeightsError, PiDConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {cli_message(err)}", file=sys.stderr)
         sys.exit(2)

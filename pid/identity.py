@@ -343,6 +343,8 @@ def identity_from_release(release) -> ModelIdentity:
     from pid.weights.release import load_release
 
     rel = load_release(release)
+    if rel.identity:  # a preset written by pid.weights.export carries the model's fingerprint
+        return ModelIdentity.from_dict(rel.identity)
     latent_cfg = rel.latent_config() or {}
     latent = latent_identity_from_config(latent_cfg)
     prefix = _prefix_hash(_resolve_prefix(rel.text.get("prefix"))) if "prefix" in rel.text else None

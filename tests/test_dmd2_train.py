@@ -268,7 +268,7 @@ def test_resume_is_exact_and_the_student_exports_as_a_plain_decoder(setup):
 
     for dtype in ("float32", "bfloat16"):
         released = export_release_cli([str(export), str(out / dtype / "model_ema_bf16.pth"),
-                                       "--dtype", dtype])
+                                       "--dtype", dtype, "--target", "pid"])  # EDM output: pid's target
         raw = torch.load(released, weights_only=True)
         assert all(k.startswith("net.") for k in raw)
         assert raw["net.lq_proj.gate_modules.0.log_alpha"].ndim == 0

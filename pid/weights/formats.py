@@ -15,8 +15,14 @@ Layouts (``WeightsFile.layout``):
                               float32
 ``official-dcp``              an official torch.distributed.checkpoint folder: ``checkpoints/`` (read through
                               ``latest_checkpoint.txt``), ``iter_*/`` or its ``model/`` subfolder
+``comfyui``                   a file as ComfyUI takes or holds it: NVIDIA names with no prefix or
+                              ``model.diffusion_model.``, and/or the pixel blocks' adaLN split into
+                              ``adaLN_modulation_msa`` / ``_mlp`` (joined back on reading, exactly)
 ``state-dict``                any other flat state dict (``.safetensors`` / ``.pt`` / ``.pth``) of a network
 ============================  =====================================================================
+
+Files written by ``pid.weights.export`` / ``convert`` as ``.safetensors`` carry their release preset in
+the metadata (``pid.preset``, JSON); it is returned as ``WeightsFile.meta["preset"]``.
 
 Groups (``WeightsFile.groups``) use the project's parameter names without prefix: ``net`` (raw or
 only weights), ``net_ema`` (EMA), ``fake_score``, ``discriminator``, ``teacher`` (DMD2's frozen copy) and
@@ -37,6 +43,10 @@ from pid.utils.errors import PiDConfigError
 from pid.weights import official
 
 EXPORT_FORMAT = "pid-decoder-1"
+#: safetensors metadata key holding an exported file's release preset (JSON)
+PRESET_KEY = "pid.preset"
+#: ComfyUI's prefix of a diffusion model inside a whole-pipeline state dict
+COMFY_PREFIX = "model.diffusion_model."
 
 # prefixes of the groups in official full / DCP checkpoints
 OFFICIAL_GROUPS = ("net_ema", "net", "fake_score", "discriminator")
@@ -123,7 +133,13 @@ def _read_safetensors(path: Path) -> WeightsFile:
             {"ema": meta.get("ema") == "True", "sr_scale": meta.get("sr_scale"),
              "identity": meta.get("identity")},
         )
-    return _from_flat(path, tensors)
+    wf = _from_flat(path, tensors)
+    if meta.get(PRESET_KEY):
+        try:
+            wf.meta["preset"] = json.loads(meta[PRESET_KEY])
+        except ValueError as err:
+            raise PiDConfigError(f"{path}: its metadata {PRESET_KEY!r} is not JSON ({err})") from err
+    return wf
 
 
 def _from_lightning(path: Path, ckpt: dict) -> WeightsFile:
@@ -138,7 +154,12 @@ def _from_lightning(path: Path, ckpt: dict) -> WeightsFile:
 
 
 def _from_flat(path: Path, tensors: dict[str, torch.Tensor]) -> WeightsFile:
-    """A flat dict: official (``net.``-prefixed groups) or a bare / wrapped state dict of a network."""
+    """A flat dict: official (``net.``-prefixed groups), ComfyUI's layouts, or another state dict."""
+    comfy = False
+    if tensors and all(k.startswith(COMFY_PREFIX) for k in tensors):
+        tensors, comfy = {k[len(COMFY_PREFIX):]: v for k, v in tensors.items()}, True
+    if any(k.endswith(("adaLN_modulation_msa.weight", "adaLN_modulation_msa.bias")) for k in tensors):
+        tensors, comfy = join_adaln(tensors), True
     prefixes = {k.split(".", 1)[0] for k in tensors}
     if prefixes and prefixes <= set(OFFICIAL_GROUPS):
         groups = {
@@ -146,16 +167,92 @@ def _from_flat(path: Path, tensors: dict[str, torch.Tensor]) -> WeightsFile:
             for g, t in _split(tensors, OFFICIAL_GROUPS).items()
         }
         layout = "official-release" if prefixes == {"net"} else "official-full"
-        return WeightsFile(path, layout, groups)
+        return WeightsFile(path, "comfyui" if comfy else layout, groups)
     for prefix in ("model.net.", "module.", "model."):
         if all(k.startswith(prefix) for k in tensors):
             tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
             break
     if any(k.startswith(("lq_proj.", "pit_lq_gate.")) for k in tensors):  # an official net, unprefixed
-        return WeightsFile(
-            path, "state-dict", {"net": official_names(tensors)}, meta={"official_names": True}
-        )
+        return WeightsFile(path, "comfyui" if comfy else "state-dict", {"net": official_names(tensors)},
+                           meta={"official_names": True})
     return WeightsFile(path, "state-dict", {"net": tensors})
+
+
+def _pixel_width(tensors: dict[str, torch.Tensor], key: str) -> int:
+    """The pixel width d beside a pixel-block tensor (rows of the pixel embedder with the same prefix)."""
+    embed = key.split("pixel_blocks.", 1)[0] + "pixel_embedder.proj.weight"
+    if embed not in tensors:
+        raise PiDConfigError(f"pixel-block adaLN tensor {key!r} without {embed}: the pixel width is unknown, "
+                             "so the adaLN layout cannot be converted (not a whole network file)")
+    return int(tensors[embed].shape[0])
+
+
+def join_adaln(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's split pixel-block adaLN → NVIDIA's joined ``adaLN_modulation.0`` (exact; other tensors
+    unchanged).
+
+    ComfyUI views ``pixel_blocks.N.adaLN_modulation.0.{weight,bias}`` ``[6·P²·d, …]`` as ``[P², 6, d, …]``
+    and stores chunks 0–2 as ``adaLN_modulation_msa`` and 3–5 as ``adaLN_modulation_mlp`` (each
+    ``[3·P²·d, …]``); this concatenates them back along the chunk axis. A lone half raises
+    :class:`PiDConfigError`."""
+    out = {}
+    for key, value in tensors.items():
+        if ".adaLN_modulation_mlp." in key:
+            if key.replace("_mlp.", "_msa.") not in tensors:
+                raise PiDConfigError(f"{key} without its adaLN_modulation_msa half: not a whole ComfyUI file")
+            continue
+        if ".adaLN_modulation_msa." not in key:
+            out[key] = value
+            continue
+        mlp_key = key.replace("_msa.", "_mlp.")
+        if mlp_key not in tensors:
+            raise PiDConfigError(f"{key} without its adaLN_modulation_mlp half: not a whole ComfyUI file")
+        p2 = int(value.shape[0]) // (3 * _pixel_width(tensors, key))
+        rest = tuple(value.shape[1:])
+        msa = value.reshape(p2, 3, -1, *rest)
+        mlp = tensors[mlp_key].reshape(p2, 3, -1, *rest)
+        out[key.replace(".adaLN_modulation_msa.", ".adaLN_modulation.0.")] = torch.cat([msa, mlp], 1).reshape(
+            -1, *rest)
+    return out
+
+
+def split_adaln(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """NVIDIA's joined pixel-block ``adaLN_modulation.0`` → ComfyUI's ``adaLN_modulation_msa`` / ``_mlp``
+    (the inverse of :func:`join_adaln`, exact). Names may carry a prefix (``net.``)."""
+    out = {}
+    for key, value in tensors.items():
+        if "pixel_blocks." not in key or ".adaLN_modulation.0." not in key:
+            out[key] = value
+            continue
+        p2 = int(value.shape[0]) // (6 * _pixel_width(tensors, key))
+        rest = tuple(value.shape[1:])
+        six = value.reshape(p2, 6, -1, *rest)
+        out[key.replace(".adaLN_modulation.0.", ".adaLN_modulation_msa.")] = six[:, :3].reshape(-1, *rest)
+        out[key.replace(".adaLN_modulation.0.", ".adaLN_modulation_mlp.")] = six[:, 3:].reshape(-1, *rest)
+    return out
+
+
+#: key patterns of weights files that are not PiD networks, and what they are
+FOREIGN = (
+    (("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "first_stage_model.", "vae."),
+     "a VAE (autoencoder: encoder.* / decoder.* tensors)"),
+    (("text_model.", "model.layers.", "model.embed_tokens.", "encoder.block.", "shared.", "embed_tokens."),
+     "a text encoder"),
+    (("double_blocks.", "single_blocks.", "transformer_blocks.", "joint_blocks.", "input_blocks.",
+      "down_blocks.", "model.diffusion_model.input_blocks."), "an image generator (a UNet / DiT)"),
+)
+
+
+def foreign_model(names) -> str | None:
+    """What a weights file that is not a PiD / PixelDiT network holds, from its tensor names (None when
+    it does not look like one of :data:`FOREIGN`): e.g. "a VAE (autoencoder: …)"."""
+    names = list(names)
+    if not names:
+        return None
+    for prefixes, what in FOREIGN:
+        if sum(n.startswith(prefixes) for n in names) >= 0.5 * len(names):
+            return what
+    return None
 
 
 def official_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -130,6 +130,7 @@ def load_weights(
                                       path=path)
         source = read_weights(path)
     group = choose_group(source, weights)
+    _refuse_foreign(source, group, net, config_key)
     report = LoadReport(str(source.path), source.layout, group)
     _skip_other_groups(source, group, report)
     own = net.state_dict()
@@ -147,6 +148,28 @@ _GROUP_RULES = {"net": "other-weights", "net_ema": "other-weights", "teacher": "
                 "fake_score": "distillation-critics", "discriminator": "distillation-critics",
                 "latent": "latent-space"}
 _FIX = "pick its release preset (release=...) or model.net"
+
+
+def _refuse_foreign(wf: WeightsFile, group: str, net: nn.Module, config_key: str) -> None:
+    """A file sharing (almost) no tensor name with the network is named for what it is (a VAE, a text
+    encoder, an image generator), not reported tensor by tensor."""
+    from pid.weights.formats import foreign_model
+
+    names = list(wf.groups[group])
+    own = set(net.state_dict())
+    if sum(n in own for n in names) >= 0.1 * max(len(names), 1):
+        return
+    what = foreign_model(names)
+    if what is not None:
+        raise PiDConfigError(
+            f"{wf.path} is not a PiD model: it holds {what}, e.g. {sorted(names)[:3]}. Give the PiD "
+            f"decoder's own file ({config_key}=...)"
+            + ("; a VAE's weights belong to the latent space (latent.path)" if "VAE" in what else ""))
+    if not any(n in own for n in names):
+        raise PiDConfigError(
+            f"{wf.path} is not a PiD / PixelDiT model: none of its {len(names)} tensors (e.g. "
+            f"{sorted(names)[:3]}) has a name of the network. Give the PiD decoder's own file "
+            f"({config_key}=...)")
 
 
 def _count(report: LoadReport, rule: str, n: int = 1) -> None:

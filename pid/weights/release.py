@@ -42,6 +42,8 @@ class Release:
     text: dict[str, Any] = field(default_factory=dict)
     aliases: list[str] = field(default_factory=list)
     path: Path | None = None
+    #: the model's fingerprint (:mod:`pid.identity`) when the preset was written by an export that had one
+    identity: dict[str, Any] | None = None
 
     def latent_config(self) -> dict[str, Any] | None:
         """The latent space's config: ``conf/latent/<name>.yaml`` or the inline dict (unresolved)."""
@@ -123,11 +125,27 @@ def load_release(name_or_path: str | Path | Release) -> Release:
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except Exception as err:  # noqa: BLE001 — YAML syntax, interpolation errors
         raise PiDConfigError(f"release preset {path} cannot be read: {err}") from err
+    return release_from_dict(data, path, base_dir=path.parent)
+
+
+def release_from_dict(data: Any, path: Path, base_dir: Path | None = None) -> Release:
+    """A :class:`Release` from a preset's contents (``data``; read from ``path``: a preset file, or the
+    weights file whose metadata holds it). A relative ``latent.path`` of an inline latent config is taken
+    relative to ``base_dir`` (the preset's folder), so an exported preset works from any folder.
+
+    Raises :class:`PiDConfigError` for contents that are not a preset (naming ``path``).
+    """
+    path = Path(path)
+    if isinstance(data, dict) and isinstance(data.get("latent"), dict) and base_dir is not None:
+        latent_path = data["latent"].get("path")
+        if isinstance(latent_path, str) and latent_path and not Path(latent_path).expanduser().is_absolute():
+            data = {**data, "latent": {**data["latent"], "path": str(Path(base_dir) / latent_path)}}
     if not isinstance(data, dict) or not isinstance(data.get("net"), dict) or data.get("kind") not in KINDS:
         got = data.get("kind") if isinstance(data, dict) else type(data).__name__
         raise PiDConfigError(f"{path} is not a release preset: it needs `kind` (one of {'/'.join(KINDS)}; "
                              f"got {got!r}) and a `net` mapping")
-    known = {"release", "aliases", "kind", "latent", "sr_scale", "net", "sampling", "time", "text"}
+    known = {"release", "aliases", "kind", "latent", "sr_scale", "net", "sampling", "time", "text",
+             "identity"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise PiDConfigError(f"{path}: unknown preset keys {unknown}; expected {sorted(known)}")
@@ -143,10 +161,28 @@ def load_release(name_or_path: str | Path | Release) -> Release:
         text=dict(data.get("text") or {}),
         aliases=list(data.get("aliases") or []),
         path=path,
+        identity=data.get("identity"),
     )
     _check_consistent(rel)
     _check_sampling(rel)
     return rel
+
+
+def find_preset(weights: str | Path, meta: dict | None = None) -> tuple[Release, str] | None:
+    """The release preset that travels with a weights file, and where it was found (for the log).
+
+    Looked for beside the file (``<stem>.yaml``, as ``pid.weights.export`` writes it; user-editable, so it
+    wins), then inside it (``meta["preset"]``: the safetensors metadata of an export, see
+    :func:`pid.weights.formats.read_weights`). None when neither exists.
+    """
+    weights = Path(weights)
+    beside = weights.with_suffix(".yaml") if weights.is_file() else None
+    if beside is not None and beside.is_file():
+        return load_release(beside), f"the preset beside the file, {beside}"
+    if meta and isinstance(meta.get("preset"), dict):
+        return (release_from_dict(dict(meta["preset"]), weights, base_dir=weights.parent),
+                f"the preset inside {weights} (its metadata)")
+    return None
 
 
 def _check_sampling(rel: Release) -> None:
