@@ -38,9 +38,19 @@ def tiny_run_export(out: Path, *overrides: str, latent: bool = False) -> Path:
     from conftest import compose_train
     from pid.weights.export import write_export
 
-    cfg = compose_train(["experiment=quickstart", f"paths.output_dir={out}", *overrides])
+    cfg = compose_train(["experiment=quickstart", f"paths.output_dir={out}",
+                         f"latent.path={out}/latent.safetensors", *overrides])  # not the repository's
     torch.manual_seed(0)
     net = instantiate(cfg.model.net)
+    with torch.no_grad():  # random everywhere (a fresh net's zero output layer and heads would hide errors)
+        for name, param in net.named_parameters():
+            n = torch.randn_like(param)
+            if name.endswith("log_alpha"):
+                param.copy_(1.6 + 0.2 * n)
+            elif param.ndim >= 2:
+                param.copy_(n / param[0].numel() ** 0.5)
+            else:
+                param.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * n)
     config = OmegaConf.to_container(cfg, resolve=True)
     latent_state = None
     if latent:
@@ -193,6 +203,8 @@ def test_an_export_loads_without_release_and_decodes_from_another_folder(tmp_pat
     want = ours.decode(z, 0.0, num_steps=2, generator=torch.Generator().manual_seed(0))
     got = decoder.decode(z, 0.0, num_steps=2, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.equal(got, decoder.decode(z.flip(1), 0.0, num_steps=2,
+                                               generator=torch.Generator().manual_seed(0)))
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -333,7 +345,8 @@ def test_an_exported_v_model_runs_in_nvidias_network_as_in_pid(tmp_path):
     from pid.weights.official_code import official_networks
     from pid.weights.targets import official_args
 
-    src = tiny_run_export(tmp_path, "model.net.prediction=v", "text=gemma2", "model/net/adapter=tiny")
+    src = tiny_run_export(tmp_path, "model.net.prediction=v", "text=gemma2", "model/net/adapter=tiny",
+                          latent=True)
     done = export_model(src, tmp_path / "model_ema_bf16.pth", dtype="float32")
     st = convert([str(done.path), str(tmp_path / "model.safetensors"), "--dtype", "float32"])
     ours = load_decoder(done.path).net.eval()
@@ -350,6 +363,7 @@ def test_an_exported_v_model_runs_in_nvidias_network_as_in_pid(tmp_path):
             with torch.no_grad():
                 want = ours(x, t, latent=z, sigma=sigma, y=y)
                 got = off(x, t * 1000, y, lq_latent=z, degrade_sigma=sigma)
+            assert want.abs().max() > 0.1  # a network that computes something
             torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
 
 
