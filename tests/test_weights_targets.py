@@ -174,6 +174,10 @@ def test_comfyui_refuses_a_full_size_net_that_differs_in_what_it_does_not_read()
     info["net"]["adapter"]["padding_mode"] = "replicate"
     _, verdict = _checked(state, info, "comfyui")
     assert len(verdict.errors) == 1 and "model.net.adapter.padding_mode is 'replicate'" in verdict.errors[0]
+    state, info = _full_size("flux_2k")  # another normalisation of the FLUX.1 latent: runs, differently
+    info["latent"] = {"name": "flux1", "shift": 0.1159, "scale": 0.5}
+    _, verdict = _checked(state, info, "comfyui")
+    assert not verdict.errors and any("latent.scale=0.5 (NVIDIA's: 0.3611)" in w for w in verdict.warnings)
     state, info = _full_size("flux_v1pt5_teacher")  # a teacher: runs, differently
     shapes, verdict = _checked(state, info, "comfyui")
     assert not verdict.errors and not any("aux_rgb_head" in k for k in shapes)

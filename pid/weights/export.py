@@ -286,6 +286,11 @@ def export_model(src: str | Path | WeightsFile, out: str | Path, target: str = "
         raise PiDConfigError(f"{out} is the file being exported: give another output path")
     state, preset, where = model_of(wf, release, weights, release_option)
     tensors = target_tensors(state, tgt, dtype, split)
+    if preset is not None:  # the preset describes the network as written (an aux head dropped or not)
+        from pid.api import net_config_for_weights
+
+        kept = [k for k in state if tgt.aux_head or not k.startswith("adapter.aux_rgb_head.")]
+        preset["net"] = net_config_for_weights(preset["net"], kept)
     verdict = check(tgt, facts_for(tensors, preset, str(wf.path)))
     verdict.raise_if_refused(option)
     if preset is None and tgt.name == "pid":

@@ -134,6 +134,8 @@ def _read_safetensors(path: Path) -> WeightsFile:
              "identity": meta.get("identity")},
         )
     wf = _from_flat(path, tensors)
+    if meta.get("identity"):  # the model's fingerprint (pid.identity), as exports carry it
+        wf.meta["identity"] = meta["identity"]
     if meta.get(PRESET_KEY):
         try:
             wf.meta["preset"] = json.loads(meta[PRESET_KEY])

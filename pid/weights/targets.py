@@ -412,8 +412,33 @@ def check(target: Target | str, facts: ModelFacts) -> Verdict:
     if target.latents is not None and name is not None and name not in target.latents:
         v.warnings.append(f"latent: the model decodes the {name!r} latent space; {who}'s PiD nodes produce "
                           f"only {', '.join(target.latents)} latents, so the latent must come from elsewhere")
+    elif target.latents is not None and name is not None:
+        v.warnings.extend(_normalisation_differs(name, facts.latent, who))
     v.warnings.extend(target.notes)
     return v
+
+
+def _normalisation_differs(name: str, latent: Any, who: str) -> list[str]:
+    """A warning when a run's latent normalisation (shift, scale) is not NVIDIA's for that latent space
+    (``conf/latent/<name>.yaml`` holds NVIDIA's constants): the consumer normalises the VAE's latent its
+    own way."""
+    if not isinstance(latent, dict):
+        return []
+    from omegaconf import OmegaConf
+
+    from pid.weights.release import CONF_DIR
+
+    file = CONF_DIR / "latent" / f"{name}.yaml"
+    if not file.is_file():
+        return []
+    ref = OmegaConf.to_container(OmegaConf.load(file), resolve=False)
+    differ = [f"latent.{k}={latent[k]} (NVIDIA's: {ref[k]})" for k in ("shift", "scale")
+              if isinstance(ref.get(k), (int, float)) and k in latent and latent[k] is not None
+              and not math.isclose(float(latent[k]), float(ref[k]))]
+    if not differ:
+        return []
+    return [f"latent: {', '.join(differ)}; {who} feeds the latent normalised with NVIDIA's constants, so the "
+            "model sees latents scaled otherwise than in training"]
 
 
 def _check_architecture(target: Target, facts: ModelFacts, args: dict | None, v: Verdict) -> None:
