@@ -267,7 +267,14 @@ def test_every_tiny_official_file_round_trips_through_every_target(tmp_path, nam
     from pid.weights.export import target_tensors
     from pid.weights.formats import split_adaln
 
+    from hydra.utils import instantiate
+
+    from pid.api import net_config_for_weights
+    from pid.weights import load_weights
+    from pid.weights.release import load_release
+
     src = OFFICIAL / "tiny" / f"{name}.pth"
+    preset = _tiny_preset(tmp_path, name)
     raw = torch.load(src, weights_only=True)
     ema = {("net." + k[8:] if k.startswith("net_ema.") else k): v for k, v in raw.items()
            if k.startswith("net_ema.")} or raw  # a full model.pth's release file is its EMA half
@@ -299,8 +306,12 @@ def test_every_tiny_official_file_round_trips_through_every_target(tmp_path, nam
                 got = {k: v for k, v in wf.groups["net"].items()}
                 ref = {k: v for k, v in state.items() if not k.startswith("adapter.aux_rgb_head.")}
                 assert sorted(got) == sorted(ref) and all(torch.equal(got[k], ref[k].float()) for k in ref)
+        # and it loads strictly into the network its preset builds, every tensor accounted for
+        net = instantiate(net_config_for_weights(load_release(preset).net, ref))  # no aux head: dropped
+        report = load_weights(net, file)
+        assert report.num_left_at_init == 0 and sum(report.loaded.values()) == len(ref)
     pid = convert([str(src), str(tmp_path / "pid.safetensors"), "--target", "pid", "--dtype", "float32",
-                   "--release", str(_tiny_preset(tmp_path, name))])
+                   "--release", str(preset)])
     same(pid)
 
 

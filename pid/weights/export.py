@@ -309,8 +309,12 @@ def export_model(src: str | Path | WeightsFile, out: str | Path, target: str = "
     tmp = _atomic(out)
     if tgt.name == "pid" and out.suffix == ".safetensors" and wf.config:
         config = dict(wf.config)
+        from pid.identity import read_identity
+
+        identity = read_identity(wf)  # the source's fingerprint travels on (not one derived from old files)
         write_export(tmp, state, config, int(config["sr_scale"]), wf.groups.get("latent"),
-                     ema=wf.meta.get("ema", False) or "net_ema" in wf.groups)
+                     ema=wf.meta.get("ema", False) or "net_ema" in wf.groups,
+                     identity=identity.to_dict() if identity is not None and not identity.derived else None)
         n = len(state)
     elif out.suffix == ".safetensors":
         from safetensors.torch import save_file
