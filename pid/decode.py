@@ -126,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="--pipeline: another keyword of the pipeline call (a YAML value), "
                              "e.g. guidance_scale=3.5")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="--pipeline: the generator's image size; --image: resize to it first")
+                        help="--pipeline: the generator's image size; --image: resize to it first. Sides are "
+                             "rounded to the latent grid (the log says so)")
     parser.add_argument("--sigma", type=float, default=None,
                         help="noise level of the latent (default: stored σ or 0)")
     parser.add_argument("--frame", default="train", choices=["train", "flow", "vp", "ve"],
@@ -139,6 +140,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampler", default=None,
                         help="sde | dpmpp_2m | euler | heun (default: the release's)")
     parser.add_argument("--latent-cfg", type=float, default=None)
+    parser.add_argument("--tile", type=int, default=None, metavar="PX",
+                        help="decode in overlapping tiles of PX×PX output pixels (a multiple of the patch "
+                             "size), velocities blended every step: memory of one tile, for outputs larger "
+                             "than the device holds")
+    parser.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
+                        help="--tile: pixels neighbouring tiles share (default a quarter of the tile)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="S",
+                        help="on a CPU, stop before a decode estimated to take longer than S seconds "
+                             "(default 300); memory is checked against 80%% of what is available")
+    parser.add_argument("--force", action="store_true",
+                        help="decode even when the estimate is over the time or memory budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--context-parallel", type=int, default=1, metavar="N",
@@ -162,19 +174,85 @@ def cli_message(err: BaseException) -> str:
     return re.sub(r"(?<![\w.])latent\.path(?![\w])", "--latent-path", text)
 
 
-def _latent_from_image(decoder, path: str, size) -> torch.Tensor:
+def _plan(decoder, source_hw, size, what: str):
+    """The size rule of pid.guard for this decoder: (H, W) of the input → SizePlan, logged."""
+    import logging
+
+    from pid.guard import plan_input_size
+
+    plan = plan_input_size(source_hw, latent_down=decoder.latent.down_factor, sr_scale=decoder.sr_scale,
+                           patch_size=int(getattr(decoder.net, "patch_size", 16)),
+                           size=tuple(size) if size else None, what=what)
+    logging.getLogger("pid.decode").info("%s", plan.describe(what))
+    return plan
+
+
+def _guard(decoder, args, latent_shape, plan=None) -> None:
+    """Estimate the decode (pid.guard) and stop, naming the ways on, when it is over the budget."""
+    import logging
+
+    from pid.guard import CPU_TIME_BUDGET_S, Budget, OverBudgetError, guard_decode
+
+    log = logging.getLogger("pid.decode")
+    budget = Budget(seconds=CPU_TIME_BUDGET_S if args.time_budget is None else args.time_budget)
+    res = guard_decode(decoder, tuple(latent_shape), budget, num_steps=args.steps, sampler=args.sampler,
+                       latent_cfg=args.latent_cfg, tile=args.tile, tile_overlap=args.tile_overlap)
+    est = res.estimate
+    if not res.reasons:
+        log.info("estimate: %s", est.describe())
+        return
+    if args.force:
+        log.warning("over budget (%s); decoding anyway (--force)", "; ".join(res.reasons))
+        return
+    down, sr = decoder.latent.down_factor, decoder.sr_scale
+    ways = []
+    if res.fit_latent_hw is not None:
+        fit = res.fit_estimate
+        if args.latent:
+            ways.append(f"  a smaller latent, e.g. {res.fit_latent_hw[0]}×{res.fit_latent_hw[1]} cells "
+                        f"(output {fit.output_hw[0]}×{fit.output_hw[1]} px; {_fit_line(fit)})")
+        else:
+            unit = plan.unit if plan is not None else down
+            h, w = (max(unit, v * down // unit * unit) for v in res.fit_latent_hw)
+            ways.append(f"  --size {h} {w}   a smaller input: output {h * sr}×{w * sr} px "
+                        f"({_fit_line(fit)})")
+    if args.image:
+        ways.append("  a smaller image (or a crop of it) as --image")
+    if res.fit_tile is not None:
+        ways.append(f"  --tile {res.fit_tile}   decode in tiles of {res.fit_tile} px: the memory of one tile "
+                    f"({_fit_line(res.fit_tile_estimate)})")
+    if any(r.startswith("time") for r in res.reasons):
+        ways.append(f"  --time-budget S   allow S seconds (now {budget.seconds:g})")
+    ways.append("  --force   decode anyway")
+    oh, ow = est.output_hw
+    where = "" if plan is not None else (
+        f"planned: latent {latent_shape[-2]}×{latent_shape[-1]} → output {oh}×{ow} px\n")
+    raise OverBudgetError(
+        f"this decode is over budget — {'; '.join(res.reasons)}.\n{where}estimate: {est.describe()}\n"
+        "Ways on:\n" + "\n".join(ways), est, res.reasons)
+
+
+def _fit_line(est) -> str:
+    mem = f"about {est.memory_bytes / 1e9:.2f} GB"
+    return mem if est.seconds is None else f"about {est.seconds:.0f} s, {mem}"
+
+
+def _latent_from_image(decoder, args) -> torch.Tensor:
+    """--image → the planned size (pid.guard's rule, logged) → the guard → the decoder's latent."""
     from pid.data.io import load_rgb
 
+    path = args.image
     try:
         pixels = load_rgb(path)
     except (OSError, ValueError) as err:  # missing, not an image, unsupported pixels
         raise PiDConfigError(f"--image {path}: {err}") from err
     rgb = torch.from_numpy(np.asarray(pixels)).permute(2, 0, 1).float() / 127.5 - 1
     rgb = rgb[None]
-    f = decoder.latent.down_factor
-    h, w = (size if size else (rgb.shape[-2] // f * f, rgb.shape[-1] // f * f))
-    if (h, w) != tuple(rgb.shape[-2:]):
-        rgb = torch.nn.functional.interpolate(rgb, size=(h, w), mode="bicubic", antialias=True).clamp(-1, 1)
+    plan = _plan(decoder, tuple(rgb.shape[-2:]), args.size, f"--image {path}")
+    _guard(decoder, args, (1, decoder.latent.channels, *plan.latent_hw), plan)
+    if plan.input_hw != tuple(rgb.shape[-2:]):
+        rgb = torch.nn.functional.interpolate(rgb, size=plan.input_hw, mode="bicubic",
+                                              antialias=True).clamp(-1, 1)
     return decoder.encode(rgb.to(decoder.device)).cpu()
 
 
@@ -247,9 +325,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     stored_sigma, states = None, None
     if args.latent:
         latent, stored_sigma, states = read_latent(args.latent)
+        if latent.shape[1] == decoder.latent.channels:
+            _guard(decoder, args, tuple(latent.shape))
     elif args.image:
-        latent = _latent_from_image(decoder, args.image, args.size)
+        latent = _latent_from_image(decoder, args)
     else:
+        size = args.size or (1024, 1024)
+        plan = _plan(decoder, tuple(size), None, "--pipeline image")
+        args.size = plan.input_hw
+        _guard(decoder, args, (1, decoder.latent.channels, *plan.latent_hw), plan)
         latent, stored_sigma, frame = _latent_from_pipeline(decoder, args)
     sigma = args.sigma if args.sigma is not None else (stored_sigma if stored_sigma is not None else 0.0)
     if latent.shape[1] != decoder.latent.channels:
@@ -275,7 +359,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         context = init_from_environment(args.context_parallel, decoder.device)
     images = decoder.decode(latent, sigma, caption=args.caption, caption_states=states,
                             num_steps=args.steps, latent_cfg=args.latent_cfg, sampler=args.sampler,
-                            generator=generator, frame=frame, context=context)
+                            generator=generator, frame=frame, context=context, tile=args.tile,
+                            tile_overlap=args.tile_overlap)
     if context is not None and context.rank != 0:
         return []  # every rank holds the image; the first writes it
     paths = save_images(images, args.out)

@@ -151,6 +151,9 @@ def decode_latent(
         shift = flow.release_shift(height, width, base=shift_base, ref_size=shift_ref_size, rule=shift_rule)
         grid = schedules.official_teacher_timesteps if sampler == "dpmpp_2m" else schedules.teacher_timesteps
         timesteps = grid(num_steps, shift=shift)
-    noise = torch.randn((b, 3, height, width), generator=generator, device="cpu" if generator is None
-                        else generator.device).to(device)
+    if device.type == "meta":  # a shape-only run (pid.guard's estimate): no values to draw
+        noise = torch.empty((b, 3, height, width), device=device)
+    else:
+        noise = torch.randn((b, 3, height, width), generator=generator, device="cpu" if generator is None
+                            else generator.device).to(device)
     return get_sampler(sampler)(model, noise, timesteps, generator=generator).clamp(-1.0, 1.0)

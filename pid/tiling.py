@@ -35,12 +35,30 @@ network work, plus the attention it saves.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["TileLayout", "TiledDenoiser", "plan_tiles", "tile_starts"]
+__all__ = ["TileLayout", "TiledDenoiser", "first_tiles_only", "plan_tiles", "tile_starts"]
+
+_TILE_LIMIT: ContextVar[int | None] = ContextVar("pid_tiling_limit", default=None)
+
+
+@contextmanager
+def first_tiles_only(n: int):
+    """Within the block, a :class:`TiledDenoiser` call runs only its first ``n`` tiles.
+
+    For cost estimates (:func:`pid.guard.estimate_decode`): the tiles of a layout are alike, so the cost of
+    1 and 2 tiles gives the cost of all of them without running them; the velocity returned is then not
+    the image's (pixels no tile ran are divided by zero weight)."""
+    token = _TILE_LIMIT.set(int(n))
+    try:
+        yield
+    finally:
+        _TILE_LIMIT.reset(token)
 
 
 def tile_starts(length: int, tile: int, overlap: int, patch: int) -> list[int]:
@@ -179,7 +197,10 @@ class TiledDenoiser:
         th, tw = lay.tile_hw
         v = torch.zeros(x_t.shape, dtype=torch.float32, device=x_t.device)
         wsum = torch.zeros(lay.size, dtype=torch.float32, device=x_t.device)
-        for weight, (top, left) in zip(self._weights, lay.starts):
+        tiles = list(zip(self._weights, lay.starts))
+        if _TILE_LIMIT.get() is not None:
+            tiles = tiles[:_TILE_LIMIT.get()]
+        for weight, (top, left) in tiles:
             rows, cols = slice(top, top + th), slice(left, left + tw)
             kw = {}
             if trunk is not None:

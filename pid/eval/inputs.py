@@ -32,6 +32,27 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def guard_eval_decode(decoder, latent_shape: tuple[int, int, int, int]) -> None:
+    """Estimate one PiD decode of a batch of the evaluation (:func:`pid.guard.guard_decode`), log it and stop
+    before anything is decoded when its memory is over what the device has (the time is logged: an
+    evaluation runs many decodes by design). Raises OverBudgetError naming data.batch_size and
+    data.crop_size."""
+    import logging
+
+    from pid.guard import Budget, OverBudgetError, guard_decode
+
+    res = guard_decode(decoder, latent_shape, Budget(seconds=None))
+    logging.getLogger(__name__).info("one PiD decode of a batch: %s", res.estimate.describe())
+    if res.reasons:
+        b = latent_shape[0]
+        fit = "" if res.fit_latent_hw is None else (
+            f" (at batch {b}, crops of about {res.fit_estimate.output_hw[0]} px fit)")
+        raise OverBudgetError(
+            f"make eval: one PiD decode of a batch is over budget — {'; '.join(res.reasons)}. Ways on: a "
+            f"smaller data.batch_size (now {b}; memory grows with it), a smaller data.crop_size{fit}, or a "
+            "device with more memory (device=cuda)", res.estimate, res.reasons)
+
+
 def load_eval_set(cfg: DictConfig, decoder) -> dict:
     """{"truth": (N,3,H,W) [-1,1] or None, "z": (N,C,h,w), "sigma": float, "captions": [...],
     "keys": [...]}."""
@@ -46,11 +67,15 @@ def load_eval_set(cfg: DictConfig, decoder) -> dict:
         cap_file = Path(str(d.latents)).with_suffix(".json")
         caps = json.loads(cap_file.read_text()) if cap_file.is_file() else [d.default_caption] * len(z)
         n = min(len(z), d.max_images or len(z))
+        guard_eval_decode(decoder, (min(int(d.batch_size), n), *z.shape[1:]))
         return {"truth": None, "z": z[:n].float(), "sigma": 0.0 if sigma is None else float(sigma[0]),
                 "captions": list(caps)[:n], "keys": [f"latent_{i}" for i in range(n)]}
-    if d.crop_size % (sr * decoder.latent.down_factor):
-        raise PiDConfigError(f"data.crop_size={d.crop_size} must be a multiple of sr_scale × latent down "
-                             f"factor = {sr * decoder.latent.down_factor}")
+    from pid.guard import check_crop_size
+
+    patch = int(getattr(decoder.net, "patch_size", 16))
+    check_crop_size(d.crop_size, latent_down=decoder.latent.down_factor, sr_scale=sr, patch_size=patch)
+    side = d.crop_size // (sr * decoder.latent.down_factor)
+    guard_eval_decode(decoder, (int(d.batch_size), decoder.latent.channels, side, side))
     if d.kind == "folder":
         from pid.data.image_folder import FixedCropDataset
 

@@ -1,0 +1,597 @@
+"""Guards before long work: the size rule of decode inputs and an estimate of what a decode costs.
+
+Used by ``python -m pid.decode`` (before it encodes or decodes anything) and by ``make eval``'s size setup
+(:func:`pid.eval.inputs.load_eval_set`), so both apply one rule and one estimate.
+
+**Size rule** (:func:`plan_input_size`). An input image of H×W pixels becomes a latent of
+(H/latent_down)×(W/latent_down) cells and an output of (H·sr_scale)×(W·sr_scale) pixels, whose sides must be
+multiples of the network's patch size. Input sides are therefore rounded to the nearest multiple of the
+*size unit* u = lcm(latent_down, patch_size / gcd(patch_size, sr_scale)) (:func:`size_unit`) — with or
+without ``--size`` — and the rounding is reported. A side that is not a positive whole number, or smaller
+than one unit, is an error that says which size works.
+
+**Estimate** (:func:`estimate_decode`). One sampler step of the real decode path
+(:func:`pid.sampling.decode_latent`: adapter, guidance branches, tiling) runs on *meta tensors* (the
+network's weights swapped for meta tensors by ``torch.func.functional_call``: shapes only, no arithmetic,
+no memory) at the planned size, under
+``torch.utils.flop_counter.FlopCounterMode`` (FLOPs of matmuls, convolutions and attention) and
+:class:`PeakTensorMemory` (the high-water mark of live tensor storage). On a CPU the time is the FLOPs of
+all steps over the FLOP rate of one real step measured on this machine at a small size (a probe of about a
+second). Both are estimates: the probe's FLOP rate is lower than a large decode's (fixed per-op costs weigh
+more at small sizes), so times are on the high side; the memory counts tensors, not the allocator's
+overhead or the latent encoder (for ``--image``), and the weights are added from their size.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from pid.utils.errors import PiDConfigError
+
+#: Default budget of a decode on a CPU: estimated seconds (``pid.decode --time-budget``).
+CPU_TIME_BUDGET_S = 300.0
+#: Default share of the available memory (CPU: MemAvailable; CUDA: free device memory) a decode may use.
+MEMORY_SHARE = 0.8
+
+
+class OverBudgetError(PiDConfigError):
+    """A decode whose estimate is over the budget; the message names the estimate and the ways on.
+
+    ``estimate``: the :class:`DecodeEstimate`; ``reasons``: the limits it is over."""
+
+    def __init__(self, message: str, estimate: "DecodeEstimate", reasons: list[str]):
+        super().__init__(message)
+        self.estimate = estimate
+        self.reasons = reasons
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+
+
+def size_unit(latent_down: int, sr_scale: int, patch_size: int) -> int:
+    """Input pixels per side that a decodable image is a whole multiple of.
+
+    lcm(latent_down, patch_size / gcd(patch_size, sr_scale)): the latent grid, and an output side
+    (input · sr_scale) on the patch grid. E.g. 8 for a FLUX VAE latent at 4× with 16-px patches.
+    """
+    for name, v in (("latent_down", latent_down), ("sr_scale", sr_scale), ("patch_size", patch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return math.lcm(latent_down, patch_size // math.gcd(patch_size, sr_scale))
+
+
+@dataclass(frozen=True)
+class SizePlan:
+    """What an input of ``source_hw`` pixels is decoded at.
+
+    ``input_hw``: the size the image is resized to before encoding (multiples of ``unit``);
+    ``latent_hw``: the latent grid; ``output_hw``: the decoded image in pixels; ``rounded``: whether
+    ``input_hw`` differs from the requested size (``--size`` or the image's own).
+    """
+
+    source_hw: tuple[int, int]
+    requested_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    latent_hw: tuple[int, int]
+    output_hw: tuple[int, int]
+    unit: int
+    rounded: bool
+
+    def describe(self, what: str = "input") -> str:
+        """One line: the sizes and, when rounded, by which rule."""
+        fmt = "{}×{}".format
+        src = fmt(*self.source_hw)
+        line = f"{what}: {src} px"
+        if self.requested_hw != self.source_hw:
+            line += f", resized to {fmt(*self.requested_hw)} (--size)"
+        if self.rounded:
+            line += (f", rounded to {fmt(*self.input_hw)} px (sides to the nearest multiple of {self.unit}: "
+                     "the latent grid and the output's patch grid)")
+        line += f" → latent {fmt(*self.latent_hw)} → output {fmt(*self.output_hw)} px (H×W)"
+        return line
+
+
+def _round_side(n: int, unit: int) -> int:
+    return max(unit, int(math.floor(n / unit + 0.5)) * unit)
+
+
+def plan_input_size(source_hw: tuple[int, int], *, latent_down: int, sr_scale: int, patch_size: int,
+                    size: tuple[int, int] | None = None, what: str = "--image") -> SizePlan:
+    """The one size rule of image inputs: resize to ``size`` (H, W) if given, round to the size unit.
+
+    Args:
+        source_hw: the image's (H, W) in pixels.
+        size: the requested (H, W) (``--size``), or None to keep the image's size.
+        what: how the input is named in errors (``--image path``).
+
+    Raises:
+        PiDConfigError: a side that is not a positive integer (``--size 0 -8``), or an image side smaller
+            than one size unit without ``size`` (a 5×5 image has no latent cell: the message names the
+            smallest size and ``--size`` to upscale on purpose).
+    """
+    unit = size_unit(latent_down, sr_scale, patch_size)
+    source_hw = (int(source_hw[0]), int(source_hw[1]))
+    if size is not None:
+        bad = [v for v in size if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if len(size) != 2 or bad:
+            raise PiDConfigError(
+                f"--size {' '.join(map(str, size))}: give two positive whole numbers H W in pixels of the "
+                f"input image (multiples of {unit}; others are rounded to the nearest multiple), e.g. "
+                f"--size {_round_side(source_hw[0], unit)} {_round_side(source_hw[1], unit)}")
+        requested = (int(size[0]), int(size[1]))
+    else:
+        if min(source_hw) < unit:
+            raise PiDConfigError(
+                f"{what} is {source_hw[0]}×{source_hw[1]} px (H×W): smaller than one latent cell "
+                f"({unit} px) per side, so it has no latent to decode. Use an image of at least "
+                f"{unit}×{unit} px, or upscale it on purpose with --size H W (e.g. --size "
+                f"{_round_side(source_hw[0], unit)} {_round_side(source_hw[1], unit)})")
+        requested = source_hw
+    input_hw = (_round_side(requested[0], unit), _round_side(requested[1], unit))
+    latent_hw = (input_hw[0] // latent_down, input_hw[1] // latent_down)
+    output_hw = (input_hw[0] * sr_scale, input_hw[1] * sr_scale)
+    return SizePlan(source_hw, requested, input_hw, latent_hw, output_hw, unit, input_hw != requested)
+
+
+def check_crop_size(crop_size, *, latent_down: int, sr_scale: int, patch_size: int,
+                    key: str = "data.crop_size") -> int:
+    """An output crop size (``make eval``'s ``data.crop_size``) checked by the same rule as decode inputs.
+
+    The crop is the output; its low-resolution input (crop / sr_scale) must be a positive multiple of the
+    size unit. Returns the crop size; raises PiDConfigError naming ``key`` and the nearest sizes that work.
+    """
+    step = sr_scale * size_unit(latent_down, sr_scale, patch_size)
+    if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1 or crop_size % step:
+        lower = max(step, (int(crop_size) // step) * step if isinstance(crop_size, (int, float)) else step)
+        raise PiDConfigError(
+            f"{key}={crop_size!r} must be a positive multiple of {step} (sr_scale {sr_scale} × the size unit "
+            f"{step // sr_scale} of latent down {latent_down} and patch {patch_size}): e.g. {key}={lower} or "
+            f"{key}={lower + step}")
+    return crop_size
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+class PeakTensorMemory(TorchDispatchMode):
+    """High-water mark of the tensor storage created while the mode is active, in bytes.
+
+    Counts each new storage an operator returns once (views share it) and subtracts it when the storage is
+    freed; tensors that existed before (weights, inputs) are not counted. Works on real tensors on any
+    device and on meta or fake tensors, where nothing is allocated. Allocator overhead
+    and memory outside tensors (Python objects, libraries) are not included.
+
+        with PeakTensorMemory() as mem:
+            y = net(x)
+        mem.peak  # bytes
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._tracked: dict[int, weakref.finalize] = {}
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self._tracked.pop(key, None)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = id(storage)
+            if key in self._tracked:
+                continue
+            nbytes = storage.nbytes()
+            self._tracked[key] = weakref.finalize(storage, self._free, key, nbytes)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        return out
+
+    def __exit__(self, *exc):
+        for fin in list(self._tracked.values()):
+            fin.detach()
+        self._tracked.clear()
+        return super().__exit__(*exc)
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes a decode can use on ``device``: free CUDA memory, or the CPU's MemAvailable; None if unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- estimate
+
+
+def sampler_forwards(sampler: str, num_steps: int) -> int:
+    """Network forwards of a sampler run with ``num_steps`` steps (Heun: two per step but the last)."""
+    return 2 * num_steps - 1 if sampler == "heun" else num_steps
+
+
+@dataclass
+class DecodeEstimate:
+    """What one decode is estimated to cost.
+
+    ``output_hw`` pixels (H, W) for each of ``batch`` images; ``forwards`` network forwards (each over the
+    guidance branches batched); ``flops``: all forwards; ``peak_bytes``: tensors of one step at its peak
+    (activations, the sampler's state, the adapter's features) and ``weight_bytes`` the network's weights;
+    ``attention_flops``: the part in attention; ``seconds``: CPU time from the probes' FLOP rates (None
+    where they were not measured); ``probe``: how they were measured.
+    """
+
+    output_hw: tuple[int, int]
+    batch: int
+    forwards: int
+    flops: float
+    peak_bytes: int
+    weight_bytes: int
+    device: str
+    attention_flops: float = 0.0
+    seconds: float | None = None
+    flop_rate: float | None = None
+    attention_rate: float | None = None
+    probe: str = ""
+    tile: int | None = None
+
+    def timed(self, flop_rate: float, attention_rate: float, probe: str) -> "DecodeEstimate":
+        """Set ``seconds`` from FLOP rates (FLOP/s) of the network's other work and of attention."""
+        self.flop_rate, self.attention_rate, self.probe = flop_rate, attention_rate, probe
+        self.seconds = (self.flops - self.attention_flops) / flop_rate + self.attention_flops / attention_rate
+        return self
+
+    @property
+    def pixels(self) -> int:
+        return self.batch * self.output_hw[0] * self.output_hw[1]
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.peak_bytes + self.weight_bytes
+
+    def describe(self) -> str:
+        h, w = self.output_hw
+        parts = [f"{self.batch}× {h}×{w} px ({self.pixels / 1e6:.1f} Mpx), {self.forwards} network forwards, "
+                 f"{self.flops / 1e12:.3g} TFLOP, about {_gb(self.memory_bytes)} of memory (weights "
+                 f"{_gb(self.weight_bytes)})"]
+        if self.tile:
+            parts.append(f"tiled at {self.tile} px")
+        if self.seconds is not None:
+            parts.append(f"about {_duration(self.seconds)} on {self.device} (at {self.flop_rate / 1e9:.1f} "
+                         f"GFLOP/s, attention at {self.attention_rate / 1e9:.1f}, measured by {self.probe})")
+        return "; ".join(parts)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+def _duration(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+class _FusedAttention(TorchFunctionMode):
+    """Counts ``F.scaled_dot_product_attention`` as a fused (flash) kernel: 4·B·heads·Nq·Nk·d FLOPs and no
+    Nq×Nk matrix — what CPU and CUDA run for unmasked attention. On meta tensors the call returns its output
+    shape without running (the meta device would take the math path and hold the Nq×Nk matrix); on real
+    tensors it runs as usual (``FlopCounterMode`` does not count the CPU flash kernel)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not torch.nn.functional.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        q, k, v = args[:3]
+        self.flops += 2 * q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+        if q.device.type == "meta":
+            return q.new_empty((*q.shape[:-1], v.shape[-1]))
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+
+class _Decode(torch.nn.Module):
+    """One sampler step of :func:`pid.sampling.decode_latent` as a module, for ``functional_call``."""
+
+    def __init__(self, net: torch.nn.Module, decode_kw: dict):
+        super().__init__()
+        self.net, self.decode_kw = net, decode_kw
+
+    def forward(self, z, y):
+        from pid.sampling import decode_latent
+
+        return decode_latent(self.net, z, 0.0, num_steps=1, timesteps=[1.0, 0.0], text=(y, None),
+                             **self.decode_kw)
+
+
+def _one_step(net, latent_shape, *, device, dtype=torch.float32, shapes_only: bool, **decode_kw):
+    """(FLOPs, of which attention, peak tensor bytes, seconds or None) of one sampler step of the real
+    decode path.
+
+    ``shapes_only``: the network's weights are swapped for meta tensors (``torch.func.functional_call``)
+    and the inputs are meta tensors, so every operator computes shapes only — no arithmetic, no memory, no
+    time; the network's own tensors are untouched (its gates' logging state is restored)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    text = decode_kw.pop("text_shape", None)
+    counter = FlopCounterMode(display=False)
+    module = _Decode(net, decode_kw)
+    if shapes_only:
+        device = torch.device("meta")
+        state = {f"net.{k}": torch.empty_like(v, device=device)
+                 for k, v in [*net.named_parameters(), *net.named_buffers()]}
+        logged = {m: m.last_mean for m in net.modules() if hasattr(m, "last_mean")}
+    z = (torch.empty if shapes_only else torch.randn)(latent_shape, device=device, dtype=dtype)
+    y = None if text is None else torch.zeros(text, device=device, dtype=dtype)
+    t0 = time.perf_counter()
+    with torch.no_grad(), counter, PeakTensorMemory() as mem, _FusedAttention() as attn:
+        if shapes_only:
+            try:
+                torch.func.functional_call(module, state, (z, y))
+            finally:
+                for m, value in logged.items():
+                    m.last_mean = value
+        else:
+            module(z, y)
+    seconds = None if shapes_only else time.perf_counter() - t0
+    return counter.get_total_flops() + attn.flops, attn.flops, mem.peak, seconds
+
+
+def _attention_rate(net, device) -> float:
+    """FLOP/s of ``F.scaled_dot_product_attention`` at the network's heads and width on ``device``, for a
+    sequence long enough to be about 1 GFLOP (the rate of long sequences, which dominate large decodes)."""
+    heads = int(getattr(net, "num_groups", 8))
+    dim = int(getattr(net, "hidden_size", 512)) // heads
+    n = int(min(4096, max(256, math.sqrt(1e9 / (4 * heads * dim)))))
+    q = torch.randn(1, heads, n, dim, device=device)
+    f = torch.nn.functional.scaled_dot_product_attention
+    f(q[..., :64, :], q[..., :64, :], q[..., :64, :])  # warm-up
+    t0 = time.perf_counter()
+    f(q, q, q)
+    return 4 * heads * n * n * dim / max(time.perf_counter() - t0, 1e-9)
+
+
+def estimate_decode(net: torch.nn.Module, latent_shape: tuple[int, int, int, int], *, sr_scale: int,
+                    latent_down: int, num_steps: int, sampler: str, text_cfg: float = 1.0,
+                    latent_cfg: float = 1.0, text_shape: tuple[int, int, int] | None = None,
+                    tile: int | None = None, tile_overlap: int | None = None,
+                    probe: bool = True, rates: tuple[float, float, str] | None = None) -> DecodeEstimate:
+    """Estimate the FLOPs, peak memory and (on a CPU) time of decoding a latent of ``latent_shape``.
+
+    Args:
+        net: the decoder's network (on the device it will decode on; its weights are not changed).
+        latent_shape: (B, C, h, w) of the latent to decode.
+        num_steps, sampler, text_cfg, latent_cfg: as :func:`pid.sampling.decode_latent` will run them.
+        text_shape: (B, L, D) of the caption states, or None for a text-free decode.
+        tile, tile_overlap: a tiled decode (output pixels), as ``decode(..., tile=...)``.
+        probe: on a CPU, time one real step at a small size and one attention call to measure the FLOP
+            rates (about a second for the quickstart's network); False leaves ``seconds`` None.
+        rates: (FLOP/s, attention FLOP/s, how measured) of an earlier estimate, used instead of a probe.
+
+    Returns a :class:`DecodeEstimate` (see the module docstring for what it counts and its biases).
+    """
+    device = next(net.parameters()).device
+    b, c, h, w = (int(v) for v in latent_shape)
+    kw = dict(sr_scale=sr_scale, latent_down=latent_down, sampler=sampler, text_cfg=text_cfg,
+              latent_cfg=latent_cfg, tile=tile, tile_overlap=tile_overlap)
+    text = None if text_shape is None else (b, *text_shape[1:])
+    out_hw = (h * latent_down * sr_scale, w * latent_down * sr_scale)
+    layout = None
+    if tile is not None:
+        from pid.tiling import first_tiles_only, plan_tiles
+
+        layout = plan_tiles(out_hw, int(net.patch_size), tile, tile_overlap)  # refuses a bad tile here
+    if layout is not None and layout.tiled:
+        # the tiles are alike: one and two tiles give the cost of n (and the peak: tiles run one by one)
+        with first_tiles_only(1):
+            f1, a1, p1, _ = _one_step(net, (b, c, h, w), device=device, shapes_only=True, text_shape=text,
+                                      **kw)
+        with first_tiles_only(2):
+            f2, a2, p2, _ = _one_step(net, (b, c, h, w), device=device, shapes_only=True, text_shape=text,
+                                      **kw)
+        n = len(layout.starts)
+        flops, attn, peak = f1 + (n - 1) * (f2 - f1), a1 + (n - 1) * (a2 - a1), max(p1, p2)
+    else:
+        flops, attn, peak, _ = _one_step(net, (b, c, h, w), device=device, shapes_only=True,
+                                         text_shape=text, **kw)
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+    forwards = sampler_forwards(sampler, num_steps)
+    est = DecodeEstimate(out_hw, b, forwards, float(flops) * forwards, int(peak), int(weights), str(device),
+                         attention_flops=float(attn) * forwards,
+                         tile=tile if layout is not None and layout.tiled else None)
+    if rates is not None:
+        return est.timed(*rates)
+    if probe and device.type == "cpu":
+        # a small real step: a 16×16-patch output (8×8 for large networks), one image
+        patch = int(getattr(net, "patch_size", 16))
+        cells = 16 if weights < 2e8 else 8
+        unit = size_unit(latent_down, sr_scale, patch)
+        side = max(1, round(cells * patch / (sr_scale * unit))) * unit // latent_down
+        probe_shape = (1, c, side, side)
+        ptext = None if text_shape is None else (1, *text_shape[1:])
+        pkw = {**kw, "tile": None, "tile_overlap": None}
+        _one_step(net, (1, c, 1, 1), device=device, shapes_only=False, text_shape=ptext, **pkw)  # warm-up
+        pflops, pattn, _, seconds = _one_step(net, probe_shape, device=device, shapes_only=False,
+                                              text_shape=ptext, **pkw)
+        px = side * latent_down * sr_scale
+        est.timed((pflops - pattn) / max(seconds, 1e-9), _attention_rate(net, device),
+                  f"one real step at {px}×{px} px and one attention call on this machine "
+                  f"({torch.get_num_threads()} threads)")
+    return est
+
+
+@dataclass
+class Budget:
+    """Limits a decode is checked against: ``seconds`` (CPU estimate; None: no limit) and ``memory_bytes``
+    (None: ``MEMORY_SHARE`` of the device's available memory, :func:`available_memory`)."""
+
+    seconds: float | None = CPU_TIME_BUDGET_S
+    memory_bytes: float | None = None
+
+
+def over_budget(est: DecodeEstimate, budget: Budget) -> list[str]:
+    """Why ``est`` is over ``budget`` (one line per limit), or [] when it fits."""
+    reasons = []
+    if budget.seconds is not None and est.seconds is not None and est.seconds > budget.seconds:
+        reasons.append(f"time: about {_duration(est.seconds)} on {est.device}, over the budget of "
+                       f"{_duration(budget.seconds)}")
+    limit = budget.memory_bytes
+    if limit is None:
+        avail = available_memory(est.device)
+        limit = None if avail is None else MEMORY_SHARE * avail
+        where = f"{MEMORY_SHARE:.0%} of the {_gb(avail)} available on {est.device}" if avail else ""
+    else:
+        where = "the memory budget"
+    if limit is not None and est.memory_bytes > limit:
+        reasons.append(f"memory: about {_gb(est.memory_bytes)}, over {_gb(limit)} ({where})")
+    return reasons
+
+
+def cost_ratio(est: DecodeEstimate, budget: Budget) -> float:
+    """The budget over the estimate for the limit that binds most (< 1 when over), memory without the
+    weights (which do not shrink with the image)."""
+    ratios = [1.0]
+    if budget.seconds is not None and est.seconds:
+        ratios.append(budget.seconds / est.seconds)
+    limit = budget.memory_bytes
+    if limit is None:
+        avail = available_memory(est.device)
+        limit = None if avail is None else MEMORY_SHARE * avail
+    if limit is not None and est.memory_bytes > limit:
+        ratios.append(max(limit - est.weight_bytes, 0.0) / max(est.peak_bytes, 1))
+    return max(min(ratios), 0.0)
+
+
+def estimate_for_decoder(decoder, latent_shape: tuple[int, int, int, int], *, num_steps: int | None = None,
+                         sampler: str | None = None, latent_cfg: float | None = None,
+                         text_cfg: float | None = None, tile: int | None = None,
+                         tile_overlap: int | None = None, probe: bool = True,
+                         rates: tuple[float, float, str] | None = None) -> DecodeEstimate:
+    """:func:`estimate_decode` with a :class:`pid.api.PiDDecoder`'s sampling defaults (None: the decoder's,
+    as ``decoder.decode`` takes them) and its caption states' shape."""
+    sampling = decoder.sampling
+    sampler = sampler or sampling.get("sampler") or "euler"
+    num_steps = num_steps or sampling.get("num_steps") or 1
+    text = decoder.text
+    text_shape = None
+    if text.get("uses_text") and text.get("max_length") and text.get("dim"):
+        text_shape = (latent_shape[0], int(text["max_length"]), int(text["dim"]))
+    return estimate_decode(
+        decoder.net, latent_shape, sr_scale=decoder.sr_scale, latent_down=decoder.latent.down_factor,
+        num_steps=int(num_steps), sampler=sampler,
+        text_cfg=sampling.get("text_cfg", 1.0) if text_cfg is None else text_cfg,
+        latent_cfg=sampling.get("latent_cfg", 1.0) if latent_cfg is None else latent_cfg,
+        text_shape=text_shape, tile=tile, tile_overlap=tile_overlap, probe=probe, rates=rates)
+
+
+@dataclass
+class GuardResult:
+    """A checked decode: its estimate, and when over budget the reasons, a smaller latent grid that fits
+    (``fit_latent_hw``, with its estimate) and a tile that bounds the memory (``fit_tile``, pixels, with
+    its estimate)."""
+
+    estimate: DecodeEstimate
+    reasons: list[str]
+    fit_latent_hw: tuple[int, int] | None = None
+    fit_estimate: DecodeEstimate | None = None
+    fit_tile: int | None = None
+    fit_tile_estimate: DecodeEstimate | None = None
+
+
+def guard_decode(decoder, latent_shape: tuple[int, int, int, int], budget: Budget,
+                 **decode_kw) -> GuardResult:
+    """Estimate a decode (:func:`estimate_for_decoder`) and check it against ``budget``.
+
+    When it is over: about the largest latent grid of the same aspect that fits (a bisection on the side
+    scale, each candidate estimated from shapes and the probe's rates, up to 7 estimates) and, when memory
+    is over, a power-of-two tile whose decode fits the memory budget. Callers phrase the ways on
+    in their own terms (command-line flags, config keys) from the :class:`GuardResult`.
+    """
+    est = estimate_for_decoder(decoder, latent_shape, **decode_kw)
+    result = GuardResult(est, over_budget(est, budget))
+    if not result.reasons:
+        return result
+    rates = (est.flop_rate, est.attention_rate, est.probe) if est.flop_rate else None
+    b, c, h, w = latent_shape
+
+    def fits(scale):
+        hw = (max(1, int(h * scale)), max(1, int(w * scale)))
+        cur = estimate_for_decoder(decoder, (b, c, *hw), probe=False, rates=rates, **decode_kw)
+        return hw, cur, not over_budget(cur, budget)
+
+    # cost grows at least ∝ pixels (scale²) and at most ∝ pixels² (attention): the fitting scale lies
+    # between ratio^(1/2) and ratio^(1/4); bisect there
+    ratio = cost_ratio(est, budget)
+    lo, hi = math.sqrt(ratio), min(1.0, ratio ** 0.25)
+    for _ in range(4):  # make sure the lower end fits (fixed costs, rounding to whole cells)
+        hw, cur, ok = fits(lo)
+        if ok:
+            result.fit_latent_hw, result.fit_estimate = hw, cur
+            break
+        if hw == (1, 1):
+            return result
+        hi, lo = lo, lo / 2
+    if result.fit_latent_hw is not None:
+        for _ in range(3):
+            mid = (lo + hi) / 2
+            hw, cur, ok = fits(mid)
+            if ok:
+                lo, result.fit_latent_hw, result.fit_estimate = mid, hw, cur
+            else:
+                hi = mid
+    if any(r.startswith("memory") for r in result.reasons) and decode_kw.get("tile") is None:
+        # a first guess from the whole decode's bytes per pixel, checked by a tiled estimate (halved once)
+        patch = int(getattr(decoder.net, "patch_size", 16))
+        limit = budget.memory_bytes or MEMORY_SHARE * (available_memory(est.device) or 0)
+        per_pixel = est.peak_bytes / max(est.pixels, 1)
+        side = math.sqrt(max(limit - est.weight_bytes, 0) / 2 / per_pixel) if per_pixel else 0
+        tile = 2 ** int(math.log2(side)) if side >= patch else 0
+        for tile in (tile, tile // 2):
+            if tile < patch or tile % patch or tile >= max(est.output_hw):
+                continue
+            tiled = estimate_for_decoder(decoder, latent_shape, probe=False, rates=rates,
+                                         **{**decode_kw, "tile": tile, "tile_overlap": None})
+            if not any(r.startswith("memory") for r in over_budget(tiled, Budget(None, budget.memory_bytes))):
+                result.fit_tile, result.fit_tile_estimate = tile, tiled
+                break
+    return result
+
+
+__all__ = ["Budget", "CPU_TIME_BUDGET_S", "DecodeEstimate", "GuardResult", "MEMORY_SHARE", "OverBudgetError",
+           "PeakTensorMemory", "SizePlan", "available_memory", "check_crop_size", "estimate_decode",
+           "estimate_for_decoder", "cost_ratio", "guard_decode", "over_budget", "plan_input_size",
+           "sampler_forwards", "size_unit"]
