@@ -251,7 +251,10 @@ def check_schedule(cfg: DictConfig) -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """All checks that need nothing but the config."""
+    from pid.parallel.context import check_config as check_context_parallel
+
     check_value_ranges(cfg)
     check_schedule(cfg)
+    check_context_parallel(cfg)
     check_required_weights(cfg)
     check_mandatory_values(cfg)

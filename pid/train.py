@@ -43,11 +43,32 @@ def build(cfg: DictConfig):
 
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(model.run_config)
     remember_wandb_id(cfg, loggers)
     return datamodule, model, trainer
+
+
+def build_trainer(cfg: DictConfig, **kwargs):
+    """``cfg.trainer`` as a Lightning Trainer; ``trainer.context_parallel`` (not a Trainer argument) makes
+    its DDP/FSDP strategy context-parallel (:func:`pid.parallel.context.context_parallel_strategy`)."""
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    from pid.parallel.context import context_parallel_strategy
+
+    with open_dict(cfg.trainer):
+        size = cfg.trainer.pop("context_parallel", 1)
+        try:
+            if int(size or 1) > 1:
+                strategy = cfg.trainer.get("strategy")
+                strategy = strategy if isinstance(strategy, str) else instantiate(strategy)
+                kwargs["strategy"] = context_parallel_strategy(strategy, int(size))
+            trainer = instantiate(cfg.trainer, **kwargs)
+        finally:
+            cfg.trainer.context_parallel = size
+    return trainer
 
 
 def write_metrics(metrics: dict, cfg: DictConfig) -> None:

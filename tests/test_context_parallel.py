@@ -154,59 +154,43 @@ def test_decode_cp2_equals_one_process(cp_results):
         torch.testing.assert_close(cp, ref, **TOL, msg=name)
 
 
-def _perturbed_tiny_decoder(out: Path) -> Path:
-    """The quickstart export with every weight moved off its initialisation (its zero output layer would
-    make every decode the same whatever the network computes)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    sys.path.insert(0, str(HERE))
-    from conftest import export_tiny_decoder
-
-    path = export_tiny_decoder(out)
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    g = torch.Generator().manual_seed(0)
-    for k, v in tensors.items():
-        if v.is_floating_point() and k.startswith("net."):
-            tensors[k] = v + 0.05 * torch.randn(v.shape, generator=g).to(v.dtype)
-    save_file(tensors, str(path), metadata=meta)
-    return path
-
-
-def test_decode_cli_under_torchrun_equals_one_process(tmp_path):
-    """`torchrun --nproc_per_node 2 -m pid.decode --context-parallel 2` writes the image of a plain
-    `python -m pid.decode` (latent guidance, σ > 0, the file's sampler)."""
-    import subprocess
-
-    import numpy as np
-    from PIL import Image
-    from safetensors.torch import save_file
-
-    from pid.decode import main
-
-    ckpt = _perturbed_tiny_decoder(tmp_path)
-    save_file({"latent": torch.randn(1, 16, 2, 3, generator=torch.Generator().manual_seed(1))},
-              str(tmp_path / "z.safetensors"))
-    common = ["--ckpt", str(ckpt), "--latent", str(tmp_path / "z.safetensors"), "--sigma", "0.3",
-              "--latent-cfg", "2", "--seed", "4", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(free_port()), "-m", "pid.decode", *common,
-                           "--out", str(tmp_path / "cp.png"), "--context-parallel", "2"],
-                          cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    main([*common, "--out", str(tmp_path / "one.png")])
-    cp, one = (np.asarray(Image.open(tmp_path / f"{n}.png")).astype(int) for n in ("cp", "one"))
-    assert cp.shape == one.shape == (64, 96, 3)
-    assert one.std() > 10, "a real image, not a constant"
-    diff = np.abs(cp - one)
-    assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())  # 8-bit rounding at most
-
-
 def test_decode_cli_refuses_a_wrong_process_count(tmp_path):
     from pid.parallel.context import init_from_environment
 
     with pytest.raises(ValueError, match="torchrun --nproc_per_node 2"):
         init_from_environment(2, "cpu")  # one process, no torchrun
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["trainer=ddp", "trainer.devices=2", "trainer.context_parallel=3"],
+     "trainer.context_parallel=3 must divide the world size trainer.devices × trainer.num_nodes = 2 × 1 = 2; "
+     "sizes that work: 1, 2"),
+    (["trainer=cpu", "trainer.context_parallel=2"], "use trainer=ddp, trainer=fsdp or trainer=ddp_multinode"),
+    (["trainer=ddp", "trainer.devices=4", "trainer.context_parallel=4", "data.crop_size=48"],
+     "data.crop_size=48 with trainer.context_parallel=4: 6 patch rows (48 px) do not split evenly over 4 "
+     "context-parallel ranks; sizes that work: 1, 2, 3, 6"),
+    (["trainer=ddp", "trainer.context_parallel=0"], "trainer.context_parallel=0 must be a whole number >= 1"),
+])
+def test_config_time_checks_name_the_key_and_what_works(tmp_path, overrides, message):
+    sys.path.insert(0, str(HERE))
+    from conftest import compose_train, tiny_train_overrides
+
+    from pid.preflight import check_config
+    from pid.utils.errors import PiDConfigError
+
+    cfg = compose_train(tiny_train_overrides(tmp_path, tmp_path, *overrides))
+    with pytest.raises(PiDConfigError) as err:
+        check_config(cfg)
+    assert message in str(err.value)
+
+
+def test_config_time_check_passes_a_splittable_run(tmp_path):
+    sys.path.insert(0, str(HERE))
+    from conftest import compose_train, tiny_train_overrides
+
+    from pid.preflight import check_config
+
+    cfg = compose_train(tiny_train_overrides(tmp_path, tmp_path, "trainer=fsdp", "trainer.devices=4",
+                                             "trainer.context_parallel=2"))
+    check_config(cfg)
+    assert cfg.trainer.context_parallel == 2

@@ -81,11 +81,13 @@ def shard_count(source: str | Sequence[str]) -> int | None:
 
 
 def dist_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world) the data is sharded over: given, else the data-parallel coordinates (under context
+    parallelism the ranks of a CP group read the same samples, :mod:`pid.parallel.context`)."""
     if rank is not None and world_size is not None:
         return rank, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    from pid.parallel.context import data_parallel_rank_world
+
+    return data_parallel_rank_world()
 
 
 def split_member_name(name: str) -> tuple[str | None, str]:

@@ -396,11 +396,20 @@ class DMD2Module(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> None:
+        from pid.parallel.context import of_trainer
+
         iteration = int(self.global_step)
+        cp = of_trainer(getattr(self, "_trainer", None))
+        if cp is not None:  # one sample per CP group: its first rank's batch and random state
+            batch = cp.broadcast_batch(batch)
+            cp.sync_rng(self.device)
         hq = to_signed(batch["image"])
-        gen = dmd.step_generator(self.seed, iteration, rank=self.global_rank)
+        # per-sample noise differs between data-parallel groups, not between the ranks of a CP group
+        gen = dmd.step_generator(self.seed, iteration, rank=self.global_rank if cp is None else cp.dp_rank)
         shared = dmd.step_generator(self.seed, iteration)
         cond = self.condition(hq, batch.get("caption"), gen)
+        if cp is not None:
+            cond["context"] = cp  # every network call of the iteration splits over the group
         opt_s, opt_f, opt_d = self.optimizers()
         sched_s, sched_f, sched_d = self.lr_schedulers()
         for opt in (opt_s, opt_f, opt_d):

@@ -155,6 +155,8 @@ class PiDModule(pl.LightningModule):
         net_kwargs = {k: cond[k] for k in ("latent", "sigma", "latent_keep", "y", "y_mask")}
         if not self.has_adapter:
             net_kwargs.update(latent=None, sigma=None, latent_keep=None)
+        if cond.get("context") is not None:  # context parallelism: the net splits itself, returns it whole
+            net_kwargs["context"] = cond["context"]
         out = self.net(x_t, t, return_extras=want_aux, **net_kwargs)
         v_pred, extras = out if want_aux else (out, {})
         terms = {"flow": losses.flow_matching_loss(v_pred, flow.velocity(hq, eps))}
@@ -175,10 +177,21 @@ class PiDModule(pl.LightningModule):
             b, height, width, mean=self.time["logit_mean"], std=self.time["logit_std"],
             base_shift=self.time["shift_base"], ref_size=self.time["shift_ref_size"], device=self.device)
 
+    def context_parallel(self):
+        """The trainer's context-parallel layout (:mod:`pid.parallel.context`), or None."""
+        from pid.parallel.context import of_trainer
+
+        return of_trainer(getattr(self, "_trainer", None))
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        cp = self.context_parallel()
+        if cp is not None:  # one sample per CP group: its first rank's batch and random draws
+            batch = cp.broadcast_batch(batch)
+            cp.sync_rng(self.device)
         hq = augment_batch(to_signed(batch["image"]), **self.augment)
         b, _, h, w = hq.shape
         cond = self.training_condition(hq, batch.get("caption"))
+        cond["context"] = cp
         terms = self.diffusion_loss(hq, cond, self.sample_t(b, h, w), torch.randn_like(hq))
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, batch_size=b)
         self.log("train/loss", terms["loss"].detach(), prog_bar=True, batch_size=b)
@@ -186,12 +199,24 @@ class PiDModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Flow loss at fixed t with fixed noise and a clean latent: comparable across runs and steps."""
+        """Flow loss at fixed t with fixed noise and a clean latent: comparable across runs and steps.
+
+        Under context parallelism a crop whose patch rows do not split over the group runs whole on each
+        of its ranks."""
+        from pid.nn.pixel_dit import network_patch_size
+        from pid.parallel.context import split_problem
+
+        cp = self.context_parallel()
+        if cp is not None:
+            batch = cp.broadcast_batch(batch)
         hq = to_signed(batch["image"])
         b = hq.shape[0]
+        if cp is not None and split_problem(hq.shape[-2] // network_patch_size(self), cp.size):
+            cp = None
         gen = torch.Generator(device="cpu").manual_seed(1234 + batch_idx)
         lq, z = self.encode_lq(hq)
-        cond = {"latent": z, "sigma": torch.zeros(b, device=hq.device), "latent_keep": None, "lq": lq}
+        cond = {"latent": z, "sigma": torch.zeros(b, device=hq.device), "latent_keep": None, "lq": lq,
+                "context": cp}
         cond["y"], cond["y_mask"] = self.encode_text(batch.get("caption"), None)
         total = 0.0
         for t_value in self.hparams.val_timesteps:

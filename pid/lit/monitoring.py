@@ -99,7 +99,10 @@ class TrainingMonitor(pl.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
-        world = trainer.world_size
+        from pid.parallel.context import of_trainer
+
+        cp = of_trainer(trainer)  # the ranks of a context-parallel group share their images
+        world = trainer.world_size if cp is None else cp.dp_size
         metrics = {"perf/images_per_s": self._images * world / elapsed,
                    "perf/tokens_per_s": self._tokens * world / elapsed,
                    "perf/step_time_s": elapsed / max(self._steps, 1)}

@@ -83,7 +83,8 @@ class PiDNet(PixelDiT):
         if self.adapter.pit_gate is not None:
             gates.append(("pit", self.adapter.pit_gate))
         for name, gate in gates:
-            stats[f"gate/{name}/alpha"] = float(gate.alpha)
+            if gate.log_alpha.numel() == 1:  # under FSDP a rank's shard may hold none of it
+                stats[f"gate/{name}/alpha"] = float(gate.alpha)
             if gate.last_mean is not None:
                 stats[f"gate/{name}/mean"] = float(gate.last_mean)
         return stats

@@ -362,27 +362,39 @@ class _ContextParallelStrategy:
         return kwargs
 
 
-def enable_for_trainer(trainer, size: int) -> None:
-    """Make ``trainer``'s DDP or FSDP strategy context-parallel over ``size`` ranks (before ``fit``).
+_CP_CLASSES: dict[type, type] = {}
+
+
+def context_parallel_strategy(strategy, size: int):
+    """A Lightning DDP or FSDP strategy (an object or a registered name such as
+    ``"ddp_find_unused_parameters_true"``) made context-parallel over ``size`` ranks: an object of a subclass
+    (:class:`_ContextParallelStrategy` mixed in) with the same settings, for ``Trainer(strategy=...)``.
 
     Raises:
-        PiDConfigError: the strategy is not DDP or FSDP.
+        PiDConfigError: the strategy is neither DDP nor FSDP (naming the trainer configs that are).
     """
-    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, StrategyRegistry
 
     from pid.utils.errors import PiDConfigError
 
-    size = int(size)
-    if size == 1:
-        return
-    strategy = trainer.strategy
+    if isinstance(strategy, str):
+        if strategy not in StrategyRegistry:
+            raise PiDConfigError(f"{CONFIG_KEY}={size} needs trainer=ddp or trainer=fsdp, not strategy "
+                                 f"{strategy!r}")
+        strategy = StrategyRegistry.get(strategy)
     if not isinstance(strategy, (DDPStrategy, FSDPStrategy)):
         raise PiDConfigError(f"{CONFIG_KEY}={size} needs trainer=ddp or trainer=fsdp, not "
                              f"{type(strategy).__name__}")
-    if not isinstance(strategy, _ContextParallelStrategy):
-        cls = type(strategy)
-        strategy.__class__ = type(f"ContextParallel{cls.__name__}", (_ContextParallelStrategy, cls), {})
-    strategy.context_parallel_size = size
+    cls = type(strategy)
+    if not issubclass(cls, _ContextParallelStrategy):
+        if cls not in _CP_CLASSES:
+            _CP_CLASSES[cls] = type(f"ContextParallel{cls.__name__}", (_ContextParallelStrategy, cls), {})
+        cp_cls = _CP_CLASSES[cls]
+        obj = cp_cls.__new__(cp_cls)
+        obj.__dict__.update(vars(strategy))  # the same settings (plain attributes of the strategy object)
+        strategy = obj
+    strategy.context_parallel_size = int(size)
+    return strategy
 
 
 def of_trainer(trainer) -> ContextParallel | None:
