@@ -249,6 +249,12 @@ def test_a_vae_is_named_as_not_a_pid_model(tmp_path):
     (vae_file,) = (tmp_path / "vae").glob("*.safetensors")
     preset = tmp_path / "p.yaml"
     preset.write_text((ROOT / "conf" / "releases" / "flux_2k.yaml").read_text())
+    from pid.utils.errors import MissingWeightsError
+
+    with pytest.raises(MissingWeightsError, match=r"Set --latent-path /path/to/weights") as info:
+        decode(["--ckpt", str(vae_file), "--release", "flux_2k", "--image", str(vae_file), "--out",
+                str(tmp_path / "x.png"), "--device", "cpu"])  # the VAE's path is missing: the flag says so
+    assert "latent.path" not in str(info.value)
     match = r"is not a PiD model: it holds a VAE .*--ckpt \.\.\..*--latent-path"
     with pytest.raises(PiDConfigError, match=match):
         decode(["--ckpt", str(vae_file), "--release", str(preset), "--latent", str(vae_file), "--out",

@@ -73,7 +73,16 @@ class Release:
             return LatentGeometry.from_config(cfg)
         if "path" in cfg and path is not None:
             cfg["path"] = str(path)
-        return instantiate(cfg)
+        from hydra.errors import InstantiationException
+
+        from pid.utils.errors import MissingWeightsError
+
+        try:
+            return instantiate(cfg)
+        except InstantiationException as err:  # say the latent's own error (missing weights: the key to set)
+            if isinstance(err.__cause__, (MissingWeightsError, PiDConfigError)):
+                raise err.__cause__ from None
+            raise
 
     def build_net(self):
         """Instantiate the network (random init; load weights with :func:`pid.weights.load_weights`)."""
