@@ -182,7 +182,9 @@ def tensor_digest(tensors: dict[str, torch.Tensor], header: Iterable[Any] = ()) 
 
 
 def _fmt(value: float) -> str:
-    return f"{float(value):.4g}"
+    """4 significant digits of the value as a float32 buffer holds it (a config's 1.5305 and the buffer's
+    1.53049993 read alike)."""
+    return f"{torch.tensor(float(value), dtype=torch.float32).item():.4g}"
 
 
 def _normalisation_from_tensors(shift: torch.Tensor | None, scale: torch.Tensor | None) -> str:

@@ -203,3 +203,27 @@ def test_checkpoints_carry_the_fingerprint(runs, tmp_path):
     torch.save(checkpoint, tmp_path / "last.ckpt")
     assert json.dumps(read_identity(tmp_path / "last.ckpt").to_dict()) == json.dumps(
         identity_of_module(module).to_dict())
+
+
+@pytest.mark.parametrize("preset", ["flux_2kto4k_v1pt5", "sd3_2k", "sdxl_2kto4k", "flux2_2k",
+                                    "qwenimage_2kto4k_v1pt5"])
+def test_a_release_preset_accepts_its_own_vae(preset):
+    """NVIDIA's files carry no fingerprint: the preset's latent config stands for it, and a VAE with the
+    release's class, geometry and constants fits it (compared without tensors: class, geometry, noise
+    form and normalisation)."""
+    from dataclasses import replace
+
+    from test_latents_vae import latent_from_config
+
+    from pid.identity import differences, identity_from_release, latent_identity
+    from pid.weights.release import load_release
+
+    rel = load_release(preset)
+    theirs = identity_from_release(rel)
+    assert "release preset" in theirs.derived and theirs.latent.digest is None
+    built = latent_identity(latent_from_config(rel.latent))
+    assert built.digest is not None
+    assert differences(replace(theirs, latent=built), theirs, parts=("latent",)) == []
+    other = "sdxl" if rel.latent != "sdxl" else "sd3"
+    assert differences(replace(theirs, latent=latent_identity(latent_from_config(other))), theirs,
+                       parts=("latent",))
