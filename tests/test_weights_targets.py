@@ -357,10 +357,12 @@ def test_comfyuis_split_adaln_is_its_view_of_nvidias():
                     "nv-tlabs/PiD to run NVIDIA's network on the exported files")
 def test_an_exported_v_model_runs_in_nvidias_network_as_in_pid(tmp_path):
     """The official PidNet built from the export's preset loads the .pth and its safetensors conversion
-    strictly and predicts the same velocity as pid's network."""
+    strictly, predicts the same velocity as pid's network, and decodes the same image with NVIDIA's 4-step
+    student rule as pid's decoder (same seeded noise)."""
     from safetensors.torch import load_file
 
     from pid.api import load_decoder
+    from pid.diffusion.schedules import student_timesteps
     from pid.weights.convert import main as convert
     from pid.weights.export import export_model
     from pid.weights.official_code import official_networks
@@ -370,7 +372,8 @@ def test_an_exported_v_model_runs_in_nvidias_network_as_in_pid(tmp_path):
                           latent=True)
     done = export_model(src, tmp_path / "model_ema_bf16.pth", dtype="float32")
     st = convert([str(done.path), str(tmp_path / "model.safetensors"), "--dtype", "float32"])
-    ours = load_decoder(done.path).net.eval()
+    decoder = load_decoder(done.path)
+    ours = decoder.net.eval()
     ours_cfg = yaml_net(done.preset)
     args = {k: v for k, v in official_args(ours_cfg).items() if not k.startswith("_")}
     assert ours_cfg["prediction"] == "v"
@@ -386,6 +389,19 @@ def test_an_exported_v_model_runs_in_nvidias_network_as_in_pid(tmp_path):
                 got = off(x, t * 1000, y, lq_latent=z, degrade_sigma=sigma)
             assert want.abs().max() > 0.1  # a network that computes something
             torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+            # NVIDIA's 4-step student rule (shared/official/README.md) on its network = pid's decode
+            gen, t_list = torch.Generator().manual_seed(7), [0.999, 0.866, 0.634, 0.342, 0.0]
+            x_t = torch.randn(2, 3, 64, 64, generator=gen)
+            for i, t_i in enumerate(t_list[:-1]):
+                with torch.no_grad():
+                    v = off(x_t, torch.full((2,), t_i * 1000), y, lq_latent=z, degrade_sigma=sigma)
+                x0 = (x_t.double() - t_i * v.double()).float()
+                if t_list[i + 1] > 0:
+                    x_t = (1 - t_list[i + 1]) * x0 + t_list[i + 1] * torch.randn(2, 3, 64, 64, generator=gen)
+            image = decoder.decode(z, sigma, caption_states=y, sampler="sde", timesteps=student_timesteps(),
+                                   num_steps=4, text_cfg=1.0, latent_cfg=1.0,
+                                   generator=torch.Generator().manual_seed(7))
+            torch.testing.assert_close(image, x0.clamp(-1, 1), rtol=0, atol=1e-4)
 
 
 def yaml_net(preset: Path) -> dict:
