@@ -314,6 +314,9 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
         text_encoder: a local Gemma-2 folder (or a built encoder) for ``decode(caption=...)``.
         latent_path: weights of a release's latent space (e.g. a local VAE folder), so that
             ``decoder.encode`` works; a preset found with the file builds its own embedded latent already.
+            For a file of this project, the latent's weights in place of the path its run recorded.
+            Either way the latent must be the one the network was trained on (its fingerprint,
+            :mod:`pid.identity`): another one raises :class:`pid.identity.IdentityMismatch` naming both.
     """
     path = resolve_weights_path(path, "path", "PiD decoder",
                                 "a pid_decoder.safetensors export, a run folder of pid.train, a .ckpt of "
@@ -353,6 +356,8 @@ def load_decoder(path: str | Path, device: str | torch.device = "cpu", latent: n
         net = instantiate(net_config_for_weights(config["model"]["net"],
                                                  [k for group in wf.groups.values() for k in group]))
         load_weights(net, wf, weights=weights, config_key="ckpt")
+        if latent is None and latent_path is not None:  # checked against the file's fingerprint below
+            latent = _latent_for({**dict(config["latent"]), "path": str(latent_path)}, build=True)
         if latent is None:
             latent = _latent_for(dict(config["latent"]), build=build_latent)
             if build_latent and wf.groups.get("latent"):

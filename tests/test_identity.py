@@ -188,6 +188,21 @@ def test_a_decoder_refuses_a_latent_it_was_not_trained_on(runs, tmp_path):
     assert f"latent.path={vae_dir}" in str(err.value)
     decoder = load_decoder(vae)  # its own latent, rebuilt from its run config: the same weights
     assert decoder.identity.latent.digest is not None
+    with pytest.raises(IdentityMismatch, match="latent tensors"):  # pid.decode --latent-path
+        load_decoder(vae, latent_path=tmp_path / "other_vae")
+    from PIL import Image
+
+    from pid.decode import main as decode_main
+    from pid.utils.errors import PiDConfigError
+
+    Image.new("RGB", (32, 32), (120, 60, 30)).save(tmp_path / "in.png")
+    with pytest.raises(PiDConfigError) as err:
+        decode_main(["--ckpt", str(vae), "--image", str(tmp_path / "in.png"), "--latent-path",
+                     str(tmp_path / "other_vae"), "--out", str(tmp_path / "out.png")])
+    assert "DiffusersVAELatent 'my_vae'" in str(err.value) and f"--latent-path {vae_dir}" in str(err.value)
+    assert not (tmp_path / "out.png").exists()
+    moved = save_tiny_vae(tmp_path / "moved_vae", seed=0)  # the same weights in another folder
+    assert load_decoder(vae, latent_path=moved).latent.vae.config.latent_channels == 4
 
 
 def test_checkpoints_carry_the_fingerprint(runs, tmp_path):
