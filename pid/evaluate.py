@@ -30,8 +30,8 @@ def load_decoders(cfg: DictConfig, device) -> tuple:
     from pid.api import load_decoder
     from pid.eval.inputs import resolve_ckpt
 
-    teacher_path = resolve_ckpt(cfg.ckpt, "ckpt")
     release, student_release = cfg.get("release"), cfg.get("student_release")
+    teacher_path = resolve_ckpt(cfg.ckpt, "ckpt", compatible=_teacher_check(cfg, student_release))
     latent = None
     if release or student_release:  # NVIDIA's files: the latent space comes from the release preset
         from pid.weights.release import load_release
@@ -47,12 +47,59 @@ def load_decoders(cfg: DictConfig, device) -> tuple:
         _check_student(ours, teacher_path, student_path, student_release)
         student = load_decoder(student_path, device=device, latent=teacher.latent, release=student_release)
     if cfg.methods.sr_cascade.enabled and cfg.sr_cascade_ckpt:
-        sr_dec = load_decoder(resolve_ckpt(cfg.sr_cascade_ckpt, "sr_cascade_ckpt"), device=device)
+        sr_path = resolve_ckpt(cfg.sr_cascade_ckpt, "sr_cascade_ckpt",
+                               compatible=lambda p: _sr_cascade_misfit(p, teacher.sr_scale))
+        sr_dec = load_decoder(sr_path, device=device)
         rgb = sr_dec.latent.down_factor == 1 and sr_dec.latent.channels == 3
         if not rgb or sr_dec.sr_scale != teacher.sr_scale:
             raise PiDConfigError(f"sr_cascade_ckpt={cfg.sr_cascade_ckpt} is not an RGB-conditioned SR model "
                                  f"at sr_scale {teacher.sr_scale} (`make train exp=quickstart_sr`)")
     return teacher, teacher_path, student, sr_dec
+
+
+def _teacher_check(cfg: DictConfig, student_release):
+    """For a ``ckpt`` glob beside a ``student_ckpt`` that names one file: a check that takes the newest
+    teacher of the student's latent, text encoder and sr_scale (None otherwise)."""
+    import glob
+
+    from pid.eval.inputs import resolve_ckpt
+    from pid.identity import check_compatible, read_identity
+
+    student = cfg.student_ckpt if cfg.methods.student.enabled else None
+    if not student or glob.has_magic(str(student)) or not glob.has_magic(str(cfg.ckpt)):
+        return None
+    student_path = resolve_ckpt(student, "student_ckpt")
+    theirs = read_identity(student_path, release=student_release)
+    if theirs is None:
+        return None
+
+    def misfit(path):
+        try:
+            ours = read_identity(path, release=cfg.get("release"))
+            if ours is not None:
+                check_compatible(ours, theirs, ours_label=f"ckpt={path}",
+                                 theirs_label=f"student_ckpt={student_path}",
+                                 parts=("latent", "text", "sr_scale"),
+                                 advice="Set ckpt= to the teacher the student was distilled from.")
+        except PiDConfigError as err:
+            return err
+        return None
+
+    return misfit
+
+
+def _sr_cascade_misfit(path, sr_scale: int) -> Exception | None:
+    """None when ``path`` is an RGB-conditioned SR model at ``sr_scale`` (or says nothing of itself)."""
+    from pid.identity import read_identity
+
+    try:
+        ident = read_identity(path)
+    except PiDConfigError as err:
+        return err
+    if ident is not None and (ident.latent.kind != "RGBLatent" or ident.sr_scale != sr_scale):
+        return PiDConfigError(f"not an RGB-conditioned SR model at sr_scale {sr_scale} (latent "
+                              f"{ident.latent.describe()}, sr_scale {ident.sr_scale})")
+    return None
 
 
 def _paired_identity(teacher):

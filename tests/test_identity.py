@@ -242,3 +242,31 @@ def test_a_release_preset_accepts_its_own_vae(preset):
     other = "sdxl" if rel.latent != "sdxl" else "sd3"
     assert differences(replace(theirs, latent=latent_identity(latent_from_config(other))), theirs,
                        parts=("latent",))
+
+
+def test_eval_pairs_a_student_with_a_teacher_of_its_latent(runs, caplog):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF_DIR
+    from pid.api import export_decoder
+    from pid.evaluate import load_decoders
+    from pid.identity import IdentityMismatch
+    from pid.train import build
+
+    root, out, pca, vae, _ = runs
+    _, module, _ = build(dmd2_cfg(root, out, str(pca)))
+    student = export_decoder(module, out / "students" / "pca" / "pid_decoder.safetensors")
+
+    def cfg(ckpt: str):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose("eval", overrides=[f"ckpt={ckpt}", f"student_ckpt={student}", "eval=tiny",
+                                              f"paths.log_dir={out}/logs"])
+
+    with caplog.at_level(logging.INFO, logger="pid"):
+        teacher, teacher_path, loaded, _ = load_decoders(cfg(f"{out}/runs/*/pid_decoder.safetensors"), "cpu")
+    assert teacher_path == pca and loaded.identity.latent.digest == teacher.identity.latent.digest
+    assert any("1 newer export(s) of another model" in r.getMessage() for r in caplog.records)
+    with pytest.raises(IdentityMismatch, match="Evaluate a student distilled from this teacher") as err:
+        load_decoders(cfg(str(vae)), "cpu")
+    assert "PatchPCALatent 'patch_pca16x8'" in str(err.value)
+    assert "DiffusersVAELatent 'my_vae'" in str(err.value)
