@@ -270,3 +270,42 @@ def test_eval_pairs_a_student_with_a_teacher_of_its_latent(runs, caplog):
         load_decoders(cfg(str(vae)), "cpu")
     assert "PatchPCALatent 'patch_pca16x8'" in str(err.value)
     assert "DiffusersVAELatent 'my_vae'" in str(err.value)
+
+
+def test_an_rae_latent_is_its_encoder_and_statistics_not_its_decoder():
+    from test_latents_rae import TINY_DECODER, tiny_rae
+
+    from pid.identity import latent_identity
+    from pid.latents.rae_decoder import RAEDecoder, decoder_kwargs
+
+    latent = tiny_rae("rae_dinov2")
+    latent.set_stats(torch.zeros(32, 4, 4), torch.ones(32, 4, 4))
+    before = latent_identity(latent)
+    assert before.normalisation == "per-(C,H,W) mean/var statistics"
+    torch.manual_seed(1)
+    latent.attach_decoder(RAEDecoder(**decoder_kwargs(32, 2, 16, TINY_DECODER, None)))
+    assert latent_identity(latent).digest == before.digest  # native decoding does not change the latent
+    latent.set_stats(torch.zeros(32, 4, 4), torch.full((32, 4, 4), 2.0))
+    assert latent_identity(latent).digest != before.digest  # other statistics: another latent
+
+
+def test_a_vae_latent_is_its_encoder_and_normalisation_not_its_decoder():
+    import diffusers
+
+    from pid.identity import latent_identity
+    from pid.latents.vae import DiffusersVAELatent, tiny_vae_config
+
+    def build(shift: float = 0.0):
+        torch.manual_seed(0)
+        vae = diffusers.AutoencoderKL(**tiny_vae_config("AutoencoderKL", 4, scaling_factor=1.0,
+                                                        shift_factor=shift))
+        return DiffusersVAELatent(vae=vae, channels=4, shift=shift, scale=1.0, dtype="float32")
+
+    before = latent_identity(build())
+    latent = build()
+    latent.vae.decoder.conv_out.bias.add_(1.0)  # another native decoder: the same latent
+    assert latent_identity(latent).digest == before.digest
+    latent.vae.encoder.conv_in.bias.add_(1.0)  # another encoder: another latent
+    assert latent_identity(latent).digest != before.digest
+    shifted = latent_identity(build(shift=0.5))  # another normalisation: another latent
+    assert shifted.digest != before.digest and shifted.normalisation == "shift 0.5, scale 1"
