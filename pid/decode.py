@@ -210,17 +210,17 @@ def _guard(decoder, args, latent_shape, plan=None) -> None:
         fit = res.fit_estimate
         if args.latent:
             ways.append(f"  a smaller latent, e.g. {res.fit_latent_hw[0]}×{res.fit_latent_hw[1]} cells "
-                        f"(output {fit.output_hw[0]}×{fit.output_hw[1]} px; {_fit_line(fit)})")
+                        f"(output {fit.output_hw[0]}×{fit.output_hw[1]} px; {fit.short()})")
         else:
             unit = plan.unit if plan is not None else down
             h, w = (max(unit, v * down // unit * unit) for v in res.fit_latent_hw)
             ways.append(f"  --size {h} {w}   a smaller input: output {h * sr}×{w * sr} px "
-                        f"({_fit_line(fit)})")
+                        f"({fit.short()})")
     if args.image:
         ways.append("  a smaller image (or a crop of it) as --image")
     if res.fit_tile is not None:
         ways.append(f"  --tile {res.fit_tile}   decode in tiles of {res.fit_tile} px: the memory of one tile "
-                    f"({_fit_line(res.fit_tile_estimate)})")
+                    f"({res.fit_tile_estimate.short()})")
     if any(r.startswith("time") for r in res.reasons):
         ways.append(f"  --time-budget S   allow S seconds (now {budget.seconds:g})")
     ways.append("  --force   decode anyway")
@@ -230,11 +230,6 @@ def _guard(decoder, args, latent_shape, plan=None) -> None:
     raise OverBudgetError(
         f"this decode is over budget — {'; '.join(res.reasons)}.\n{where}estimate: {est.describe()}\n"
         "Ways on:\n" + "\n".join(ways), est, res.reasons)
-
-
-def _fit_line(est) -> str:
-    mem = f"about {est.memory_bytes / 1e9:.2f} GB"
-    return mem if est.seconds is None else f"about {est.seconds:.0f} s, {mem}"
 
 
 def _latent_from_image(decoder, args) -> torch.Tensor:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -243,10 +244,10 @@ class DecodeEstimate:
     """What one decode is estimated to cost.
 
     ``output_hw`` pixels (H, W) for each of ``batch`` images; ``forwards`` network forwards (each over the
-    guidance branches batched); ``flops``: all forwards; ``peak_bytes``: tensors of one step at its peak
-    (activations, the sampler's state, the adapter's features) and ``weight_bytes`` the network's weights;
-    ``attention_flops``: the part in attention; ``seconds``: CPU time from the probes' FLOP rates (None
-    where they were not measured); ``probe``: how they were measured.
+    guidance branches batched); ``flops``: all forwards; ``peak_bytes``: tensors at a step's peak
+    (activations, the sampler's state and what it carries between steps, the adapter's features) and
+    ``weight_bytes`` the network's weights; ``attention_flops``: the part in attention; ``seconds``: CPU
+    time from the probes' FLOP rates (None where they were not measured); ``probe``: how they were measured.
     """
 
     output_hw: tuple[int, int]
@@ -276,6 +277,11 @@ class DecodeEstimate:
     @property
     def memory_bytes(self) -> int:
         return self.peak_bytes + self.weight_bytes
+
+    def short(self) -> str:
+        """"about 4 min, 1.80 GB" (the time where it was estimated)."""
+        mem = f"about {_gb(self.memory_bytes)}"
+        return mem if self.seconds is None else f"about {_duration(self.seconds)}, {_gb(self.memory_bytes)}"
 
     def describe(self) -> str:
         h, w = self.output_hw
@@ -331,16 +337,18 @@ class _Decode(torch.nn.Module):
         super().__init__()
         self.net, self.decode_kw = net, decode_kw
 
-    def forward(self, z, y):
+    def forward(self, z, y, steps: int = 1):
         from pid.sampling import decode_latent
 
-        return decode_latent(self.net, z, 0.0, num_steps=1, timesteps=[1.0, 0.0], text=(y, None),
+        grid = [1.0, 0.0] if steps == 1 else [1.0, 0.5, 0.0]
+        return decode_latent(self.net, z, 0.0, num_steps=steps, timesteps=grid, text=(y, None),
                              **self.decode_kw)
 
 
-def _one_step(net, latent_shape, *, device, dtype=torch.float32, shapes_only: bool, **decode_kw):
-    """(FLOPs, of which attention, peak tensor bytes, seconds or None) of one sampler step of the real
-    decode path.
+def _one_step(net, latent_shape, *, device, dtype=torch.float32, shapes_only: bool, steps: int = 1,
+              **decode_kw):
+    """(FLOPs, of which attention, peak tensor bytes, seconds or None) of a ``steps``-step (1 or 2) run of
+    the real decode path.
 
     ``shapes_only``: the network's weights are swapped for meta tensors (``torch.func.functional_call``)
     and the inputs are meta tensors, so every operator computes shapes only — no arithmetic, no memory, no
@@ -357,17 +365,21 @@ def _one_step(net, latent_shape, *, device, dtype=torch.float32, shapes_only: bo
         logged = {m: m.last_mean for m in net.modules() if hasattr(m, "last_mean")}
     z = (torch.empty if shapes_only else torch.randn)(latent_shape, device=device, dtype=dtype)
     y = None if text is None else torch.zeros(text, device=device, dtype=dtype)
-    t0 = time.perf_counter()
     with torch.no_grad(), counter, PeakTensorMemory() as mem, _FusedAttention() as attn:
         if shapes_only:
             try:
-                torch.func.functional_call(module, state, (z, y))
+                torch.func.functional_call(module, state, (z, y, steps))
             finally:
                 for m, value in logged.items():
                     m.last_mean = value
         else:
-            module(z, y)
-    seconds = None if shapes_only else time.perf_counter() - t0
+            module(z, y, steps)
+    seconds = None
+    if not shapes_only:  # timed again without the counting modes (their per-operator cost is Python's)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            module(z, y, steps)
+            seconds = time.perf_counter() - t0
     return counter.get_total_flops() + attn.flops, attn.flops, mem.peak, seconds
 
 
@@ -415,24 +427,35 @@ def estimate_decode(net: torch.nn.Module, latent_shape: tuple[int, int, int, int
         from pid.tiling import first_tiles_only, plan_tiles
 
         layout = plan_tiles(out_hw, int(net.patch_size), tile, tile_overlap)  # refuses a bad tile here
-    if layout is not None and layout.tiled:
-        # the tiles are alike: one and two tiles give the cost of n (and the peak: tiles run one by one)
-        with first_tiles_only(1):
-            f1, a1, p1, _ = _one_step(net, (b, c, h, w), device=device, shapes_only=True, text_shape=text,
-                                      **kw)
-        with first_tiles_only(2):
-            f2, a2, p2, _ = _one_step(net, (b, c, h, w), device=device, shapes_only=True, text_shape=text,
-                                      **kw)
+    tiled = layout is not None and layout.tiled
+
+    def run(n_tiles: int, steps: int):
+        with first_tiles_only(n_tiles) if tiled else nullcontext():
+            return _one_step(net, (b, c, h, w), device=device, shapes_only=True, text_shape=text, steps=steps,
+                             **kw)[:3]
+
+    # the cost of n tiles and s steps from three runs: what a decode computes once (the adapter's trunk or
+    # features), per network forward, and per tile of a forward; the peak of a 2-step run holds what one
+    # step carries to the next (the tiles run one after another, so two of them show a tiled decode's peak)
+    f11, a11, p11 = run(1, 1)
+    if num_steps > 1:
+        extra = sampler_forwards(sampler, 2) - sampler_forwards(sampler, 1)
+        f12, a12, peak = run(1, 2)
+        per_fwd, per_fwd_attn = (f12 - f11) / extra, (a12 - a11) / extra
+    else:  # a single forward: nothing to split off
+        per_fwd, per_fwd_attn, peak = f11, a11, p11
+    once, once_attn = f11 - per_fwd, a11 - per_fwd_attn
+    if tiled:
+        f21, a21, p21 = run(2, 1)
         n = len(layout.starts)
-        flops, attn, peak = f1 + (n - 1) * (f2 - f1), a1 + (n - 1) * (a2 - a1), max(p1, p2)
-    else:
-        flops, attn, peak, _ = _one_step(net, (b, c, h, w), device=device, shapes_only=True,
-                                         text_shape=text, **kw)
-    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+        per_fwd += (n - 1) * (f21 - f11)
+        per_fwd_attn += (n - 1) * (a21 - a11)
+        peak = max(peak, p21)
     forwards = sampler_forwards(sampler, num_steps)
-    est = DecodeEstimate(out_hw, b, forwards, float(flops) * forwards, int(peak), int(weights), str(device),
-                         attention_flops=float(attn) * forwards,
-                         tile=tile if layout is not None and layout.tiled else None)
+    flops, attn = once + forwards * per_fwd, once_attn + forwards * per_fwd_attn
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+    est = DecodeEstimate(out_hw, b, forwards, float(flops), int(peak), int(weights), str(device),
+                         attention_flops=float(attn), tile=tile if tiled else None)
     if rates is not None:
         return est.timed(*rates)
     if probe and device.type == "cpu":
@@ -444,7 +467,6 @@ def estimate_decode(net: torch.nn.Module, latent_shape: tuple[int, int, int, int
         probe_shape = (1, c, side, side)
         ptext = None if text_shape is None else (1, *text_shape[1:])
         pkw = {**kw, "tile": None, "tile_overlap": None}
-        _one_step(net, (1, c, 1, 1), device=device, shapes_only=False, text_shape=ptext, **pkw)  # warm-up
         pflops, pattn, _, seconds = _one_step(net, probe_shape, device=device, shapes_only=False,
                                               text_shape=ptext, **pkw)
         px = side * latent_down * sr_scale

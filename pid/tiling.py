@@ -210,4 +210,5 @@ class TiledDenoiser:
                            rope_window=(grid_h, grid_w, top // p, left // p), **kw, **cond)
             v[..., rows, cols] += out.float() * weight
             wsum[rows, cols] += weight
+            del out, kw  # free this tile's activations and features before the next tile's forward
         return v / wsum

@@ -75,8 +75,8 @@ def net():
 
 @pytest.mark.parametrize("tile", [None, 64])
 def test_the_shape_only_estimate_is_what_a_real_step_does(net, tile):
-    """FLOPs and peak tensor memory estimated on meta tensors equal those of a real decode step measured
-    with the same counters; the estimate runs no arithmetic."""
+    """FLOPs and peak tensor memory estimated on meta tensors (one step, and the state steps carry) equal
+    those of a real 3-step decode measured with the same counters; the estimate runs no arithmetic."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from pid.guard import _FusedAttention
@@ -86,11 +86,10 @@ def test_the_shape_only_estimate_is_what_a_real_step_does(net, tile):
     est = estimate_decode(net, (1, 4, 4, 6), num_steps=3, tile=tile, probe=False, **kw)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter, PeakTensorMemory() as mem, _FusedAttention() as attn:
-        decode_latent(net, torch.randn(1, 4, 4, 6), 0.0, num_steps=1, timesteps=[1.0, 0.0], tile=tile,
-                      **kw)
+        decode_latent(net, torch.randn(1, 4, 4, 6), 0.0, num_steps=3, tile=tile, **kw)
     assert est.forwards == 3 and est.output_hw == (128, 192)
-    assert est.flops == pytest.approx(3 * (counter.get_total_flops() + attn.flops), rel=1e-6)
-    assert est.peak_bytes == pytest.approx(mem.peak, rel=1e-4)  # 384 B of real-only scalars
+    assert est.flops == pytest.approx(counter.get_total_flops() + attn.flops, rel=1e-6)
+    assert est.peak_bytes == pytest.approx(mem.peak, rel=1e-3)  # but a few real-only scalars
     assert (est.tile is not None) == (tile is not None)
 
 
