@@ -521,26 +521,25 @@ def run_overrides_for(config: dict, differ: Iterable[str], conf_dir: Path | None
     """Hydra overrides that give a run the latent, text encoder, sr_scale and parameterisation of the run
     whose config is ``config``, for the parts named in ``differ`` (phrases of :func:`differences`).
 
-    The latent comes from its ``conf/latent`` group (the file whose ``_target_`` and ``name`` match) plus
-    every setting that differs from the group's file, so the run rebuilds the same latent; values are
-    shell-quoted."""
+    The latent comes from its ``conf/latent`` group (the file whose ``_target_`` and ``name`` match, else
+    another file of its class) plus every setting that differs from the group's file, so the run rebuilds
+    the same latent; values are shell-quoted. Empty when no ``conf/latent`` file builds its latent's class
+    (the caller then names the latent config itself)."""
     conf_dir = conf_dir or Path(__file__).resolve().parents[1] / "conf"
     differ = list(differ)
     out: list[str] = []
     if any(d.startswith("latent") for d in differ):
         cfg = dict(config.get("latent") or {})
         group, base = _latent_group(cfg, conf_dir)
-        if group is None:
-            out += [f"latent.{k}={_q(v)}" for k, v in cfg.items() if _scalar(v)]
-        else:
-            out.append(f"latent={group}")
-            skip = {"_target_", "dtype", "tiled_decode", "tile_size", "config_key", "fit_if_missing"}
-            for key, value in cfg.items():
-                if key in skip or value is None or not _scalar(value):
-                    continue
-                raw = base.get(key) if isinstance(base, dict) else None
-                if raw != value:
-                    out.append(f"latent.{key}={_q(value)}")
+        if group is None:  # no conf/latent file builds its class: no override can rebuild it
+            return []
+        out.append(f"latent={group}")
+        skip = {"_target_", "dtype", "tiled_decode", "tile_size", "config_key", "fit_if_missing"}
+        for key, value in cfg.items():
+            if key in skip or value is None or not _scalar(value):
+                continue
+            if base.get(key) != value:
+                out.append(f"latent.{key}={_q(value)}")
     if any(d.startswith("text") for d in differ):
         text = dict(config.get("text") or {})
         if not text.get("_target_"):

@@ -309,3 +309,20 @@ def test_a_vae_latent_is_its_encoder_and_normalisation_not_its_decoder():
     assert latent_identity(latent).digest != before.digest
     shifted = latent_identity(build(shift=0.5))  # another normalisation: another latent
     assert shifted.digest != before.digest and shifted.normalisation == "shift 0.5, scale 1"
+
+
+def test_advice_rebuilds_the_teachers_own_settings():
+    from pid.identity import run_overrides_for
+
+    config = {"latent": {"_target_": "pid.latents.vae.DiffusersVAELatent", "name": "sdxl",
+                         "path": "/w/my vae", "vae_class": "AutoencoderKL", "channels": 4, "down_factor": 8,
+                         "shift": 0.0, "scale": 0.13025, "noise_form": "vp", "dtype": "float32"},
+              "text": {"_target_": "pid.text.hf_encoder.HFTextEncoder", "path": "/w/gemma",
+                       "max_length": 300},
+              "sr_scale": 8, "model": {"net": {"prediction": "x0", "x0_t_min": 0.1}}}
+    differ = ["latent class …", "text none vs …", "sr_scale 8 vs 4", "prediction x0 (t_min 0.1) vs v"]
+    assert run_overrides_for(config, differ) == [
+        "latent=sdxl", "latent.path='/w/my vae'", "text=gemma2", "text.path=/w/gemma", "text.max_length=300",
+        "sr_scale=8", "model.net.prediction=x0", "model.net.x0_t_min=0.1"]
+    config["latent"]["_target_"] = "my_module.MyLatent"  # no conf/latent file builds it
+    assert run_overrides_for(config, differ[:1]) == []

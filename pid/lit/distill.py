@@ -236,7 +236,9 @@ class DMD2Module(pl.LightningModule):
         def advice(differ: list[str]) -> str:
             overrides = run_overrides_for(theirs.config or {}, differ) if theirs.config else []
             own = (f"run with the settings it was trained with: `{' '.join(overrides)}`" if overrides
-                   else "run with the latent, text encoder, sr_scale and model.net it was trained with")
+                   else "run with the latent, text encoder, sr_scale and model.net it was trained with "
+                        f"(its latent config: {(theirs.config or {}).get('latent')}; a conf/latent file "
+                        "holding it is chosen with latent=<its name>)")
             return (f"To distil this teacher, {own}. To keep this run's settings, set model.teacher_ckpt to "
                     "a teacher trained with them.")
 
