@@ -88,7 +88,11 @@ def _network_worker(rank: int, world: int, port: int, out: str) -> None:
             for p in net.parameters():
                 p.add_(0.05 * torch.randn_like(p))
         inp = _inputs()
+        seen = []  # image tokens each attention of the rank ran its queries on
+        for m in (net.patch_blocks[0].attn, net.pixel_blocks[0].attn):
+            m.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[1]))
         v, feat, aux, loss, grads = _loss_and_grads(net, inp, context=cp)
+        tokens_cp, seen[:] = list(seen), []
         for g in grads.values():  # what DDP and FSDP do to every gradient: the mean over the ranks
             dist.all_reduce(g)
             g /= world
@@ -104,9 +108,11 @@ def _network_worker(rank: int, world: int, port: int, out: str) -> None:
         decodes = _decodes(net.eval(), cp)
         if rank == 0:
             decodes = {k: (v, _decodes(net, None)[k]) for k, v in decodes.items()}
+            seen.clear()
             ref = _loss_and_grads(net.train(), inp)
+            tokens = {"cp": tokens_cp, "one": list(seen)}
             torch.save({"cp": (v, feat, aux, loss, grads), "ref": ref, "uneven": uneven,
-                        "no_grad_v": no_grad_v, "decodes": decodes,
+                        "no_grad_v": no_grad_v, "decodes": decodes, "tokens": tokens,
                         "mesh": (cp.size, cp.rank, cp.dp_size, cp.dp_rank)},
                        Path(out) / "net.pt")
     finally:
@@ -124,6 +130,8 @@ def cp_results(tmp_path_factory) -> dict:
 def test_network_forward_and_backward_cp2_equal_one_process(cp_results):
     got = cp_results
     assert got["mesh"] == (2, 0, 1, 0)
+    # a 64 x 48 image: 4 x 3 patches; each CP rank ran its 2 rows (6 tokens) in the MM-DiT and PiT attention
+    assert got["tokens"] == {"cp": [6, 6], "one": [12, 12]}
     (v, feat, aux, loss, grads), (rv, rfeat, raux, rloss, rgrads) = got["cp"], got["ref"]
     torch.testing.assert_close(v, rv, **TOL)
     torch.testing.assert_close(got["no_grad_v"], rv, **TOL)
