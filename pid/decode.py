@@ -300,6 +300,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
             raise MissingWeightsError.with_message(cli_message(err), err.config_key) from err
     from pid.weights.paths import resolve_weights_path
 
+    if args.context_parallel < 1:
+        raise PiDConfigError(f"--context-parallel {args.context_parallel}: a number of processes >= 1")
+    if args.context_parallel > 1 and str(args.device) == "cuda":  # one GPU per torchrun process
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     ckpt = resolve_weights_path(args.ckpt, "--ckpt", "PiD decoder",
                                 "an export, a run folder of pid.train or a released file")
     try:
@@ -344,13 +348,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
         "×".join(map(str, latent.shape)), latent.shape[-2] * scale, latent.shape[-1] * scale, steps,
         decoder.device)
     context = None
-    if args.context_parallel != 1:
+    if args.context_parallel > 1:
         from pid.parallel.context import init_from_environment
 
-        if args.context_parallel < 1:
-            raise PiDConfigError(f"--context-parallel {args.context_parallel}: a number of processes >= 1")
-        if str(args.device).startswith("cuda"):
-            decoder.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
         context = init_from_environment(args.context_parallel, decoder.device)
     images = decoder.decode(latent, sigma, caption=args.caption, caption_states=states,
                             num_steps=args.steps, latent_cfg=args.latent_cfg, sampler=args.sampler,

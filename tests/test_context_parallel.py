@@ -202,3 +202,12 @@ def test_config_time_check_passes_a_splittable_run(tmp_path):
                                              "trainer.context_parallel=2"))
     check_config(cfg)
     assert cfg.trainer.context_parallel == 2
+
+
+def test_decode_cli_refuses_a_process_count_below_one(tmp_path):
+    from pid.decode import main
+    from pid.utils.errors import PiDConfigError
+
+    with pytest.raises(PiDConfigError, match="--context-parallel 0: a number of processes >= 1"):
+        main(["--ckpt", str(tmp_path / "none.safetensors"), "--latent", str(tmp_path / "z.pt"),
+              "--out", str(tmp_path / "x.png"), "--context-parallel", "0"])
