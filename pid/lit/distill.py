@@ -205,9 +205,8 @@ class DMD2Module(pl.LightningModule):
         Any file :mod:`pid.weights` reads: our exports and checkpoints, or an official teacher release /
         full ``model.pth`` / DCP folder (its aux RGB head is skipped: distillation builds the student, teacher
         and fake score without it, as the official recipe does)."""
-        from pid.weights import load_weights, read_weights
-
         from pid.identity import latent_identity, read_identity
+        from pid.weights import load_weights, read_weights
 
         wf = read_weights(path)
         theirs = read_identity(wf)
