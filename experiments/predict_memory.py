@@ -23,11 +23,9 @@ What is measured and what is derived:
   (fp32 master weights 4 B, fp32 gradients 4 B and AdamW moments 8 B per trainable parameter, 4 B per
   frozen one, divided by the world size), and so is FSDP's working set (one network's unsharded non-block
   parameters plus two blocks, bf16, and those blocks' unsharded bf16 gradients).
-- context parallelism: when pid has no ``trainer.context_parallel`` the CP rows are a model: activations
-  measured at the per-rank share of the tokens (the image split along its width), plus the adapter's conv
-  trunk run on the whole latent on every rank (measured difference), plus the all-gathered keys/values of
-  the other ranks (derived: every attention layer's without activation checkpointing, one layer's with it)
-  and one layer's full-sequence key/value gradients.
+- context parallelism (CP 2, 4): pid's own (``pid.parallel.context``) runs as rank 0 of its group on
+  PyTorch's fake process group: the all-gathered keys/values, the whole-image adapter and the gathered output
+  are in the measurement like everything else.
 Not included anywhere: the CUDA context (≈0.5 GB), allocator fragmentation and caching, NCCL buffers.
 """
 
@@ -302,7 +300,7 @@ def teacher_module(fake: Fake, variant: str, tiny: bool, ac: bool):
     return module, [("net", module.net)]
 
 
-def teacher_step(module, size: int, batch: int, width_div: int = 1):
+def teacher_step(module, size: int, batch: int, width_div: int = 1, context=None):
     from pid.diffusion import flow
 
     net = module.net
@@ -315,7 +313,7 @@ def teacher_step(module, size: int, batch: int, width_div: int = 1):
         cond = {"latent": torch.randn(z_shape), "sigma": torch.rand(batch) * 0.8,
                 "latent_keep": torch.ones(batch, dtype=torch.bool),
                 "y": torch.randn(batch, TEXT_TOKENS, net.txt_embed_dim), "y_mask": None,
-                "lq": torch.rand(batch, 3, size // sr, w // sr)}
+                "lq": torch.rand(batch, 3, size // sr, w // sr), "context": context}
         t = flow.sample_training_t(batch, size, size, device="cpu")
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return module.diffusion_loss(hq, cond, t, torch.randn_like(hq))["loss"]
@@ -352,7 +350,7 @@ def dmd2_module(fake: Fake, tiny: bool, ac: bool):
                     ("discriminator", module.discriminator)]
 
 
-def dmd2_step(module, size: int, batch: int, phase: str, width_div: int = 1):
+def dmd2_step(module, size: int, batch: int, phase: str, width_div: int = 1, context=None):
     net = module.net
     sr, down = module.sr_scale, int(module.latent.down_factor)
     w = size // width_div
@@ -363,13 +361,33 @@ def dmd2_step(module, size: int, batch: int, phase: str, width_div: int = 1):
         z_shape = (batch, net.adapter.latent_channels, size // (sr * down), w // (sr * down))
         cond = {"latent": torch.randn(z_shape), "sigma": torch.rand(batch) * 0.8,
                 "y": torch.randn(batch, TEXT_TOKENS, net.txt_embed_dim),
-                "y_mask": None}
+                "y_mask": None, "context": context}
         with torch.autocast("cpu", dtype=torch.bfloat16):
             if phase == "student":
                 return module.student_losses(hq, cond, gen, shared, iteration=10 * module.student_every)[0]
             return module.critic_losses(hq, cond, gen, shared)[0]
 
     return run
+
+
+@contextlib.contextmanager
+def fake_context_parallel(size: int):
+    """pid's context parallelism over ``size`` ranks as rank 0 sees it, on PyTorch's fake process group (its
+    collectives return buffers of the right shapes; with fake tensors nothing is computed). None for 1."""
+    if size == 1:
+        yield None
+        return
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from pid.parallel import context as cp_mod
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=size)
+    try:
+        yield cp_mod.init_context_parallel(size, "cpu")
+    finally:
+        cp_mod.reset()
+        dist.destroy_process_group()
 
 
 def fsdp_share(nets: list[tuple[str, nn.Module]], world: int) -> dict:
@@ -387,34 +405,6 @@ def fsdp_share(nets: list[tuple[str, nn.Module]], world: int) -> dict:
     return {"states": int(states), "working_set": int(working)}
 
 
-def gathered_kv(net: nn.Module, size: int, batch: int, cp: int, ac: bool) -> int:
-    """Derived extra bytes per rank of all-gathered keys/values under CP (bf16): the other ranks' K and V of
-    every attention layer (kept for the backward without checkpointing; one layer's with it), plus one
-    layer's full-sequence dK/dV in the backward."""
-    if cp == 1:
-        return 0
-    n_tok = (size // net.patch_size) ** 2
-    others = n_tok - n_tok // cp
-    widths = [net.hidden_size] * net.patch_depth + [net.pixel_attn_hidden_size] * net.pixel_depth
-    per_layer = [2 * others * d * 2 * batch for d in widths]
-    grads = 2 * n_tok * max(widths) * 2 * batch
-    return (max(per_layer) if ac else sum(per_layer)) + grads
-
-
-def adapter_trunk(fake: Fake, net: nn.Module, size: int, batch: int, width_div: int) -> int:
-    """Measured activations of the adapter (trunk and heads, with grad) on a latent of width / width_div."""
-    sr, down = net.sr_scale, net.latent_down
-
-    def run():
-        h = size // (sr * down)
-        z = torch.randn(batch, net.adapter.latent_channels, h, h // width_div)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = net.encode_latent(z, (size, size // width_div))
-        sum(f.float().sum() for f in out.features)
-
-    return fake.measure(run, net)["working"]
-
-
 # ---------------------------------------------------------------------------------------------- runner
 def _git(*args: str) -> str:
     try:
@@ -422,12 +412,6 @@ def _git(*args: str) -> str:
         return done.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
-
-
-def cp_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("pid.parallel.context") is not None
 
 
 def train_rows(fake: Fake, args, log) -> list[dict]:
@@ -447,28 +431,23 @@ def train_rows(fake: Fake, args, log) -> list[dict]:
                     for cp in cp_list:
                         if cp > 1 and batch > 1:
                             continue
-                        if kind == "dmd2":
-                            parts = {ph: fake.measure(dmd2_step(module, size, batch, ph, cp), module)
-                                     for ph in ("critic", "student")}
-                            phase = max(parts, key=lambda k: parts[k]["working"])
-                            m = parts[phase]
-                        else:
-                            m, phase = fake.measure(teacher_step(module, size, batch, cp), module), "step"
+                        with fake_context_parallel(cp) as context:
+                            if kind == "dmd2":
+                                parts = {ph: fake.measure(dmd2_step(module, size, batch, ph, context=context),
+                                                          module) for ph in ("critic", "student")}
+                                phase = max(parts, key=lambda k: parts[k]["working"])
+                                m = parts[phase]
+                            else:
+                                m = fake.measure(teacher_step(module, size, batch, context=context), module)
+                                phase = "step"
                         act = m["working"]
-                        extra = 0
-                        if cp > 1:
-                            net = module.net
-                            extra = (adapter_trunk(fake, net, size, batch, 1)
-                                     - adapter_trunk(fake, net, size, batch, cp)
-                                     + gathered_kv(net, size, batch, cp, ac))
-                        total = share["states"] + share["working_set"] + act + extra
+                        total = share["states"] + share["working_set"] + act
                         row = {"kind": kind, "size": size, "batch": batch, "ac": ac, "cp": cp,
                                "world": args.world, "phase": phase, "states": share["states"],
-                               "working_set": share["working_set"], "activations": act, "cp_extra": extra,
+                               "working_set": share["working_set"], "activations": act,
                                "per_device": total, "tracker_s": m["tracker_s"],
-                               "cp_source": ("measured" if cp == 1 else
-                                             "model (activations measured at the per-rank tokens; gathered "
-                                             "K/V derived)"),
+                               "cp_source": ("one device" if cp == 1 else
+                                             "pid.parallel.context, rank 0 on PyTorch's fake process group"),
                                "nets": {n: net_count(x) for n, x in nets}}
                         if kind == "dmd2":
                             row["phases"] = {k: v["working"] for k, v in parts.items()}
@@ -476,8 +455,7 @@ def train_rows(fake: Fake, args, log) -> list[dict]:
                         log(f"train {kind:5s} {size}² b{batch} AC={'on ' if ac else 'off'} CP{cp}: "
                             f"{total / GIB:6.1f} GiB/device (states {share['states'] / GIB:.1f}, "
                             "FSDP working "
-                            f"set {share['working_set'] / GIB:.1f}, activations {act / GIB:.1f}"
-                            + (f", CP extra {extra / GIB:.1f}" if cp > 1 else "") + ")")
+                            f"set {share['working_set'] / GIB:.1f}, activations {act / GIB:.1f})")
             del module, nets
     return rows
 
@@ -536,15 +514,48 @@ def render_md(p: dict) -> str:
           "activations measured. v1 = backbone trained jointly (pid_vae_4x), v1.5 = adapter only, dmd2 = "
           "pid_vae_4x_dmd2 (student, fake score, frozen teacher, discriminator; the larger of its two "
           "phases). AC = activation checkpointing of every MM-DiT / PiT block.", "",
-          "| run | size | batch | AC | CP | states | working set | activations | CP extra | per device |",
-          "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+          "| run | size | batch | AC | CP | states | working set | activations | per device |",
+          "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in p["train"]:
-        cp = f"{r['cp']}" + ("*" if r["cp"] > 1 and not p["cp_available"] else "")
-        L.append(f"| {r['kind']} | {r['size']}² | {r['batch']} | {'on' if r['ac'] else 'off'} | {cp} "
+        L.append(f"| {r['kind']} | {r['size']}² | {r['batch']} | {'on' if r['ac'] else 'off'} | {r['cp']} "
                  f"| {gb(r['states'])} | {gb(r['working_set'])} | {gb(r['activations'])} "
-                 f"| {gb(r['cp_extra']) if r['cp'] > 1 else '—'} | **{gb(r['per_device'])}** |")
+                 f"| **{gb(r['per_device'])}** |")
     L += ["", p["cp_note"], ""]
+    L += fit_table(p)
     return "\n".join(L) + "\n"
+
+
+#: Cards the "will it fit" table names, by their memory in GB (10⁹ B) as sold.
+CARDS_GB = (16, 24, 48, 80)
+
+
+def fit_table(p: dict) -> list[str]:
+    """The short table the README shows: decode peaks with the text encoder resident, and per-device training
+    memory at batch 1 with activation checkpointing, per CP degree; the smallest listed card each fits."""
+    def card(nbytes: float) -> str:
+        fits = [c for c in CARDS_GB if nbytes <= c * 1e9]
+        return f"{fits[0]} GB" if fits else f"> {CARDS_GB[-1]} GB"
+
+    te = p["components"][0]["params_bytes"] if p["components"] else 0
+    cards = ", ".join(f"{c} GB" for c in CARDS_GB)
+    L = ["## Will it fit", "", "Decode (batch 1, text encoder resident) and training (one device's share: "
+         f"FSDP over {p['world']}, batch 1, activation checkpointing on); the "
+         f"smallest of {cards} it fits, before the CUDA context and fragmentation.", "",
+         "| what | size | memory | smallest card |", "|---|---|---:|---|"]
+    last = p["decode"][-1]["preset"] if p["decode"] else None
+    tiled = {r["size"]: r for r in p["tiled"] if r["preset"] == last}
+    for r in (r for r in p["decode"] if r["preset"] == last):
+        L.append(f"| decode ({last}) | {r['size']}² | {gb(r['peak'] + te)} GiB | {card(r['peak'] + te)} |")
+        if r["size"] in tiled:
+            t = tiled[r["size"]]
+            L.append(f"| decode, tiled {t['tile']}/{t['tile_overlap']} | {r['size']}² "
+                     f"| {gb(t['peak'] + te)} GiB | {card(t['peak'] + te)} |")
+    names = {"v1": "teacher v1 (joint)", "v1.5": "teacher v1.5 (adapter only)", "dmd2": "DMD2"}
+    for r in p["train"]:
+        if r["ac"] and r["batch"] == 1:
+            L.append(f"| {names[r['kind']]}, CP {r['cp']} | {r['size']}² | {gb(r['per_device'])} GiB "
+                     f"| {card(r['per_device'])} |")
+    return L + [""]
 
 
 def main(argv=None) -> dict:
@@ -605,7 +616,6 @@ def main(argv=None) -> dict:
             notes.append(f"{size}²: {gb(ours)} GiB = {ours / 1e9:.1f} GB vs {paper} GB "
                          f"({(ours / GIB / paper - 1) * 100:+.0f} % read as GiB, "
                          f"{(ours / 1e9 / paper - 1) * 100:+.0f} % read as 10⁹ B)")
-    has_cp = cp_available()
     payload = {
         "what": "predicted per-device GPU memory at paper size (MemTracker on fake tensors)",
         "tiny": args.tiny, "world": args.world, "commit": _git("rev-parse", "--short", "HEAD"),
@@ -618,15 +628,11 @@ def main(argv=None) -> dict:
                         "its caption encoder resident (PiD alone is the column before). "
                         + "; ".join(notes) + ". The paper's 4-step decode is torch.compile'd, whose fused "
                         "kernels keep fewer intermediates than eager (these rows)."),
-        "train": train, "cp_available": has_cp,
-        "cp_note": ("* CP > 1: a model, not a run of pid's context parallelism"
-                    + (" (pid.parallel.context is in this tree; running it needs one process per CP rank)"
-                       if has_cp else " (not in this tree)")
-                    + ": activations measured with the image split along its width (each rank's share of the "
-                    "tokens), plus the adapter trunk run on the whole latent on every rank (measured "
-                    "difference), plus the other ranks' all-gathered keys/values (derived: every attention "
-                    "layer's kept for the backward without activation checkpointing, one layer's with it) "
-                    "and one layer's full-sequence key/value gradients."),
+        "train": train,
+        "cp_note": ("CP > 1: pid's context parallelism (pid.parallel.context: patch rows split over the "
+                    "CP group, keys/values all-gathered, text and adapter whole on every rank) run as rank 0 "
+                    "of a DP 1 × CP group on PyTorch's fake process group, whose collectives return "
+                    "full-size buffers; data parallelism and FSDP shard over all devices as above."),
         "seconds": time.perf_counter() - t0,
     }
     write_outputs(Path(args.out), payload)
