@@ -10,16 +10,20 @@ multiples of the network's patch size. Input sides are therefore rounded to the 
 without ``--size`` — and the rounding is reported. A side that is not a positive whole number, or smaller
 than one unit, is an error that says which size works.
 
-**Estimate** (:func:`estimate_decode`). One sampler step of the real decode path
-(:func:`pid.sampling.decode_latent`: adapter, guidance branches, tiling) runs on *meta tensors* (the
-network's weights swapped for meta tensors by ``torch.func.functional_call``: shapes only, no arithmetic,
-no memory) at the planned size, under
-``torch.utils.flop_counter.FlopCounterMode`` (FLOPs of matmuls, convolutions and attention) and
-:class:`PeakTensorMemory` (the high-water mark of live tensor storage). On a CPU the time is the FLOPs of
-all steps over the FLOP rate of one real step measured on this machine at a small size (a probe of about a
-second). Both are estimates: the probe's FLOP rate is lower than a large decode's (fixed per-op costs weigh
-more at small sizes), so times are on the high side; the memory counts tensors, not the allocator's
-overhead or the latent encoder (for ``--image``), and the weights are added from their size.
+**Estimate** (:func:`estimate_decode`). The real decode path (:func:`pid.sampling.decode_latent`: adapter,
+guidance branches, sampler, tiling) runs for one and two sampler steps (and one and two tiles) on *meta
+tensors* — the network's weights swapped for meta tensors of their shapes: no arithmetic, no memory —
+at the planned size, under ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions; each
+``scaled_dot_product_attention`` counted as a fused kernel, 4·N²·d, with no N×N matrix, as CPUs and GPUs
+run it) and :class:`PeakTensorMemory` (the high-water mark of live tensor storage). These runs split what a
+decode computes once, per network forward and per tile, so the FLOPs and the tensor peak of any number of
+steps and tiles follow (for the quickstart's network they equal a real decode's: ``tests/test_guard.py``,
+``benchmarks/tiled.md``). On a CPU the time is the FLOPs over FLOP rates measured on this machine: one
+real step at a small size for everything but attention and one long attention call for attention (about
+half a second). Times are estimates: the small step's rate is below a large decode's (fixed per-operator
+costs weigh more), so they are on the high side; the memory counts tensors, not the allocator's overhead
+(``benchmarks/tiled.md`` shows the RSS beside it) nor the latent encoder of ``--image``; the weights are
+added from their size.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -331,7 +335,7 @@ class _FusedAttention(TorchFunctionMode):
 
 
 class _Decode(torch.nn.Module):
-    """One sampler step of :func:`pid.sampling.decode_latent` as a module, for ``functional_call``."""
+    """One or two sampler steps of :func:`pid.sampling.decode_latent` as a module."""
 
     def __init__(self, net: torch.nn.Module, decode_kw: dict):
         super().__init__()
@@ -345,12 +349,34 @@ class _Decode(torch.nn.Module):
                              **self.decode_kw)
 
 
+@contextmanager
+def _meta_weights(net: torch.nn.Module):
+    """Within the block, every parameter and buffer of ``net`` is a meta tensor of its shape and dtype (the
+    real ones are put back after; ``torch.func.functional_call`` does the same but imports torch._dynamo,
+    1.5 s)."""
+    saved = []
+    for mod in net.modules():
+        for store in (mod._parameters, mod._buffers):
+            for name, t in list(store.items()):
+                if t is not None:
+                    saved.append((store, name, t))
+                    meta = torch.empty_like(t, device="meta")
+                    if store is mod._parameters:
+                        meta = torch.nn.Parameter(meta, requires_grad=False)
+                    store[name] = meta
+    try:
+        yield
+    finally:
+        for store, name, t in saved:
+            store[name] = t
+
+
 def _one_step(net, latent_shape, *, device, dtype=torch.float32, shapes_only: bool, steps: int = 1,
               **decode_kw):
     """(FLOPs, of which attention, peak tensor bytes, seconds or None) of a ``steps``-step (1 or 2) run of
     the real decode path.
 
-    ``shapes_only``: the network's weights are swapped for meta tensors (``torch.func.functional_call``)
+    ``shapes_only``: the network's weights are swapped for meta tensors (:func:`_meta_weights`)
     and the inputs are meta tensors, so every operator computes shapes only — no arithmetic, no memory, no
     time; the network's own tensors are untouched (its gates' logging state is restored)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -360,20 +386,17 @@ def _one_step(net, latent_shape, *, device, dtype=torch.float32, shapes_only: bo
     module = _Decode(net, decode_kw)
     if shapes_only:
         device = torch.device("meta")
-        state = {f"net.{k}": torch.empty_like(v, device=device)
-                 for k, v in [*net.named_parameters(), *net.named_buffers()]}
         logged = {m: m.last_mean for m in net.modules() if hasattr(m, "last_mean")}
     z = (torch.empty if shapes_only else torch.randn)(latent_shape, device=device, dtype=dtype)
     y = None if text is None else torch.zeros(text, device=device, dtype=dtype)
-    with torch.no_grad(), counter, PeakTensorMemory() as mem, _FusedAttention() as attn:
+    try:
+        with _meta_weights(net) if shapes_only else nullcontext():  # outside the modes: no Parameter() there
+            with torch.no_grad(), counter, PeakTensorMemory() as mem, _FusedAttention() as attn:
+                module(z, y, steps)
+    finally:
         if shapes_only:
-            try:
-                torch.func.functional_call(module, state, (z, y, steps))
-            finally:
-                for m, value in logged.items():
-                    m.last_mean = value
-        else:
-            module(z, y, steps)
+            for m, value in logged.items():
+                m.last_mean = value
     seconds = None
     if not shapes_only:  # timed again without the counting modes (their per-operator cost is Python's)
         with torch.no_grad():
@@ -401,7 +424,8 @@ def estimate_decode(net: torch.nn.Module, latent_shape: tuple[int, int, int, int
                     latent_down: int, num_steps: int, sampler: str, text_cfg: float = 1.0,
                     latent_cfg: float = 1.0, text_shape: tuple[int, int, int] | None = None,
                     tile: int | None = None, tile_overlap: int | None = None,
-                    probe: bool = True, rates: tuple[float, float, str] | None = None) -> DecodeEstimate:
+                    probe: bool = True, rates: tuple[float, float, str] | None = None,
+                    exact: bool = True) -> DecodeEstimate:
     """Estimate the FLOPs, peak memory and (on a CPU) time of decoding a latent of ``latent_shape``.
 
     Args:
@@ -413,6 +437,8 @@ def estimate_decode(net: torch.nn.Module, latent_shape: tuple[int, int, int, int
         probe: on a CPU, time one real step at a small size and one attention call to measure the FLOP
             rates (about a second for the quickstart's network); False leaves ``seconds`` None.
         rates: (FLOP/s, attention FLOP/s, how measured) of an earlier estimate, used instead of a probe.
+        exact: False skips the 2-step run (half the time): the once-per-decode work is counted per forward
+            and the state steps carry is taken as 3 RGB float32 maps (what Euler holds) — for searches.
 
     Returns a :class:`DecodeEstimate` (see the module docstring for what it counts and its biases).
     """
@@ -438,7 +464,9 @@ def estimate_decode(net: torch.nn.Module, latent_shape: tuple[int, int, int, int
     # features), per network forward, and per tile of a forward; the peak of a 2-step run holds what one
     # step carries to the next (the tiles run one after another, so two of them show a tiled decode's peak)
     f11, a11, p11 = run(1, 1)
-    if num_steps > 1:
+    if num_steps > 1 and not exact:  # one run: the once-per-decode part counted per forward, and 3 maps
+        per_fwd, per_fwd_attn, peak = f11, a11, p11 + 3 * b * 3 * out_hw[0] * out_hw[1] * 4  # carried
+    elif num_steps > 1:
         extra = sampler_forwards(sampler, 2) - sampler_forwards(sampler, 1)
         f12, a12, peak = run(1, 2)
         per_fwd, per_fwd_attn = (f12 - f11) / extra, (a12 - a11) / extra
@@ -522,7 +550,7 @@ def estimate_for_decoder(decoder, latent_shape: tuple[int, int, int, int], *, nu
                          sampler: str | None = None, latent_cfg: float | None = None,
                          text_cfg: float | None = None, tile: int | None = None,
                          tile_overlap: int | None = None, probe: bool = True,
-                         rates: tuple[float, float, str] | None = None) -> DecodeEstimate:
+                         rates: tuple[float, float, str] | None = None, exact: bool = True) -> DecodeEstimate:
     """:func:`estimate_decode` with a :class:`pid.api.PiDDecoder`'s sampling defaults (None: the decoder's,
     as ``decoder.decode`` takes them) and its caption states' shape."""
     sampling = decoder.sampling
@@ -537,7 +565,7 @@ def estimate_for_decoder(decoder, latent_shape: tuple[int, int, int, int], *, nu
         num_steps=int(num_steps), sampler=sampler,
         text_cfg=sampling.get("text_cfg", 1.0) if text_cfg is None else text_cfg,
         latent_cfg=sampling.get("latent_cfg", 1.0) if latent_cfg is None else latent_cfg,
-        text_shape=text_shape, tile=tile, tile_overlap=tile_overlap, probe=probe, rates=rates)
+        text_shape=text_shape, tile=tile, tile_overlap=tile_overlap, probe=probe, rates=rates, exact=exact)
 
 
 @dataclass
@@ -570,9 +598,9 @@ def guard_decode(decoder, latent_shape: tuple[int, int, int, int], budget: Budge
     rates = (est.flop_rate, est.attention_rate, est.probe) if est.flop_rate else None
     b, c, h, w = latent_shape
 
-    def fits(scale):
+    def fits(scale, exact=False):
         hw = (max(1, int(h * scale)), max(1, int(w * scale)))
-        cur = estimate_for_decoder(decoder, (b, c, *hw), probe=False, rates=rates, **decode_kw)
+        cur = estimate_for_decoder(decoder, (b, c, *hw), probe=False, rates=rates, exact=exact, **decode_kw)
         return hw, cur, not over_budget(cur, budget)
 
     # cost grows at least ∝ pixels (scale²) and at most ∝ pixels² (attention): the fitting scale lies
@@ -595,6 +623,11 @@ def guard_decode(decoder, latent_shape: tuple[int, int, int, int], budget: Budge
                 lo, result.fit_latent_hw, result.fit_estimate = mid, hw, cur
             else:
                 hi = mid
+        hw, cur, ok = fits(lo, exact=True)  # what is shown is the full estimate
+        while not ok and hw != (1, 1):
+            lo *= 0.9
+            hw, cur, ok = fits(lo, exact=True)
+        result.fit_latent_hw, result.fit_estimate = (hw, cur) if ok else (None, None)
     if any(r.startswith("memory") for r in result.reasons) and decode_kw.get("tile") is None:
         # a first guess from the whole decode's bytes per pixel, checked by a tiled estimate (halved once)
         patch = int(getattr(decoder.net, "patch_size", 16))
@@ -605,7 +638,7 @@ def guard_decode(decoder, latent_shape: tuple[int, int, int, int], budget: Budge
         for tile in (tile, tile // 2):
             if tile < patch or tile % patch or tile >= max(est.output_hw):
                 continue
-            tiled = estimate_for_decoder(decoder, latent_shape, probe=False, rates=rates,
+            tiled = estimate_for_decoder(decoder, latent_shape, probe=False, rates=rates, exact=False,
                                          **{**decode_kw, "tile": tile, "tile_overlap": None})
             if not any(r.startswith("memory") for r in over_budget(tiled, Budget(None, budget.memory_bytes))):
                 result.fit_tile, result.fit_tile_estimate = tile, tiled
