@@ -204,6 +204,11 @@ def _guard(decoder, args, latent_shape, plan=None) -> None:
     if args.force:
         log.warning("over budget (%s); decoding anyway (--force)", "; ".join(res.reasons))
         return
+    if getattr(args, "context_parallel", 1) > 1:  # the estimate is one process's whole decode
+        log.warning("estimate for one process: %s (%s); with --context-parallel %d each process holds a "
+                    "share of the activations, so the decode goes ahead", est.describe(),
+                    "; ".join(res.reasons), args.context_parallel)
+        return
     down, sr = decoder.latent.down_factor, decoder.sr_scale
     ways = []
     if res.fit_latent_hw is not None:

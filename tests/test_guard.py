@@ -187,3 +187,18 @@ def test_budget_defaults_to_the_available_memory(net):
                           probe=False)
     assert over_budget(est, Budget(seconds=None)) == []
     assert over_budget(est, Budget(seconds=None, memory_bytes=1))[0].startswith("memory")
+
+
+def test_the_cli_decodes_in_tiles(release, tmp_path):
+    from PIL import Image
+
+    from pid.decode import main
+
+    img = _image(tmp_path / "x.png", (48, 64))  # output 192 × 256 px, 16-px patches
+    (whole,) = main([*release, "--image", img, "--out", str(tmp_path / "whole.png")])
+    (tiled,) = main([*release, "--image", img, "--tile", "128", "--tile-overlap", "32", "--out",
+                     str(tmp_path / "tiled.png")])
+    a, b = np.asarray(Image.open(whole)), np.asarray(Image.open(tiled))
+    assert a.shape == b.shape == (192, 256, 3) and not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="tile=100 is not a positive multiple of the network.s patch size"):
+        main([*release, "--image", img, "--tile", "100", "--out", str(tmp_path / "bad.png")])
