@@ -429,7 +429,9 @@ def estimate_decode(net: torch.nn.Module, latent_shape: tuple[int, int, int, int
     """Estimate the FLOPs, peak memory and (on a CPU) time of decoding a latent of ``latent_shape``.
 
     Args:
-        net: the decoder's network (on the device it will decode on; its weights are not changed).
+        net: the decoder's network (on the device it will decode on; its weights are not changed). It may
+            be built on the meta device (``with torch.device("meta"): net = ...``) to estimate a network too
+            large to hold, e.g. the paper's at 4096² tiled: nothing is allocated and no time is estimated.
         latent_shape: (B, C, h, w) of the latent to decode.
         num_steps, sampler, text_cfg, latent_cfg: as :func:`pid.sampling.decode_latent` will run them.
         text_shape: (B, L, D) of the caption states, or None for a text-free decode.

@@ -202,3 +202,16 @@ def test_the_cli_decodes_in_tiles(release, tmp_path):
     assert a.shape == b.shape == (192, 256, 3) and not np.array_equal(a, b)
     with pytest.raises(ValueError, match="tile=100 is not a positive multiple of the network.s patch size"):
         main([*release, "--image", img, "--tile", "100", "--out", str(tmp_path / "bad.png")])
+
+
+def test_make_eval_stops_when_one_batch_does_not_fit(net):
+    from pid.api import PiDDecoder
+    from pid.eval.inputs import guard_eval_decode
+    from pid.guard import OverBudgetError
+    from pid.latents.geometry import LatentGeometry
+
+    decoder = PiDDecoder(net, LatentGeometry(channels=4, down_factor=8), sr_scale=4,
+                         sampling={"sampler": "euler", "num_steps": 2})
+    guard_eval_decode(decoder, (2, 4, 4, 4))  # 128² crops fit this machine
+    with pytest.raises(OverBudgetError, match=r"data.batch_size \(now 2.*data.crop_size"):
+        guard_eval_decode(decoder, (2, 4, 4, 4), Budget(seconds=None, memory_bytes=1e6))

@@ -32,16 +32,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def guard_eval_decode(decoder, latent_shape: tuple[int, int, int, int]) -> None:
+def guard_eval_decode(decoder, latent_shape: tuple[int, int, int, int], budget=None) -> None:
     """Estimate one PiD decode of a batch of the evaluation (:func:`pid.guard.guard_decode`), log it and stop
     before anything is decoded when its memory is over what the device has (the time is logged: an
     evaluation runs many decodes by design). Raises OverBudgetError naming data.batch_size and
-    data.crop_size."""
+    data.crop_size. ``budget``: a :class:`pid.guard.Budget` (default: no time limit, 80 % of the device's
+    available memory)."""
     import logging
 
     from pid.guard import Budget, OverBudgetError, guard_decode
 
-    res = guard_decode(decoder, latent_shape, Budget(seconds=None))
+    res = guard_decode(decoder, latent_shape, budget or Budget(seconds=None))
     logging.getLogger(__name__).info("one PiD decode of a batch: %s", res.estimate.describe())
     if res.reasons:
         b = latent_shape[0]
