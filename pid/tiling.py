@@ -92,8 +92,10 @@ class TileLayout:
     def starts(self) -> list[tuple[int, int]]:
         return [(r, c) for r in self.rows for c in self.cols]
 
-    def weights(self, device=None) -> torch.Tensor:
-        """(n_tiles, th, tw) float32 blending weights: ramps over ``overlap`` px towards neighbours."""
+    def axis_weights(self, device=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per tile row and tile column, the 1-D float32 blending weights (th,) and (tw,): 1 inside, a linear
+        ramp over ``overlap`` px on each side that borders another tile. A tile's weight is their outer
+        product (:meth:`weights`)."""
         def axis(starts, t, length):
             out = []
             for s in starts:
@@ -108,8 +110,11 @@ class TileLayout:
                 out.append(w)
             return out
 
-        wr = axis(self.rows, self.tile_hw[0], self.size[0])
-        wc = axis(self.cols, self.tile_hw[1], self.size[1])
+        return axis(self.rows, self.tile_hw[0], self.size[0]), axis(self.cols, self.tile_hw[1], self.size[1])
+
+    def weights(self, device=None) -> torch.Tensor:
+        """(n_tiles, th, tw) float32 blending weights, in the order of :attr:`starts`."""
+        wr, wc = self.axis_weights(device)
         return torch.stack([a[:, None] * b[None, :] for a in wr for b in wc])
 
 
@@ -155,8 +160,8 @@ class TiledDenoiser:
     :class:`pid.sampling.PiDDenoiser`.
 
     Args:
-        net: a :class:`~pid.nn.pid_net.PiDNet` (or a PixelDiT prior) whose forward takes ``rope_window``;
-            not wrapped by FSDP (its adapter is called directly).
+        net: a :class:`~pid.nn.pid_net.PiDNet` (with or without an adapter), whose forward takes
+            ``rope_window``; not wrapped by FSDP (its adapter is called directly).
         layout: :func:`plan_tiles` for the decode's output size.
 
     ``prepare`` (called once per decode by DualCFG) runs the adapter's trunk on the whole latent; each call
@@ -166,7 +171,7 @@ class TiledDenoiser:
     def __init__(self, net: nn.Module, layout: TileLayout):
         self.net = net
         self.layout = layout
-        self._weights: torch.Tensor | None = None
+        self._weights: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def prepare(self, x_t, t, text_on, latent_on, latent=None, sigma=None, y=None, y_mask=None, y_null=None,
                 **cond):
@@ -189,18 +194,20 @@ class TiledDenoiser:
         lay, p = self.layout, self.layout.patch
         if tuple(x_t.shape[-2:]) != lay.size:
             raise ValueError(f"x_t is {tuple(x_t.shape[-2:])} px, the tile layout was planned for {lay.size}")
-        if self._weights is None or self._weights.device != x_t.device:
-            self._weights = lay.weights(x_t.device)
+        if self._weights is None or self._weights[0][0].device != x_t.device:
+            self._weights = lay.axis_weights(x_t.device)  # 1-D: a tile's 2-D weight is made when it runs
         y = null_text(y, text_on, y_null)
         keep = latent_on.to(device=x_t.device, dtype=torch.float32)
         grid_h, grid_w = lay.size[0] // p, lay.size[1] // p
         th, tw = lay.tile_hw
         v = torch.zeros(x_t.shape, dtype=torch.float32, device=x_t.device)
         wsum = torch.zeros(lay.size, dtype=torch.float32, device=x_t.device)
-        tiles = list(zip(self._weights, lay.starts))
+        wr, wc = self._weights
+        tiles = [(i, j) for i in range(len(lay.rows)) for j in range(len(lay.cols))]
         if _TILE_LIMIT.get() is not None:
             tiles = tiles[:_TILE_LIMIT.get()]
-        for weight, (top, left) in tiles:
+        for i, j in tiles:
+            top, left, weight = lay.rows[i], lay.cols[j], wr[i][:, None] * wc[j][None, :]
             rows, cols = slice(top, top + th), slice(left, left + tw)
             kw = {}
             if trunk is not None:
@@ -210,5 +217,5 @@ class TiledDenoiser:
                            rope_window=(grid_h, grid_w, top // p, left // p), **kw, **cond)
             v[..., rows, cols] += out.float() * weight
             wsum[rows, cols] += weight
-            del out, kw  # free this tile's activations and features before the next tile's forward
-        return v / wsum
+            del out, kw, weight  # free this tile's activations and features before the next tile's forward
+        return v.div_(wsum)
