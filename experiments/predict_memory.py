@@ -473,11 +473,12 @@ def write_outputs(out: Path, payload: dict) -> None:
 def render_md(p: dict) -> str:
     scale = "paper size" if not p["tiny"] else "TINY networks (test run)"
     L = [f"# Predicted GPU memory ({scale}, bf16) — MemTracker on fake tensors, CPU", "",
-         f"`python -m experiments.predict_memory` at {p['commit'] or 'an uncommitted tree'} ({p['torch']}, "
+         f"`python -m experiments.predict_memory` at {p['commit'] or 'an uncommitted tree'}"
+         + (f" with {p['dirty']} tracked file(s) changed" if p.get("dirty") else "") + f" ({p['torch']}, "
          f"{p['seconds']:.0f} s on {p['machine']}). GiB = 2³⁰ bytes. Measured: everything a step "
          "allocates "
-         "(PyTorch's MemTracker following fake tensors); derived: FSDP shards and working set, and the CP "
-         "rows when marked so. Not included: CUDA context (≈0.5 GB), allocator caching and fragmentation, "
+         "(PyTorch's MemTracker following fake tensors), context parallelism included; derived: FSDP's "
+         "shards and working set. Not included: CUDA context (≈0.5 GB), allocator caching and fragmentation, "
          "NCCL buffers.", "", "## Decode: the 4-step student, batch 1, eager", "",
          "| preset | output | PiD params | PiD peak | + text encoder resident | paper | ratio |",
          "|---|---|---:|---:|---:|---:|---:|"]
@@ -619,6 +620,7 @@ def main(argv=None) -> dict:
     payload = {
         "what": "predicted per-device GPU memory at paper size (MemTracker on fake tensors)",
         "tiny": args.tiny, "world": args.world, "commit": _git("rev-parse", "--short", "HEAD"),
+        "dirty": len(_git("status", "--porcelain", "--untracked-files=no").splitlines()),
         "torch": torch.__version__, "machine": platform.machine() or "cpu",
         "paper_decode_gb": {str(k): v for k, v in PAPER_DECODE_GB.items()},
         "components": components, "decode": decode, "tiled": tiled,
@@ -626,8 +628,12 @@ def main(argv=None) -> dict:
                        "(no number is given for it)"),
         "decode_note": ("The paper's decode figure is read as the whole decoder process on the GPU: PiD and "
                         "its caption encoder resident (PiD alone is the column before). "
-                        + "; ".join(notes) + ". The paper's 4-step decode is torch.compile'd, whose fused "
-                        "kernels keep fewer intermediates than eager (these rows)."),
+                        + "; ".join(notes) + ". The paper does not say what its figure counts (2048²: "
+                        "RTX 5090, 4096²: H100, both torch.compile'd, whose fused kernels keep fewer "
+                        "intermediates than these eager rows). What a reading of the whole process adds and "
+                        "these rows leave out: the CUDA context (≈0.5 GB) and the caching allocator's "
+                        "reserve above the allocated peak; `make gpu-check` measures the allocated peak on "
+                        "the GPU."),
         "train": train,
         "cp_note": ("CP > 1: pid's context parallelism (pid.parallel.context: patch rows split over the "
                     "CP group, keys/values all-gathered, text and adapter whole on every rank) run as rank 0 "
