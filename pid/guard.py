@@ -289,7 +289,7 @@ class DecodeEstimate:
 
     def describe(self) -> str:
         h, w = self.output_hw
-        parts = [f"{self.batch}× {h}×{w} px ({self.pixels / 1e6:.1f} Mpx), {self.forwards} network forwards, "
+        parts = [f"{self.batch}× {h}×{w} px ({self.pixels / 1e6:.3g} Mpx), {self.forwards} network forwards, "
                  f"{self.flops / 1e12:.3g} TFLOP, about {_gb(self.memory_bytes)} of memory (weights "
                  f"{_gb(self.weight_bytes)})"]
         if self.tile:
