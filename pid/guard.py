@@ -589,9 +589,9 @@ def guard_decode(decoder, latent_shape: tuple[int, int, int, int], budget: Budge
     """Estimate a decode (:func:`estimate_for_decoder`) and check it against ``budget``.
 
     When it is over: about the largest latent grid of the same aspect that fits (a bisection on the side
-    scale, each candidate estimated from shapes and the probe's rates, up to 7 estimates) and, when memory
-    is over, a power-of-two tile whose decode fits the memory budget. Callers phrase the ways on
-    in their own terms (command-line flags, config keys) from the :class:`GuardResult`.
+    scale, each candidate a one-step estimate from shapes and the probe's rates, ``exact=False``, up to 7
+    of them) and, when memory is over, a power-of-two tile whose decode fits the memory budget. Callers
+    phrase the ways on in their own terms (command-line flags, config keys) from the :class:`GuardResult`.
     """
     est = estimate_for_decoder(decoder, latent_shape, **decode_kw)
     result = GuardResult(est, over_budget(est, budget))
@@ -600,9 +600,9 @@ def guard_decode(decoder, latent_shape: tuple[int, int, int, int], budget: Budge
     rates = (est.flop_rate, est.attention_rate, est.probe) if est.flop_rate else None
     b, c, h, w = latent_shape
 
-    def fits(scale, exact=False):
+    def fits(scale):
         hw = (max(1, int(h * scale)), max(1, int(w * scale)))
-        cur = estimate_for_decoder(decoder, (b, c, *hw), probe=False, rates=rates, exact=exact, **decode_kw)
+        cur = estimate_for_decoder(decoder, (b, c, *hw), probe=False, rates=rates, exact=False, **decode_kw)
         return hw, cur, not over_budget(cur, budget)
 
     # cost grows at least ∝ pixels (scale²) and at most ∝ pixels² (attention): the fitting scale lies
@@ -625,11 +625,6 @@ def guard_decode(decoder, latent_shape: tuple[int, int, int, int], budget: Budge
                 lo, result.fit_latent_hw, result.fit_estimate = mid, hw, cur
             else:
                 hi = mid
-        hw, cur, ok = fits(lo, exact=True)  # what is shown is the full estimate
-        while not ok and hw != (1, 1):
-            lo *= 0.9
-            hw, cur, ok = fits(lo, exact=True)
-        result.fit_latent_hw, result.fit_estimate = (hw, cur) if ok else (None, None)
     if any(r.startswith("memory") for r in result.reasons) and decode_kw.get("tile") is None:
         # a first guess from the whole decode's bytes per pixel, checked by a tiled estimate (halved once)
         patch = int(getattr(decoder.net, "patch_size", 16))
