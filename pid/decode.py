@@ -12,6 +12,12 @@
     # from LDM: the generator stopped at step K
     python -m pid.decode --release flux_2kto4k_v1pt5 --ckpt … --pipeline …/FLUX.1-dev --prompt "…" \
         --pipeline-steps 28 --exit-after 20 --out img.png
+    # larger than the device holds: overlapping 1024-px tiles, velocities blended every step
+    python -m pid.decode --release flux_2kto4k_v1pt5 --ckpt … --latent z.safetensors --tile 1024 --out img.png
+
+Before it encodes or decodes, the command plans the size (``--image`` sides rounded to the latent grid,
+and said) and estimates the decode (pid.guard); over budget (a CPU: ``--time-budget``, default 300 s;
+memory: 80 % of what the device has free) it stops and names the ways on; ``--force`` goes ahead.
 
 ``--latent``: a ``.safetensors`` file (tensor ``latent``, else its only tensor) or a ``.pt`` file
 (a tensor, or a dict with ``latent``; loaded weights-only), shaped (C, h, w) or (B, C, h, w),
