@@ -59,7 +59,7 @@ def test_tiles_stay_close_to_the_whole_decode(net):
     tiled = _decode(net, z, tile=64, tile_overlap=32)
     assert tiled.shape == whole.shape
     diff = (tiled - whole).abs()
-    # measured 0.06 mean; a tile at the wrong RoPE positions or without its latent window is far off
+    # measured: mean |diff| 0.024 against mean |x| 0.64 (3.8 %); the bound leaves room for other seeds
     assert diff.mean() < 0.25 * whole.abs().mean(), float(diff.mean())
     assert not torch.equal(tiled, whole)  # the tiled path ran
 
