@@ -20,6 +20,7 @@ floats in [-1, 1]; both forms give the same value, and floats outside [-1, 1] ar
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Literal
 
@@ -33,22 +34,37 @@ from pid.eval.inception import inception_feature_extractor
 Reduction = Literal["mean", "none"]
 
 
+#: The PSNR of 8-bit quantisation noise (MSE of a uniform error of one step, (2/255)²/12 on [-1, 1]):
+#: 10·log10(12·255²) ≈ 58.9 dB. Images closer than that to their reference are identical at 8 bits, so
+#: :func:`psnr` caps each image there instead of returning ``inf``.
+PSNR_CAP_DB = 10.0 * math.log10(12 * 255**2)
+
+
 def psnr(pred: torch.Tensor, gt: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB, per image, computed in float64 (identical images: ``inf``).
+    """Peak signal-to-noise ratio in dB, per image, computed in float64, capped at :data:`PSNR_CAP_DB`
+    (identical images score the cap, never ``inf``; :func:`psnr_capped` counts them).
 
     ``reduction="mean"`` averages the per-image PSNRs. uint8 and [-1, 1] inputs may be mixed.
     """
     p, g = as_metric_pair(pred, gt, "double")
     mse = (p - g).square().flatten(1).mean(1)
-    values = 10.0 * torch.log10(4.0 / mse)  # peak-to-peak range 2 in [-1, 1] (255 in uint8)
+    values = (10.0 * torch.log10(4.0 / mse)).clamp(max=PSNR_CAP_DB)  # peak-to-peak 2 in [-1, 1] (255 uint8)
     return values.mean() if reduction == "mean" else values
 
 
-def ssim(pred: torch.Tensor, gt: torch.Tensor) -> float:
-    """Mean SSIM (Gaussian 11×11, σ 1.5, on RGB in [0, 1]) — torchmetrics' implementation."""
+def psnr_capped(values: torch.Tensor) -> int:
+    """How many per-image PSNRs of :func:`psnr` (``reduction="none"``) sit at the cap."""
+    return int((values >= PSNR_CAP_DB - 1e-9).sum())
+
+
+def ssim(pred: torch.Tensor, gt: torch.Tensor, reduction: Reduction = "mean"):
+    """SSIM (Gaussian 11×11, σ 1.5, on RGB in [0, 1]) — torchmetrics' implementation: the mean as a float,
+    or (B,) per image with ``reduction="none"``."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     p, g = as_metric_pair(pred, gt)
+    if reduction == "none":
+        return structural_similarity_index_measure((p + 1) / 2, (g + 1) / 2, data_range=1.0, reduction="none")
     return float(structural_similarity_index_measure((p + 1) / 2, (g + 1) / 2, data_range=1.0))
 
 
@@ -62,6 +78,29 @@ def haarpsi(pred: torch.Tensor, gt: torch.Tensor, reduction: Reduction = "mean")
     return values.mean() if reduction == "mean" else values
 
 
+def blockiness_terms(images: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the mean squared luma gradient across the borders of a ``patch``-pixel grid and the mean
+    inside the patches: two (B,) float64 tensors (every image of a batch has the same counts of each).
+
+    Raises ValueError for ``patch`` < 2 or images not larger than it."""
+    x = as_metric_images(images, "double")
+    if patch < 2 or x.shape[-1] <= patch or x.shape[-2] <= patch:
+        raise ValueError(f"blockiness needs patch >= 2 and images larger than it, got patch {patch} "
+                         f"for {tuple(x.shape[-2:])}")
+    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    across = torch.zeros(len(x), dtype=torch.float64)
+    inside = torch.zeros(len(x), dtype=torch.float64)
+    n_across = n_inside = 0
+    for d in (luma.diff(dim=-1), luma.diff(dim=-2).transpose(-1, -2)):  # d[..., j]: pixel j+1 minus pixel j
+        border = (torch.arange(d.shape[-1]) + 1) % patch == 0
+        e = d.square()
+        across += e[..., border].flatten(1).sum(1)
+        inside += e[..., ~border].flatten(1).sum(1)
+        n_across += int(e[0][..., border].numel())
+        n_inside += int(e[0][..., ~border].numel())
+    return across / max(n_across, 1), inside / max(n_inside, 1)
+
+
 def blockiness(images: torch.Tensor, patch: int) -> float:
     """Mean squared luma gradient across the borders of a ``patch``-pixel grid over the mean inside patches.
 
@@ -69,21 +108,8 @@ def blockiness(images: torch.Tensor, patch: int) -> float:
     flat crops do not dominate it). About 1 for natural images; above 1 when the grid shows. Compare it
     with the ground truth's (their ratio) to tell seams a decoder added from edges the content has.
     """
-    x = as_metric_images(images, "double")
-    if patch < 2 or x.shape[-1] <= patch or x.shape[-2] <= patch:
-        raise ValueError(f"blockiness needs patch >= 2 and images larger than it, got patch {patch} "
-                         f"for {tuple(x.shape[-2:])}")
-    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
-    across = inside = 0.0
-    n_across = n_inside = 0
-    for d in (luma.diff(dim=-1), luma.diff(dim=-2).transpose(-1, -2)):  # d[..., j]: pixel j+1 minus pixel j
-        border = (torch.arange(d.shape[-1]) + 1) % patch == 0
-        e = d.square()
-        across += float(e[..., border].sum())
-        inside += float(e[..., ~border].sum())
-        n_across += int(e[..., border].numel())
-        n_inside += int(e[..., ~border].numel())
-    return (across / max(n_across, 1)) / max(inside / max(n_inside, 1), 1e-12)
+    across, inside = blockiness_terms(images, patch)
+    return float(across.mean()) / max(float(inside.mean()), 1e-12)
 
 
 class LPIPSNet:

@@ -2,17 +2,14 @@
 
 Both start from the same latent of the same bicubic-downsampled crop, clean (σ = 0) and noised as an
 LDM stopped early would leave it (σ = 0.4, :func:`pid.diffusion.noising.noise_latent`, one seeded noise
-shared by both decoders). Both are scored against the ground-truth crop with paired measures that need no
-downloaded weights (pid/eval/functional.py):
+shared by both decoders). Both are scored against the ground-truth crop with the verdict measures of
+:mod:`pid.eval.panel` (fidelity: PSNR, SSIM, HaarPSI, Inception feature distance, LR consistency;
+realism: KID, FID, BRISQUE; artefacts: excess grain, excess blockiness on the network's patch grid), and
+the verdicts follow the one rule of :mod:`pid.eval.verdict`: per family, paired bootstrap intervals, the
+sample floor, and no measure that prefers the baseline plus grain on these crops.
 
-* PSNR (pixel fidelity; it prefers the blurry conditional mean),
-* SSIM (local structure) and HaarPSI (a perceptual full-reference index), higher is better,
-* the Inception feature distance (detail: correct detail lowers it; blur, noise and wrong texture raise it),
-* blockiness relative to the ground truth's (gradient energy across the network's patch borders over
-  that inside its patches, divided by the same ratio of the ground truth): 1 is the ground truth's,
-  above 1 a visible patch grid; closer to 1 is better.
-
-The verdict line says which decoder each measure favours and claims only what they all agree on.
+With ``max_crops`` the crops are drawn across the validation images in proportion (seeded,
+:func:`pid.eval.sample.representative_indices`), not taken from the first images.
 Writes ``heldout_comparison.json``, ``heldout_grid.png`` (per σ, rows of native decode + bicubic | PiD |
 ground truth) and ``heldout/compare.html``.
 """
@@ -22,41 +19,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
 import torch
 
-from pid.eval.functional import blockiness, haarpsi, inception_feature_distance, psnr, ssim
-from pid.eval.inception import inception_feature_extractor
 from pid.nn.pixel_dit import network_patch_size
 from pid.utils.images import to_signed, to_uint8, upsample
 
 log = logging.getLogger(__name__)
 
 BASELINE = "native decode + bicubic"
-#: measure → (label, format, better): "higher", "lower" or "one" (closest to 1)
-MEASURES = {
-    "psnr": ("PSNR dB", "{:.2f}", "higher"),
-    "ssim": ("SSIM", "{:.3f}", "higher"),
-    "haarpsi": ("HaarPSI", "{:.3f}", "higher"),
-    "inception_dist": ("Inception dist", "{:.1f}", "lower"),
-    "blockiness": ("blockiness/GT", "{:.2f}", "one"),
-}
-
-
-#: Below this many crops a verdict is marked as too few to rank two decoders (the Inception distance of a
-#: handful of crops swings by tens of units between draws).
-MIN_CROPS_FOR_VERDICT = 8
-
-
-def few_crops_caveat(n: int) -> str:
-    """"" for ``n`` ≥ :data:`MIN_CROPS_FOR_VERDICT` crops, else a note to append to a verdict."""
-    if n >= MIN_CROPS_FOR_VERDICT:
-        return ""
-    return (f" (only {n} crop{'s' if n != 1 else ''}: too few to rank; compare_options.max_crops=null "
-            "scores every held-out crop)")
 
 
 def sigma_tag(sigma: float) -> str:
@@ -105,64 +78,34 @@ def decode_heldout(module, loader, ema=None, num_steps: int | None = None, seed:
     return {k: v[:max_crops] if max_crops else v for k, v in out.items()}
 
 
-def score_paired(images: dict[str, torch.Tensor], patch: int, extractor=None,
-                 suffix: str = "") -> dict[str, float]:
-    """All of :data:`MEASURES` for every entry but "truth", keys ``heldout/<name>_<measure><suffix>``."""
-    extractor = extractor if extractor is not None else inception_feature_extractor()
+def judge_decodes(images: dict[str, torch.Tensor], sr_scale: int, patch: int, pairs: list[tuple[str, str]],
+                  labels: dict[str, str], extractor=None, seed: int = 0, panel=None):
+    """Verdicts (:meth:`pid.eval.panel.Panel.judge`) for ``images`` = {"truth", "baseline", decoders...}
+    (float [-1, 1], aligned crops); ``pairs`` and the returned names use ``labels`` (name → printed name).
+    Returns (judgement, metrics ``heldout/<name>_<measure>`` with the printed values)."""
+    from pid.eval.panel import Panel
+
     truth = images["truth"]
-    truth_block = blockiness(truth, patch)
-    metrics = {f"heldout/truth_blockiness_raw{suffix}": truth_block}
-    for name, pred in images.items():
-        if name == "truth":
-            continue
-        key = f"heldout/{name}_{{}}{suffix}"
-        metrics[key.format("psnr")] = float(psnr(pred, truth))
-        metrics[key.format("ssim")] = float(ssim(pred, truth))
-        metrics[key.format("haarpsi")] = float(haarpsi(pred, truth))
-        metrics[key.format("inception_dist")] = float(inception_feature_distance(pred, truth, extractor))
-        metrics[key.format("blockiness")] = blockiness(pred, patch) / max(truth_block, 1e-12)
-    return metrics
+    panel = panel if panel is not None else Panel(truth, sr_scale, patch, extractor=extractor)
+    outputs = {labels[k]: v for k, v in images.items() if k != "truth"}
+    judgement = panel.judge(outputs, [(labels[a], labels[b]) for a, b in pairs], labels["baseline"], seed)
+    metrics = {}
+    for name in outputs:
+        key = next(k for k, v in labels.items() if v == name)
+        metrics.update({f"heldout/{key}_{m}": v for m, v in judgement.shown(name).items()})
+    return judgement, metrics
 
 
-def favours_pid(measure: str, pid: float, baseline: float) -> bool | None:
-    """True if ``measure`` favours PiD, False if the baseline, None on a tie."""
-    better = MEASURES[measure][2]
-    if better == "one":
-        pid, baseline = -abs(math.log(max(pid, 1e-12))), -abs(math.log(max(baseline, 1e-12)))
-    elif better == "lower":
-        pid, baseline = -pid, -baseline
-    if pid == baseline:
-        return None
-    return pid > baseline
-
-
-def verdict(metrics: dict[str, float], suffix: str) -> tuple[str, dict[str, bool | None]]:
-    """One line naming what each measure favours; a decoder is called ahead only when all measures agree."""
-    votes = {m: favours_pid(m, metrics[f"heldout/pid_{m}{suffix}"], metrics[f"heldout/baseline_{m}{suffix}"])
-             for m in MEASURES}
-    pid = [MEASURES[m][0] for m, v in votes.items() if v is True]
-    base = [MEASURES[m][0] for m, v in votes.items() if v is False]
-    if not base and pid:
-        return f"all {len(pid)} measures favour PiD", votes
-    if not pid and base:
-        return f"all {len(base)} measures favour {BASELINE}", votes
-    return (f"the measures disagree: PiD ahead on {', '.join(pid) or 'none'}; {BASELINE} ahead on "
-            f"{', '.join(base) or 'none'}"), votes
-
-
-def comparison_table(metrics: dict[str, float], sigmas, n: int, size, sr_scale: int, patch: int,
-                     steps: str) -> str:
-    header = f"  {'σ':<5}{'decoder':<26}" + "".join(f"{MEASURES[m][0]:>16}" for m in MEASURES)
-    lines = [f"held-out {n} crops {size[0]}x{size[1]} (sr {sr_scale}x), PiD ({steps}) vs {BASELINE}; "
-             f"blockiness on the {patch}-px patch grid relative to the ground truth's (1 = same):", header]
-    for sigma in sigmas:
-        suffix = "_" + sigma_tag(sigma)
-        for name, label in (("baseline", BASELINE), ("pid", "PiD")):
-            row = "".join(f"{MEASURES[m][1].format(metrics[f'heldout/{name}_{m}{suffix}']):>16}"
-                          for m in MEASURES)
-            lines.append(f"  {f'{float(sigma):g}' if name == 'baseline' else '':<5}{label:<26}{row}")
-        lines.append(f"  {'':<5}-> σ = {float(sigma):g}: {verdict(metrics, suffix)[0]}{few_crops_caveat(n)}")
-    return "\n".join(lines)
+def measures_table(judgement, names: list[str], width: int = 26, indent: str = "  ") -> list[str]:
+    """Rows of the printed values of every verdict measure for each of ``names`` (a judgement's decoders)."""
+    measures = [m for m in judgement.measures if any(m.key in judgement.evidence[n] for n in names)]
+    widths = [max(len(m.label) + 2, 10) for m in measures]
+    rows = [f"{indent}{'decoder':<{width}}" + "".join(f"{m.label:>{w}}" for m, w in zip(measures, widths))]
+    for name in names:
+        ev = judgement.evidence[name]
+        cells = [m.format(ev[m.key].value()) if m.key in ev else "–" for m in measures]
+        rows.append(f"{indent}{name:<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+    return rows
 
 
 def spread(n: int, total: int) -> list[int]:
@@ -196,80 +139,102 @@ def save_comparison_grid(decodes: dict[float, dict[str, torch.Tensor]], path: Pa
     return path
 
 
+def heldout_loader(datamodule, max_crops: int | None, seed: int = 0):
+    """The validation loader, or, with ``max_crops``, one over a representative draw of that many crops
+    (:func:`pid.eval.sample.representative_indices`: across images, seeded). Returns (loader, crop keys)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from pid.eval.sample import representative_indices
+
+    loader = datamodule.val_dataloader()
+    ds = getattr(loader, "dataset", None)
+    if ds is None:
+        raise TypeError(f"the held-out comparison needs the datamodule's val_dataloader() to be a DataLoader "
+                        f"over a dataset of crops, got {type(loader).__name__}")
+    keys = [str(ds[i].get("key", i)) for i in range(len(ds))]
+    idx = representative_indices(keys, max_crops, seed=seed)
+    if len(idx) == len(ds):
+        return loader, keys
+    return DataLoader(Subset(ds, idx), batch_size=loader.batch_size, shuffle=False,
+                      num_workers=loader.num_workers), [keys[i] for i in idx]
+
+
 def compare_on_heldout(module, datamodule, ema=None, out_dir: str | Path = ".", num_steps: int | None = None,
                        seed: int = 0, max_crops: int | None = None, sigmas=(0.0, 0.4),
                        grid_crops: int = 6, html_crops: int = 12, extractor=None) -> dict[str, float]:
-    """Score both decoders on the validation crops at each latent noise level in ``sigmas``; print the
-    table and the verdicts, write the JSON, the grid PNG and the HTML page. Returns the metrics.
+    """Score both decoders on the validation crops (all, or ``max_crops`` drawn across the images) at each
+    latent noise level in ``sigmas``; print the measures and the verdicts per family, write the JSON, the
+    grid PNG and the HTML page. Returns the metrics.
 
     ``extractor``: the Inception feature extractor (default: the offline FID Inception)."""
+    from pid.eval.panel import Panel
     from pid.eval.report import write_html
+    from pid.eval.sample import count_line
 
     datamodule.setup("validate")
     sigmas = tuple(float(s) for s in sigmas)
     patch = network_patch_size(module)
-    extractor = extractor if extractor is not None else inception_feature_extractor()
+    loader, keys = heldout_loader(datamodule, max_crops, seed)
+    labels = {"baseline": BASELINE, "pid": "PiD"}
     metrics: dict[str, float] = {}
     decodes: dict[float, dict[str, torch.Tensor]] = {}
+    panel = None
+    steps = f"{num_steps or module.sampling['num_steps']} {module.sampling.get('sampler', '')} steps"
+    steps = steps.replace("  ", " ")
+    lines, verdicts = [], {}
     for sigma in sigmas:
         start = time.perf_counter()
-        images = decode_heldout(module, datamodule.val_dataloader(), ema, num_steps, seed, max_crops,
-                                sigma=sigma)
+        images = decode_heldout(module, loader, ema, num_steps, seed, None, sigma=sigma)
         decoded_s = time.perf_counter() - start
         log.info("held-out comparison at σ = %g: %d crops decoded in %.0f s; scoring them", sigma,
                  images["truth"].shape[0], decoded_s)
-        metrics.update(score_paired(images, patch, extractor, suffix="_" + sigma_tag(sigma)))
+        if panel is None:
+            panel = Panel(images["truth"], module.sr_scale, patch, extractor=extractor)
+        judgement, scored = judge_decodes(images, module.sr_scale, patch, [("pid", "baseline")], labels,
+                                          seed=seed, panel=panel)
+        suffix = "_" + sigma_tag(sigma)
+        metrics.update({k + suffix: v for k, v in scored.items()})
+        for o in judgement.verdicts[0].outcomes:
+            metrics[f"heldout/pid_ahead_{o.measure.key}{suffix}"] = float(o.winner == "PiD")
         log.info("held-out comparison at σ = %g: scored in %.0f s", sigma,
                  time.perf_counter() - start - decoded_s)
         decodes[sigma] = images
-    for sigma in sigmas:
-        suffix = "_" + sigma_tag(sigma)
-        for m, v in verdict(metrics, suffix)[1].items():
-            metrics[f"heldout/pid_ahead_{m}{suffix}"] = float(bool(v))
+        verdicts[sigma_tag(sigma)] = judgement.as_dict()
+        lines += [f"  σ = {sigma:g}:"] + measures_table(judgement, [BASELINE, "PiD"]) + judgement.lines()
+    truth = decodes[sigmas[0]]["truth"]
     if 0.0 in decodes:  # the σ = 0 numbers also under the keys of the earlier single-σ report
         for m in ("psnr", "inception_dist"):
             for name in ("pid", "baseline"):
                 metrics[f"heldout/{name}_{m}"] = metrics[f"heldout/{name}_{m}_s0"]
-    truth = decodes[sigmas[0]]["truth"]
-    steps = f"{num_steps or module.sampling['num_steps']} {module.sampling.get('sampler', '')} steps"
-    summary = comparison_table(metrics, sigmas, truth.shape[0], tuple(truth.shape[-2:]), module.sr_scale,
-                               patch, steps.replace("  ", " "))
+    size = tuple(truth.shape[-2:])
+    header = (f"held-out comparison: {count_line(keys)}, {size[0]}x{size[1]} (sr {module.sr_scale}x), "
+              f"PiD ({steps}) vs {BASELINE}; verdicts per family, each measure's paired 95 % bootstrap "
+              "interval (pid/eval/verdict.py):")
+    summary = "\n".join([header, *lines])
     out_dir = Path(out_dir)
-    write_comparison(out_dir, "heldout_comparison.json", truth, metrics, summary)
+    write_comparison(out_dir, "heldout_comparison.json", truth, metrics, summary,
+                     extra={"images": len({k.split("@")[0] for k in keys}), "verdicts": verdicts})
     grid = save_comparison_grid(decodes, out_dir / "heldout_grid.png", n=grid_crops)
     pick = spread(html_crops, truth.shape[0])
-    images, labels = {}, {}
+    images, html_labels = {}, {}
     for sigma, d in decodes.items():
         for name, label in (("baseline", BASELINE), ("pid", "PiD")):
             images[f"{name}_{sigma_tag(sigma)}"] = d[name][pick]
-            labels[f"{name}_{sigma_tag(sigma)}"] = f"{label}, σ = {sigma:g}"
-    images["ground_truth"], labels["ground_truth"] = truth[pick], "ground truth"
-    page = write_html(images, labels, out_dir / "heldout", n=len(pick),
+            html_labels[f"{name}_{sigma_tag(sigma)}"] = f"{label}, σ = {sigma:g}"
+    images["ground_truth"], html_labels["ground_truth"] = truth[pick], "ground truth"
+    page = write_html(images, html_labels, out_dir / "heldout", n=len(pick),
                       before=f"baseline_{sigma_tag(sigmas[-1])}", after=f"pid_{sigma_tag(sigmas[-1])}")
     log.info("held-out comparison: %s (native decode + bicubic | PiD | ground truth per σ), %s", grid, page)
     return metrics
 
 
-def score_decodes(images: dict[str, torch.Tensor], extractor=None) -> dict[str, float]:
-    """PSNR and Inception feature distance of every entry but "truth" against "truth"."""
-    extractor = extractor if extractor is not None else inception_feature_extractor()
-    truth = images["truth"]
-    metrics = {}
-    for name, pred in images.items():
-        if name != "truth":
-            metrics[f"heldout/{name}_psnr"] = float(psnr(pred, truth))
-            dist = inception_feature_distance(pred, truth, extractor)
-            metrics[f"heldout/{name}_inception_dist"] = float(dist)
-    return metrics
-
-
 def write_comparison(out_dir: str | Path, filename: str, truth: torch.Tensor, metrics: dict,
-                     summary: str) -> Path:
-    """Print the summary and write it with the metrics to ``out_dir/filename`` (JSON)."""
+                     summary: str, extra: dict | None = None) -> Path:
+    """Print the summary and write it with the metrics (and ``extra``) to ``out_dir/filename`` (JSON)."""
     print(summary, flush=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / filename
-    path.write_text(json.dumps({"crops": truth.shape[0], "size": tuple(truth.shape[-2:]), **metrics,
-                                "summary": summary}, indent=2))
+    path.write_text(json.dumps({"crops": truth.shape[0], "size": tuple(truth.shape[-2:]), **(extra or {}),
+                                **metrics, "summary": summary}, indent=2, default=float))
     return path

@@ -1,10 +1,12 @@
-"""Held-out comparison after distillation: few-step student vs the teacher at the same steps vs the teacher
-at its full step count, on the quickstart's detail measure (Inception feature distance to the ground-truth
-crop, lower is better; see pid/eval/detail.py) and PSNR.
+"""Held-out comparison after distillation: the few-step student vs the teacher at the same steps, at its
+full step count and (optionally) with the student's own sampler, on clean latents (σ = 0), with the
+verdict measures and the one verdict rule of :mod:`pid.eval.verdict` (per family, paired bootstrap
+intervals, the sample floor, measures that reward grain excluded; the grain check runs on native
+decode + bicubic of the same crops).
 
 Reusable pieces: :func:`decode_heldout_with` decodes the validation crops with any set of named decoders
-(``fn(z, generator) -> images``), :func:`score_decodes` scores them, :func:`compare_student_teacher` is the
-DMD2 report printed by `pid.train` and written to ``distill_comparison.json``.
+(``fn(z, generator) -> images``); :func:`compare_student_teacher` is the DMD2 report printed by `pid.train`
+and written to ``distill_comparison.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Callable
 import torch
 
 from pid.diffusion import schedules
-from pid.eval.heldout import few_crops_caveat, score_decodes, write_comparison
+from pid.eval.heldout import BASELINE, heldout_loader, judge_decodes, measures_table, write_comparison
 from pid.utils.images import to_signed, upsample
 
 log = logging.getLogger(__name__)
@@ -89,28 +91,30 @@ def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = 
     }
     if include_teacher_sde:
         decoders[f"teacher_{k}step_{sampler}"] = teacher_before
-    loader = datamodule.val_dataloader()
-    images = decode_heldout_with(module, loader, decoders, seed=seed, max_crops=max_crops)
-    metrics = score_decodes(images, extractor)
-    dist = {name: metrics[f"heldout/{name}_inception_dist"] for name in (*decoders, "baseline")}
-    ps = {name: metrics[f"heldout/{name}_psnr"] for name in (*decoders, "baseline")}
+    from pid.eval.sample import count_line
+    from pid.nn.pixel_dit import network_patch_size
+
+    loader, keys = heldout_loader(datamodule, max_crops, seed)
+    images = decode_heldout_with(module, loader, decoders, seed=seed)
     s, t_few, t_full = (f"student_{k}step", f"teacher_{k}step", f"teacher_{full}step")
-    metrics["heldout/student_beats_teacher_same_steps"] = float(dist[s] < dist[t_few])
-    metrics["heldout/student_over_teacher_full"] = dist[s] / max(dist[t_full], 1e-12)
-    n, size = images["truth"].shape[0], tuple(images["truth"].shape[-2:])
-    width = max(len(name) for name in dist)
-    rows = [f"  {name:<{width}} inception dist {dist[name]:9.3f}   PSNR {ps[name]:6.2f} dB" for name in dist]
-    summary = (f"held-out {n} crops {size[0]}x{size[1]} (sr {module.sr_scale}x), clean latents (σ = 0), "
-               f"Inception feature distance (lower is better):\n" + "\n".join(rows) + "\n"
-               f"  -> {k}-step student {'beats' if dist[s] < dist[t_few] else 'does not beat'} "
-               f"the teacher at {k} "
-               f"steps; student / teacher@{full} = {metrics['heldout/student_over_teacher_full']:.2f}"
-               f"{few_crops_caveat(n)}")
+    labels = {"baseline": BASELINE, s: f"student ({k} steps)", t_few: f"teacher ({k} steps)",
+              t_full: f"teacher ({full} steps)"}
+    pairs = [(s, t_few), (s, t_full)]
     if include_teacher_sde:
-        before = dist[f"teacher_{k}step_{sampler}"]
-        metrics["heldout/student_over_teacher_same_sampler"] = dist[s] / max(before, 1e-12)
-        ratio = metrics["heldout/student_over_teacher_same_sampler"]
-        summary += (f"\n  -> vs the same {k}-step {sampler} sampler on the teacher (the student before "
-                    f"distillation): student / before = {ratio:.2f}")
-    write_comparison(out_dir, "distill_comparison.json", images["truth"], metrics, summary)
+        before = f"teacher_{k}step_{sampler}"
+        labels[before] = f"teacher, student's {k}-step {sampler} sampler"
+        pairs.append((s, before))
+    judgement, metrics = judge_decodes(images, module.sr_scale, network_patch_size(module), pairs, labels,
+                                       extractor=extractor, seed=seed)
+    for (a, b), verdict in zip(pairs, judgement.verdicts):
+        for o in verdict.outcomes:
+            metrics[f"heldout/student_ahead_{o.measure.key}_vs_{b}"] = float(o.winner == labels[a])
+    size = tuple(images["truth"].shape[-2:])
+    names = [labels[n] for n in (*decoders, "baseline")]
+    summary = "\n".join([
+        f"held-out {count_line(keys)}, {size[0]}x{size[1]} (sr {module.sr_scale}x), clean latents (σ = 0); "
+        "verdicts per family, each measure's paired 95 % bootstrap interval (pid/eval/verdict.py):",
+        *measures_table(judgement, names, width=max(len(n) for n in names) + 2), *judgement.lines()])
+    write_comparison(out_dir, "distill_comparison.json", images["truth"], metrics, summary,
+                     extra={"verdicts": judgement.as_dict()})
     return metrics
