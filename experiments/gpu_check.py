@@ -12,8 +12,8 @@ bf16 weights and autocast on CUDA (fp32 on CPU); per output size:
 ``eager``, ``compiled`` (``torch.compile`` of the network; its compile time is reported apart) and
 ``tiled`` (``tile=``/``tile_overlap=``, when the output is larger than a tile). Each time is the median of
 ``--runs`` decodes after ``--warmup`` untimed ones, every decode bracketed by ``torch.cuda.synchronize()``;
-peak memory is ``torch.cuda.max_memory_allocated`` over the timed decodes (what the decode needs on the
-device besides nothing else: the weights are resident and counted).
+peak memory is ``torch.cuda.max_memory_allocated`` over the timed decodes (the network's weights, resident,
+included; no text encoder or VAE is loaded).
 
 Training — one teacher step of ``experiment=pid_vae_4x`` (the v1 network trained jointly) at
 ``--train-size`` and ``--batch``: fp32 weights, bf16 autocast, AdamW with gradient clipping (as
@@ -36,6 +36,7 @@ import platform
 import statistics
 import subprocess
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -234,7 +235,7 @@ def main(argv=None) -> dict:
     def log(msg: str) -> None:
         print(f"[{elapsed():5.0f}s] {msg}", flush=True)
 
-    def guarded(kind: str, what: dict, fn) -> dict:
+    def guarded(kind: str, what: dict, fn, into: list) -> None:
         if elapsed() > args.budget_s:
             row = {**what, "status": f"skipped: past the {args.budget_s:.0f} s budget"}
         else:
@@ -242,6 +243,9 @@ def main(argv=None) -> dict:
                 row = {**what, "status": "ok", **fn()}
             except torch.OutOfMemoryError:
                 row = {**what, "status": "out of memory"}
+            except Exception as err:  # one failing item must not cost the others' numbers on a lent GPU
+                traceback.print_exc()
+                row = {**what, "status": f"error: {type(err).__name__}: {str(err)[:300]}"}
             finally:
                 if cuda:
                     torch.cuda.empty_cache()
@@ -249,7 +253,8 @@ def main(argv=None) -> dict:
             f", {row['median_ms']:.1f} ms" if "median_ms" in row else "") + (
             f", {row['images_per_s']:.2f} images/s" if "images_per_s" in row else "") + (
             f", peak {row['peak_gib']:.2f} GiB" if row.get("peak_gib") is not None else ""))
-        return row
+        into.append(row)
+        save(args, device, dtype, n_params, decode_rows, train_rows, elapsed())
 
     from pid.sampling import decode_latent
     import inspect
@@ -259,12 +264,11 @@ def main(argv=None) -> dict:
     n_params = sum(p.numel() for p in net.parameters())
     log(f"{device_name(device)}: student {args.preset} ({'tiny' if args.tiny else 'paper size'}, "
         f"{n_params / 1e9:.3f} B parameters, {dtype})")
-    decode_rows = []
+    decode_rows, train_rows = [], []
     for size in sizes:  # eager first: the numbers every later item is compared with
-        decode_rows.append(guarded("decode", {"mode": "eager", "size": size}, lambda size=size: timed_runs(
-            decode_fn(rel, net, size, device, autocast), device, args.warmup, args.runs)))
+        guarded("decode", {"mode": "eager", "size": size}, lambda size=size: timed_runs(
+            decode_fn(rel, net, size, device, autocast), device, args.warmup, args.runs), decode_rows)
 
-    train_rows = []
     del net
     if cuda:
         torch.cuda.empty_cache()
@@ -287,8 +291,8 @@ def main(argv=None) -> dict:
                     "tokens_per_image": tokens // args.batch,
                     "flops_per_step": n_flops, "mfu": n_flops * steps_s / peak if peak else None}
 
-        train_rows.append(guarded("train", {"run": "teacher v1 (pid_vae_4x)", "size": train_size,
-                                            "batch": args.batch, "activation_checkpointing": ac}, train))
+        guarded("train", {"run": "teacher v1 (pid_vae_4x)", "size": train_size, "batch": args.batch,
+                          "activation_checkpointing": ac}, train, train_rows)
 
     rel, net = build_student(args.preset, args.tiny, device, dtype)
     for size in sizes:
@@ -298,8 +302,9 @@ def main(argv=None) -> dict:
         elif size <= tile:
             decode_rows.append({**what, "status": "one tile covers the image (the eager decode)"})
         else:
-            decode_rows.append(guarded("decode", what, lambda size=size: timed_runs(
-                decode_fn(rel, net, size, device, autocast, tile, overlap), device, args.warmup, args.runs)))
+            guarded("decode", what, lambda size=size: timed_runs(
+                decode_fn(rel, net, size, device, autocast, tile, overlap), device, args.warmup, args.runs),
+                decode_rows)
     compiled = torch.compile(net, backend=args.compile_backend, dynamic=False)
     for size in sorted(sizes, key=lambda s: (s not in (2048, 4096), s)):  # the paper's two sizes first
         def comp(size=size):
@@ -310,22 +315,32 @@ def main(argv=None) -> dict:
             first = time.perf_counter() - t0
             return {**timed_runs(fn, device, max(args.warmup - 1, 0), args.runs), "first_call_s": first}
 
-        decode_rows.append(guarded("decode", {"mode": "compiled", "size": size,
-                                              "backend": args.compile_backend}, comp))
+        guarded("decode", {"mode": "compiled", "size": size, "backend": args.compile_backend}, comp,
+                decode_rows)
 
+    save(args, device, dtype, n_params, decode_rows, train_rows, elapsed())
+    out = Path(args.out)
+    log(f"wrote {out / 'gpu.md'} and gpu.json")
+    errors = [r for r in decode_rows + train_rows if r["status"].startswith("error")]
+    if errors:
+        raise SystemExit(f"gpu_check: {len(errors)} item(s) failed (their rows say why); the others were "
+                         "written")
+    return json.loads((out / "gpu.json").read_text())
+
+
+def save(args, device, dtype, n_params, decode_rows, train_rows, seconds) -> None:
+    """Write gpu.json and gpu.md with the rows so far (after every item: a run cut short keeps them)."""
     payload = {"what": "GPU check: paper-size student decode and teacher training step", "tiny": args.tiny,
                "device": device_name(device), "dtype": str(dtype).replace("torch.", ""),
-               "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None,
+               "torch": torch.__version__, "cuda": torch.version.cuda if device.type == "cuda" else None,
                "commit": _git_commit(), "preset": args.preset, "student_params": n_params,
-               "decode": decode_rows, "train": train_rows, "seconds": elapsed(),
+               "decode": decode_rows, "train": train_rows, "seconds": seconds,
                "paper": {"decode_ms_h100": {"2048": 446, "4096": 3755},
                          "decode_gb": {"2048": 13.0, "4096": 22.5}}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu.json").write_text(json.dumps(payload, indent=1))
     (out / "gpu.md").write_text(render_md(payload))
-    log(f"wrote {out / 'gpu.md'} and gpu.json")
-    return payload
 
 
 def _f(v, fmt: str) -> str:

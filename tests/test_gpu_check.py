@@ -37,3 +37,26 @@ def test_gpu_check_budget_skips(tmp_path):
                             "--out", str(tmp_path)])
     rows = saved["decode"] + saved["train"]
     assert rows and all(r["status"].startswith("skipped") or r["status"].startswith("one tile") for r in rows)
+
+
+def test_gpu_check_failing_item_keeps_the_others(tmp_path, monkeypatch):
+    """Failing items are recorded with their error; the rest still run and are written; the exit says so."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("a broken training step")
+
+    decode_fn = gpu_check.decode_fn
+
+    def no_compiled(rel, net, *args, **kwargs):
+        if type(net).__name__ == "OptimizedModule":
+            raise RuntimeError("a compiler failure")
+        return decode_fn(rel, net, *args, **kwargs)
+
+    monkeypatch.setattr(gpu_check, "train_step_fn", broken)
+    monkeypatch.setattr(gpu_check, "decode_fn", no_compiled)
+    with pytest.raises(SystemExit, match="3 item"):
+        gpu_check.main(["--tiny", "--sizes", "64", "--runs", "1", "--warmup", "0", "--budget-s", "1e9",
+                        "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "gpu.json").read_text())
+    assert [r["status"] for r in saved["train"]] == ["error: RuntimeError: a broken training step"] * 2
+    status = {r["mode"]: r["status"] for r in saved["decode"]}
+    assert status["eager"] == "ok" and status["compiled"] == "error: RuntimeError: a compiler failure"
