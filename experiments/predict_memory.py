@@ -501,6 +501,10 @@ def render_md(p: dict) -> str:
         whole = {(r["preset"], r["size"]): r["peak"] for r in p["decode"]}
         L += [f"| {r['preset']} | {r['size']}² | {r['tile']} | {r['tile_overlap']} | {gb(r['peak'])} GiB "
               f"| {gb(whole[(r['preset'], r['size'])])} GiB |" for r in p["tiled"]]
+        tile = p["tiled"][0]["tile"]
+        covered = ", ".join(f"{s}²" for s in sorted({r["size"] for r in p["decode"]}) if s <= tile)
+        if covered:
+            L += ["", f"At {covered} one tile covers the image: the tiled decode is the whole decode."]
     else:
         L.append(f"Tiled decode not available: {p['tiled_note']}")
     L += ["", "## Separate models (bf16)", "", "| model | what | params | params GiB | peak GiB |",
