@@ -15,11 +15,13 @@ What is measured and what is derived:
   weights, bf16 autocast), batch 1, measured whole. The text encoder (Gemma-2-2B-it) and the VAE are
   separate models: their parameters and one forward each are measured the same way and listed apart;
   "+ text encoder" adds Gemma's bf16 weights, resident during the decode.
-- tiled decode: measured through ``decode_latent(..., tile=, tile_overlap=)`` when that argument exists,
-  else the rows say it is not available.
+- tiled decode: measured through ``decode_latent(..., tile=, tile_overlap=)`` over one sampler step (every
+  step allocates the same; the tracker is slow on many tiles) when that argument exists, else the rows say
+  it is not available.
 - training, one device's share under FSDP over ``--world`` devices: the activations and temporaries of one
   step (forward and backward, bf16 compute, with or without activation checkpointing of every MM-DiT / PiT
-  block as ``trainer=fsdp`` does) are measured; the sharded states are derived from the parameter counts
+  block as ``trainer=fsdp`` does; the step starts from the latent and caption states, whose encoders are
+  listed apart) are measured; the sharded states are derived from the parameter counts
   (fp32 master weights 4 B, fp32 gradients 4 B and AdamW moments 8 B per trainable parameter, 4 B per
   frozen one, divided by the world size), and so is FSDP's working set (one network's unsharded non-block
   parameters plus two blocks, bf16, and those blocks' unsharded bf16 gradients).
