@@ -328,6 +328,18 @@ def main(argv=None) -> dict:
     return json.loads((out / "gpu.json").read_text())
 
 
+def predicted_peaks(preset: str, tiny: bool) -> dict:
+    """The decode peaks ``make memory`` predicted for this preset (benchmarks/memory.json), GiB by
+    "mode size" ("eager 2048", "tiled 4096"); empty when there is no prediction (or at the tiny size)."""
+    path = REPO / "benchmarks" / "memory.json"
+    if tiny or not path.exists():
+        return {}
+    mem = json.loads(path.read_text())
+    modes = (("eager", "decode"), ("tiled", "tiled"))
+    return {f"{mode} {r['size']}": r["peak"] / 2**30 for mode, key in modes
+            for r in mem.get(key, []) if r["preset"] == preset}
+
+
 def save(args, device, dtype, n_params, decode_rows, train_rows, seconds) -> None:
     """Write gpu.json and gpu.md with the rows so far (after every item: a run cut short keeps them)."""
     payload = {"what": "GPU check: paper-size student decode and teacher training step", "tiny": args.tiny,
@@ -335,6 +347,7 @@ def save(args, device, dtype, n_params, decode_rows, train_rows, seconds) -> Non
                "torch": torch.__version__, "cuda": torch.version.cuda if device.type == "cuda" else None,
                "commit": _git_commit(), "preset": args.preset, "student_params": n_params,
                "decode": decode_rows, "train": train_rows, "seconds": seconds,
+               "predicted": predicted_peaks(args.preset, args.tiny),
                "paper": {"decode_ms_h100": {"2048": 446, "4096": 3755},
                          "decode_gb": {"2048": 13.0, "4096": 22.5}}}
     out = Path(args.out)
@@ -354,17 +367,22 @@ def render_md(p: dict) -> str:
              f"{p['seconds']:.0f} s. Student `{p['preset']}` ({p['student_params'] / 1e9:.3f} B parameters, "
              "random weights), batch 1, 4 SDE steps, one caption's states; median of the timed decodes after "
              "warm-up, synchronised; peak = torch.cuda.max_memory_allocated over the timed decodes. Paper "
-             "(H100, compiled): 446 ms / 13.0 GB at 2048², 3755 ms / 22.5 GB at 4096².", "",
-             "| output | mode | median ms | min–max ms | peak GiB | note |", "|---|---|---:|---:|---:|---|"]
+             "(compiled): 446 ms on an H100 and 13.0 GB (RTX 5090) at 2048², 3755 ms and 22.5 GB on an H100 "
+             "at 4096².", "",
+             "Predicted: the peak `make memory` gives for the same decode (benchmarks/memory.md; eager, "
+             "fake tensors on the CPU).", "",
+             "| output | mode | median ms | min–max ms | peak GiB | predicted GiB | note |",
+             "|---|---|---:|---:|---:|---:|---|"]
     for r in sorted(p["decode"], key=lambda r: (r["size"], ["eager", "compiled", "tiled"].index(r["mode"]))):
         note = r["status"] if r["status"] != "ok" else ""
         if r["mode"] == "tiled":
             note = (note + f" tile {r['tile']}, overlap {r['tile_overlap']}").strip()
         if r["mode"] == "compiled" and "first_call_s" in r:
             note = (note + f" first call (compiles) {r['first_call_s']:.0f} s").strip()
+        pred = p.get("predicted", {}).get(f"{r['mode']} {r['size']}")
         lines.append(f"| {r['size']}² | {r['mode']} | {_f(r.get('median_ms'), '.1f')} | "
                      f"{_f(r.get('min_ms'), '.1f')}–{_f(r.get('max_ms'), '.1f')} "
-                     f"| {_f(r.get('peak_gib'), '.2f')} | {note} |")
+                     f"| {_f(r.get('peak_gib'), '.2f')} | {_f(pred, '.2f')} | {note} |")
     lines += ["", "Teacher training step (fp32 weights, bf16 autocast, AdamW, gradient clipping):", "",
               "| run | crop | batch | activation checkpointing | images/s | tokens/s | MFU | peak GiB "
               "| note |",
