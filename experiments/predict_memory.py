@@ -585,6 +585,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     t0 = time.perf_counter()
+    commit = _git("rev-parse", "--short", "HEAD")  # the tree it starts on
+    dirty = len(_git("status", "--porcelain", "--untracked-files=no").splitlines())
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
@@ -625,8 +627,7 @@ def main(argv=None) -> dict:
                          f"{(ours / 1e9 / paper - 1) * 100:+.0f} % read as 10⁹ B)")
     payload = {
         "what": "predicted per-device GPU memory at paper size (MemTracker on fake tensors)",
-        "tiny": args.tiny, "world": args.world, "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty": len(_git("status", "--porcelain", "--untracked-files=no").splitlines()),
+        "tiny": args.tiny, "world": args.world, "commit": commit, "dirty": dirty,
         "torch": torch.__version__, "machine": platform.machine() or "cpu",
         "paper_decode_gb": {str(k): v for k, v in PAPER_DECODE_GB.items()},
         "components": components, "decode": decode, "tiled": tiled,
