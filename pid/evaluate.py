@@ -9,6 +9,7 @@ conf/eval.yaml, pid/eval/registry.py), and writes results.md/.csv, plots and com
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -174,8 +175,8 @@ def evaluate(cfg: DictConfig) -> dict:
     images, labels, rows = {}, {}, []
     if truth is not None:
         images["ground_truth"], labels["ground_truth"] = truth, "ground truth"
-        rows.append({"name": "ground_truth", "family": "reference", "label": "ground truth (reference)",
-                     "sigma": 0.0, **suite(truth)})
+        rows.append({"name": "ground_truth", "family": "reference",
+                     "label": "ground truth (reference, not ranked)", "sigma": 0.0, **suite(truth)})
     for method in tqdm(methods, desc="methods", unit="method", file=sys.stderr):
         t0 = time.perf_counter()
         out = decode_all(method, z, data["sigma"], xi, teacher.latent.noise_form, int(cfg.data.batch_size),
@@ -189,23 +190,45 @@ def evaluate(cfg: DictConfig) -> dict:
         rows.append(row)
         images[method.name], labels[method.name] = out, method.label
         log.info("%-24s %s", method.name, suite.log_line(row))
-    return write_report(cfg, rows, skipped, suite, images, labels, teacher, teacher_path, device, out_dir)
+    verdicts = judge_rows(cfg, rows, images, truth, teacher, suite)
+    return write_report(cfg, rows, skipped, suite, images, labels, teacher, teacher_path, device, out_dir,
+                        verdicts, data["keys"])
+
+
+def judge_rows(cfg: DictConfig, rows, images, truth, teacher, suite) -> tuple[list[str], list[dict]]:
+    """The verdict lines of the report (:mod:`pid.eval.headlines`): PiD vs native decode + bicubic and each
+    early-exit σ, on the measures of :mod:`pid.eval.panel`; also marks the report's columns that reward
+    grain under Notes."""
+    from pid.eval import headlines
+    from pid.nn.pixel_dit import network_patch_size
+
+    log.info("verdicts: PiD vs native decode + bicubic (and each early-exit σ), with the grain check")
+    if truth is not None:
+        headlines.grain_check_columns(suite, rows, images, seed=int(cfg.seed))
+    measures = cfg.report.get("verdict_measures")
+    return headlines.verdict_lines(rows, images, truth, teacher.sr_scale, network_patch_size(teacher),
+                                   int(cfg.crops.size), list(measures) if measures else None, int(cfg.seed))
 
 
 def write_report(cfg, rows, skipped, suite, images, labels, teacher, teacher_path, device,
-                 out_dir: Path) -> dict:
+                 out_dir: Path, verdicts: tuple[list[str], list[dict]] = ([], []), keys=()) -> dict:
     """results.md/.csv/.json, the plots, compare.html and W&B (when configured); prints the summary."""
     from pid.eval import report
+    from pid.eval.headlines import speed_line
+    from pid.eval.sample import count_line
 
     columns = suite.columns
-    summary = report.summarize(rows, columns, list(cfg.report.summary))
+    summary = [*verdicts[0], *speed_line(rows)]
     first = next(iter(images.values()))
+    counted = count_line(list(keys), OmegaConf.to_container(cfg.data.get("groups") or {})) if keys else \
+        f"{len(first)} images"
     header = (f"# PiD evaluation\n\nteacher `{teacher_path}`; student `{cfg.student_ckpt}`; SR cascade "
-              f"`{cfg.sr_cascade_ckpt}`\n\n{len(first)} images, output {tuple(first.shape[-2:])}, sr_scale "
+              f"`{cfg.sr_cascade_ckpt}`\n\n{counted}, output {tuple(first.shape[-2:])}, sr_scale "
               f"{teacher.sr_scale}, device {device}, crops: {cfg.crops.per_image} seeded {cfg.crops.size}² "
               f"per image (seed {cfg.crops.seed}); latency: median of {cfg.latency.runs} runs after "
               f"{cfg.latency.warmup} warm-up, batch {cfg.latency.batch_size}.\n\n"
-              + "\n".join(f"**{s}**" for s in summary))
+              + "Verdicts (pid/eval/verdict.py: per family, paired 95 % bootstrap intervals, sample floors, "
+              "measures that reward grain excluded):\n\n" + "\n".join(f"- {s}" for s in summary))
     skipped_d = [{"name": s.name, "family": s.family, "reason": s.reason} for s in skipped]
     md, csv_path = report.write_tables(rows, skipped_d, columns, suite.notes, out_dir, header,
                                        suite.group_columns, suite.column_notes())
@@ -224,8 +247,10 @@ def write_report(cfg, rows, skipped, suite, images, labels, teacher, teacher_pat
     for s in summary:
         print(s, flush=True)
     print(f"results: {md} | {csv_path} | {html}", flush=True)
+    verdict_json = out_dir / "verdicts.json"
+    verdict_json.write_text(json.dumps(verdicts[1], indent=2, default=float))
     return {"rows": rows, "skipped": skipped_d, "notes": suite.notes, "summary": summary,
-            "out_dir": str(out_dir)}
+            "verdicts": verdicts[1], "out_dir": str(out_dir)}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")

@@ -233,6 +233,10 @@ class FixedCropDataset(_CropDatasetBase):
     def __len__(self) -> int:
         return len(self.items)
 
+    def crop_keys(self) -> list[str]:
+        """The key of every crop (``<image key>@<y>,<x>``) without decoding an image."""
+        return [f"{self.records[i].key}@{y},{x}" for i, y, x in self.items]
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self.items):
             raise IndexError(index)

@@ -104,6 +104,10 @@ class FixedCropShardDataset(Dataset):
                 "validation shards: skipped %d sample(s), e.g. %s", len(self.skipped), self.skipped[0]
             )
 
+    def crop_keys(self) -> list[str]:
+        """The key of every crop (``<sample key>@<y>,<x>``) without decoding an image."""
+        return [f"{self.entries[i].key}@{y},{x}" for i, y, x in self.items]
+
     def _index(self, shard: str) -> None:
         def on_error(reason: str, exn) -> None:
             self.skipped.append(f"{shard}: {reason} ({type(exn).__name__}: {exn})")

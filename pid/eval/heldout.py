@@ -151,7 +151,7 @@ def heldout_loader(datamodule, max_crops: int | None, seed: int = 0):
     if ds is None:
         raise TypeError(f"the held-out comparison needs the datamodule's val_dataloader() to be a DataLoader "
                         f"over a dataset of crops, got {type(loader).__name__}")
-    keys = [str(ds[i].get("key", i)) for i in range(len(ds))]
+    keys = ds.crop_keys() if hasattr(ds, "crop_keys") else [str(ds[i].get("key", i)) for i in range(len(ds))]
     idx = representative_indices(keys, max_crops, seed=seed)
     if len(idx) == len(ds):
         return loader, keys

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pid.utils.errors import PiDConfigError
 from pid.weights.paths import resolve_weights_path
+
+log = logging.getLogger(__name__)
 
 
 def resolve_ckpt(path: str | None, key: str, compatible=None) -> Path | None:
@@ -90,10 +93,19 @@ def load_eval_set(cfg: DictConfig, decoder) -> dict:
         ds = FixedCropShardDataset(shards, d.crop_size, d.crops_per_image)
     else:
         raise PiDConfigError(f"data.kind must be folder, shards or latents, got {d.kind!r}")
-    n = len(ds) if not d.max_images else min(len(ds), int(d.max_images))
-    if n == 0:
+    if len(ds) == 0:
         raise PiDConfigError(f"data.root={d.root}: no image holds a {d.crop_size}px crop")
-    items = [ds[i] for i in range(n)]
+    keep = range(len(ds))
+    if d.max_images and int(d.max_images) < len(ds):  # across groups and images, not the first N crops
+        from pid.eval.sample import count_line, representative_indices
+
+        patterns = OmegaConf.to_container(d.get("groups") or {})
+        keys = ds.crop_keys() if hasattr(ds, "crop_keys") else [ds[i]["key"] for i in range(len(ds))]
+        keep = representative_indices(keys, int(d.max_images), patterns, int(cfg.seed))
+        log.info("evaluation set: data.max_images=%d of %d crops, drawn across groups: %s", d.max_images,
+                 len(ds), count_line([keys[i] for i in keep], patterns))
+    items = [ds[i] for i in keep]
+    n = len(items)
     truth = to_signed(torch.stack([it["image"] for it in items]))
     z = torch.cat([decoder.encode(downsample(truth[i:i + d.batch_size], sr)).cpu()
                    for i in range(0, n, d.batch_size)])

@@ -89,9 +89,14 @@ class PSNR(_Paired):
     columns = (Column("psnr", "PSNR", ".2f", "higher"),)
 
     def score_pair(self, pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
-        from pid.eval.functional import psnr
+        from pid.eval.functional import PSNR_CAP_DB, psnr, psnr_capped
 
-        return {"psnr": float(psnr(pred, truth))}
+        values = psnr(pred, truth, reduction="none")
+        capped = psnr_capped(values)
+        if capped:  # identical at 8 bits (e.g. a blank crop): counted, never averaged in as inf
+            self.caveat = (f"{capped} of {len(values)} outputs in a set equal their ground truth at 8 bits; "
+                           f"their PSNR counts as the {PSNR_CAP_DB:.1f} dB of 8-bit quantisation noise")
+        return {"psnr": float(values.mean())}
 
 
 class SSIM(_Paired):

@@ -30,7 +30,7 @@ and turns any decoder's outputs on those crops into ``{measure key: Evidence}``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -38,7 +38,6 @@ import torch
 from pid.eval.verdict import (EXCLUDED, GRAIN_SIGMA, Evidence, Measure, Verdicts, add_grain, grain_exclusions,
                               judge)
 
-GRAIN_CHECK_NAME = f"the baseline + grain (Gaussian, σ = {GRAIN_SIGMA:g} on [-1, 1])"
 
 _FID_FLOOR = ("FID on 2,048-d Inception features is biased below 10,000 samples (Heusel et al. 2017); "
               "KID ranks instead")
@@ -142,6 +141,7 @@ class Panel:
 
         self.truth = as_metric_images(truth).cpu()
         n, _, h, w = self.truth.shape
+        self._cache: dict[int, tuple[torch.Tensor, dict]] = {}
         self.sr_scale, self.patch = int(sr_scale), int(patch)
         self.kid_patch = int(kid_patch) if kid_patch else max(h, w)
         self.n = n
@@ -201,6 +201,9 @@ class Panel:
         from pid.eval.images import as_metric_images, grid_patches
         from pid.utils.images import downsample
 
+        cached = self._cache.get(id(images))
+        if cached is not None and cached[0] is images:  # the same output judged in another pair
+            return cached[1]
         x = as_metric_images(images).cpu()
         if x.shape != self.truth.shape:
             raise ValueError(f"outputs {tuple(x.shape)} do not match the ground-truth crops "
@@ -253,8 +256,8 @@ class Panel:
                 return (extra / (w @ self.truth_inside).clamp_min(1e-12)).clamp_min(0)
 
             out["blockiness"] = Evidence(n, stat=seams)
+        self._cache[id(images)] = (images, out)
         return out
-
 
     def judge(self, outputs: dict[str, torch.Tensor], pairs: list[tuple[str, str]], baseline: str,
               seed: int = 0) -> Judgement:
@@ -265,18 +268,33 @@ class Panel:
         if missing:
             raise KeyError(f"no outputs named {sorted(missing)} (have {sorted(outputs)})")
         evidence = {name: self.evidence(outputs[name]) for name in outputs if name in names}
-        excluded, _ = self.grain_check(outputs[baseline], seed, evidence[baseline])
+        judged = [outputs[n] for n in names - {baseline}]
+        levels = sorted({GRAIN_SIGMA, *(self.matched_grain(outputs[baseline], x) for x in judged)})
+        excluded = set()
+        for sigma in levels:
+            excluded |= self.grain_check(outputs[baseline], seed, evidence[baseline], sigma)[0]
         verdicts = [judge(self.measures, evidence[a], evidence[b], (a, b), excluded, seed) for a, b in pairs]
-        return Judgement(verdicts, excluded, evidence, self.measures)
+        return Judgement(verdicts, excluded, evidence, self.measures, [float(v) for v in levels])
+
+    @staticmethod
+    def matched_grain(baseline: torch.Tensor, output: torch.Tensor) -> float:
+        """The std of white grain that would give ``baseline`` the noise level ``output`` has beyond it
+        (median over crops of √(σ̂_out² − σ̂_base²), to 2 significant digits, at most 0.5) — the second level
+        of the grain check, so a measure cannot favour a decoder for grain stronger than σ = 0.1 either;
+        :data:`GRAIN_SIGMA` when the output is no grainier."""
+        excess = (noise_sigma(output).square() - noise_sigma(baseline).square()).clamp_min(0).sqrt().median()
+        level = float(f"{min(float(excess), 0.5):.2g}")
+        return level if level > GRAIN_SIGMA else GRAIN_SIGMA
 
     def grain_check(self, baseline: torch.Tensor, seed: int = 0,
-                    baseline_evidence: dict[str, Evidence] | None = None):
-        """The measures that prefer ``baseline`` plus grain to ``baseline`` (two seeded grain draws,
-        :func:`pid.eval.verdict.grain_exclusions`). Returns (their keys, the first grained draw's
+                    baseline_evidence: dict[str, Evidence] | None = None, sigma: float = GRAIN_SIGMA):
+        """The measures that prefer ``baseline`` plus grain of std ``sigma`` to ``baseline`` (two seeded
+        draws, :func:`pid.eval.verdict.grain_exclusions`). Returns (their keys, the first grained draw's
         evidence)."""
         base = baseline_evidence if baseline_evidence is not None else self.evidence(baseline)
-        grained = [self.evidence(add_grain(baseline, seed=seed + k)) for k in (0, 1)]
+        grained = [self.evidence(add_grain(baseline, sigma, seed=seed + k)) for k in (0, 1)]
         return grain_exclusions(self.measures, base, *grained), grained[0]
+
 
 @dataclass
 class Judgement:
@@ -287,6 +305,7 @@ class Judgement:
     excluded: set[str]
     evidence: dict[str, dict[str, Evidence]]
     measures: list[Measure]
+    grain_levels: list[float] = field(default_factory=lambda: [GRAIN_SIGMA])
 
     def shown(self, name: str) -> dict[str, float]:
         """``{measure key: value as printed}`` (e.g. ratios, not their logs) for one decoder."""
@@ -304,10 +323,11 @@ class Judgement:
             out += v.lines(indent="     ")
         if self.excluded:
             labels = ", ".join(m.label for m in self.measures if m.key in self.excluded)
-            out.append(f"  {labels}: {EXCLUDED} (they prefer {GRAIN_CHECK_NAME} to the baseline on these "
-                       "crops; shown, never used to name a winner)")
+            levels = " and ".join(f"{v:g}" for v in self.grain_levels)
+            out.append(f"  {labels}: {EXCLUDED} (they prefer the baseline + Gaussian grain of σ = {levels} "
+                       "on [-1, 1] to the baseline on these crops; shown, never used to name a winner)")
         return out
 
     def as_dict(self) -> dict:
-        return {"excluded_rewards_grain": sorted(self.excluded), "grain_sigma": GRAIN_SIGMA,
+        return {"excluded_rewards_grain": sorted(self.excluded), "grain_sigmas": self.grain_levels,
                 "verdicts": [v.as_dict() for v in self.verdicts]}

@@ -93,31 +93,6 @@ def write_tables(rows: list[dict], skipped: list[dict], metric_columns: list[Col
     return md_path, csv_path
 
 
-def summarize(rows: list[dict], columns: list[Column], keys=("patch_fid", "patch_kid")) -> list[str]:
-    """The closing lines: PiD (the student, else the first PiD row) vs native decode + bicubic on each of
-    ``keys`` (columns of the registry); speed vs the diffusion-SR cascade."""
-    by = {r["name"]: r for r in rows}
-    pid_rows = [r for r in rows if r["family"] == "pid"]
-    students = [r for r in pid_rows if r["name"].startswith("pid_student")]
-    pid = (students or pid_rows or [None])[0]
-    out = []
-    base = by.get("native_bicubic")
-    known = {c.key: c for c in columns}
-    for key in keys:
-        col = known.get(key)
-        if col is None or not (pid and base) or math.isnan(pid.get(key, float("nan"))):
-            continue
-        better = pid[key] > base[key] if col.better == "higher" else pid[key] < base[key]
-        out.append(f"{col.header}: {pid['label']} {col.format(pid[key])} vs native decode + bicubic "
-                   f"{col.format(base[key])} → {'PiD wins' if better else 'native + bicubic wins'}")
-    sr = next((r for r in rows if r["name"].startswith("sr_cascade")), None)
-    if pid and sr and pid.get("latency_ms") and sr.get("latency_ms"):
-        out.append(f"speed: {pid['label']} {pid['latency_ms']:.1f} ms vs {sr['label']} "
-                   f"{sr['latency_ms']:.1f} ms → PiD is {sr['latency_ms'] / pid['latency_ms']:.2f}× "
-                   f"{'faster' if sr['latency_ms'] > pid['latency_ms'] else 'slower (ratio < 1)'}")
-    return out
-
-
 def plot_quality_vs_latency(rows: list[dict], path: Path, metric: str = "patch_fid") -> Path | None:
     """``metric`` against median latency, one point per method (no early-exit rows); None without data."""
     import matplotlib

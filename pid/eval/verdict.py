@@ -5,8 +5,10 @@ A decoder A is named ahead of a decoder B on a measure only when all three hold:
 
 1. **the measure is not fooled by grain** at the sizes in use: scored on the same crops, it does not
    prefer "native decode + bicubic + Gaussian grain (σ = 0.1 on [-1, 1])" to "native decode + bicubic"
-   (:func:`rewards_grain`: it scores the grained baseline better by more than two grain draws differ); a
-   measure that does is reported as "excluded from verdicts: rewards grain at this size";
+   (:func:`rewards_grain`: it scores the grained baseline better by more than two grain draws differ), nor
+   the baseline plus grain as strong as a judged decoder's own excess noise when that is above σ = 0.1
+   (:meth:`pid.eval.panel.Panel.matched_grain`); a measure that does is reported as "excluded from
+   verdicts: rewards grain at this size";
 2. **the sample floor is met** (:attr:`Measure.min_samples`; FID on 2,048-d Inception features is biased
    below 10,000 samples, Heusel et al. 2017, §"FID": it is shown and never ranks, KID ranks instead);
 3. **the 95 % interval of the paired difference excludes no difference**: a seeded bootstrap over the
@@ -282,6 +284,9 @@ def family_lines(outcomes: list[Outcome], a: str, b: str) -> list[str]:
             head = f"{who} ahead on {', '.join(ahead[who])}"
             if open_:
                 head += f"; not separable on {', '.join(o.measure.label for o in open_)}"
+        elif open_ and all(o.status == "below floor" for o in open_):
+            head = (f"not ranked with {max(o.n for o in open_)} crops (too few: the measures need at least "
+                    f"{min(o.measure.min_samples for o in open_):,})")
         elif open_:
             needs = [o.need for o in open_ if o.need]
             head = (f"not separable with {max(o.n for o in open_)} crops"
