@@ -59,16 +59,19 @@ def verdict_lines(rows: list[dict], images: dict[str, torch.Tensor], truth: torc
                 "(methods.native_bicubic=true)"], []
     label = {r["name"]: r["label"] for r in rows}
     panel = Panel(truth, sr_scale, patch, kid_patch=kid_patch, extractor=extractor, measures=measures)
+    outputs = {label[n]: images[n] for pair in pairs for n in pair}
+    checks = [panel.grain_exclusions(outputs, [(label[a], label[b])], label[b], seed) for a, b in pairs]
+    # a measure that rewards grain against one baseline row is excluded from every verdict of this set
+    excluded = (set().union(*(c[0] for c in checks)), sorted({v for c in checks for v in c[1]}))
     lines, out = [], []
     for a, b in pairs:
-        judgement = panel.judge({label[a]: images[a], label[b]: images[b]}, [(label[a], label[b])], label[b],
-                                seed)
+        judgement = panel.judge(outputs, [(label[a], label[b])], label[b], seed, excluded)
         lines += [f"{label[a]} vs {label[b]}:"] + [ln.strip() for ln in judgement.verdicts[0].lines()
                                                    if not ln.strip().startswith("·")]
-        if judgement.excluded:
-            lines.append(", ".join(m.label for m in judgement.measures if m.key in judgement.excluded)
-                         + f": {EXCLUDED}")
         out.append({"pair": [a, b], **judgement.as_dict()})
+    if excluded[0]:
+        lines.append(", ".join(m.label for m in panel.measures if m.key in excluded[0]) + f": {EXCLUDED} "
+                     f"(grain σ = {' and '.join(f'{v:g}' for v in excluded[1])} on [-1, 1])")
     return lines, out
 
 

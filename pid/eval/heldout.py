@@ -79,7 +79,7 @@ def decode_heldout(module, loader, ema=None, num_steps: int | None = None, seed:
 
 
 def judge_decodes(images: dict[str, torch.Tensor], sr_scale: int, patch: int, pairs: list[tuple[str, str]],
-                  labels: dict[str, str], extractor=None, seed: int = 0, panel=None):
+                  labels: dict[str, str], extractor=None, seed: int = 0, panel=None, excluded=None):
     """Verdicts (:meth:`pid.eval.panel.Panel.judge`) for ``images`` = {"truth", "baseline", decoders...}
     (float [-1, 1], aligned crops); ``pairs`` and the returned names use ``labels`` (name → printed name).
     Returns (judgement, metrics ``heldout/<name>_<measure>`` with the printed values)."""
@@ -88,7 +88,8 @@ def judge_decodes(images: dict[str, torch.Tensor], sr_scale: int, patch: int, pa
     truth = images["truth"]
     panel = panel if panel is not None else Panel(truth, sr_scale, patch, extractor=extractor)
     outputs = {labels[k]: v for k, v in images.items() if k != "truth"}
-    judgement = panel.judge(outputs, [(labels[a], labels[b]) for a, b in pairs], labels["baseline"], seed)
+    judgement = panel.judge(outputs, [(labels[a], labels[b]) for a, b in pairs], labels["baseline"], seed,
+                            excluded)
     metrics = {}
     for name in outputs:
         key = next(k for k, v in labels.items() if v == name)
@@ -181,7 +182,7 @@ def compare_on_heldout(module, datamodule, ema=None, out_dir: str | Path = ".", 
     panel = None
     steps = f"{num_steps or module.sampling['num_steps']} {module.sampling.get('sampler', '')} steps"
     steps = steps.replace("  ", " ")
-    lines, verdicts = [], {}
+    lines, verdicts, checks = [], {}, []
     for sigma in sigmas:
         start = time.perf_counter()
         images = decode_heldout(module, loader, ema, num_steps, seed, None, sigma=sigma)
@@ -190,15 +191,20 @@ def compare_on_heldout(module, datamodule, ema=None, out_dir: str | Path = ".", 
                  images["truth"].shape[0], decoded_s)
         if panel is None:
             panel = Panel(images["truth"], module.sr_scale, patch, extractor=extractor)
+        outputs = {BASELINE: images["baseline"], "PiD": images["pid"]}
+        checks.append(panel.grain_exclusions(outputs, [("PiD", BASELINE)], BASELINE, seed))
+        log.info("held-out comparison at σ = %g: scored in %.0f s", sigma,
+                 time.perf_counter() - start - decoded_s)
+        decodes[sigma] = images
+    # a measure that rewards grain on these crops at one σ is excluded at every σ (the same crops and size)
+    excluded = (set().union(*(c[0] for c in checks)), sorted({v for c in checks for v in c[1]}))
+    for sigma, images in decodes.items():
         judgement, scored = judge_decodes(images, module.sr_scale, patch, [("pid", "baseline")], labels,
-                                          seed=seed, panel=panel)
+                                          seed=seed, panel=panel, excluded=excluded)
         suffix = "_" + sigma_tag(sigma)
         metrics.update({k + suffix: v for k, v in scored.items()})
         for o in judgement.verdicts[0].outcomes:
             metrics[f"heldout/pid_ahead_{o.measure.key}{suffix}"] = float(o.winner == "PiD")
-        log.info("held-out comparison at σ = %g: scored in %.0f s", sigma,
-                 time.perf_counter() - start - decoded_s)
-        decodes[sigma] = images
         verdicts[sigma_tag(sigma)] = judgement.as_dict()
         lines += [f"  σ = {sigma:g}:"] + measures_table(judgement, [BASELINE, "PiD"]) + judgement.lines()
     truth = decodes[sigmas[0]]["truth"]

@@ -260,21 +260,32 @@ class Panel:
         return out
 
     def judge(self, outputs: dict[str, torch.Tensor], pairs: list[tuple[str, str]], baseline: str,
-              seed: int = 0) -> Judgement:
+              seed: int = 0, excluded: tuple[set[str], list[float]] | None = None) -> Judgement:
         """Verdicts for each (a, b) of ``pairs`` (names of ``outputs``, aligned with the ground truth), after
-        the grain check on ``outputs[baseline]`` (:func:`pid.eval.verdict.grain_exclusions`)."""
+        the grain check on ``outputs[baseline]`` (:meth:`grain_exclusions`), or with ``excluded`` = (keys,
+        grain levels) from the checks of related comparisons (the same crops at several σ)."""
         names = {baseline} | {name for pair in pairs for name in pair}
         missing = names - set(outputs)
         if missing:
             raise KeyError(f"no outputs named {sorted(missing)} (have {sorted(outputs)})")
         evidence = {name: self.evidence(outputs[name]) for name in outputs if name in names}
-        judged = [outputs[n] for n in names - {baseline}]
+        if excluded is None:
+            excluded = self.grain_exclusions(outputs, pairs, baseline, seed)
+        keys, levels = excluded
+        verdicts = [judge(self.measures, evidence[a], evidence[b], (a, b), keys, seed) for a, b in pairs]
+        return Judgement(verdicts, set(keys), evidence, self.measures, [float(v) for v in levels])
+
+    def grain_exclusions(self, outputs: dict[str, torch.Tensor], pairs: list[tuple[str, str]], baseline: str,
+                         seed: int = 0) -> tuple[set[str], list[float]]:
+        """(keys of the measures that reward grain, the grain levels tried) for judging ``pairs`` against
+        ``outputs[baseline]``: grain of σ = 0.1 and, where a judged output is grainier, grain matched to its
+        excess noise (:meth:`matched_grain`)."""
+        judged = [outputs[n] for pair in pairs for n in pair if n != baseline]
         levels = sorted({GRAIN_SIGMA, *(self.matched_grain(outputs[baseline], x) for x in judged)})
-        excluded = set()
+        keys: set[str] = set()
         for sigma in levels:
-            excluded |= self.grain_check(outputs[baseline], seed, evidence[baseline], sigma)[0]
-        verdicts = [judge(self.measures, evidence[a], evidence[b], (a, b), excluded, seed) for a, b in pairs]
-        return Judgement(verdicts, excluded, evidence, self.measures, [float(v) for v in levels])
+            keys |= self.grain_check(outputs[baseline], seed, self.evidence(outputs[baseline]), sigma)[0]
+        return keys, levels
 
     @staticmethod
     def matched_grain(baseline: torch.Tensor, output: torch.Tensor) -> float:
