@@ -49,7 +49,7 @@ def verdict_lines(rows: list[dict], images: dict[str, torch.Tensor], truth: torc
     """The verdict lines for :func:`pairs_to_judge` (each pair's grain check on its own native + bicubic
     row) and their JSON. A set without ground truth, or without a native + bicubic row, gets one line
     saying why there is no verdict."""
-    from pid.eval.panel import Panel
+    from pid.eval.panel import Panel, combine_checks
 
     if truth is None:
         return ["no verdict: the evaluation set has no ground truth (data.kind=latents)"], []
@@ -61,17 +61,13 @@ def verdict_lines(rows: list[dict], images: dict[str, torch.Tensor], truth: torc
     panel = Panel(truth, sr_scale, patch, kid_patch=kid_patch, extractor=extractor, measures=measures)
     outputs = {label[n]: images[n] for pair in pairs for n in pair}
     checks = [panel.grain_exclusions(outputs, [(label[a], label[b])], label[b], seed) for a, b in pairs]
-    # a measure that rewards grain against one baseline row is excluded from every verdict of this set
-    excluded = (set().union(*(c[0] for c in checks)), sorted({v for c in checks for v in c[1]}))
     lines, out = [], []
-    for a, b in pairs:
+    for (a, b), check in zip(pairs, checks):
+        excluded = combine_checks(check, checks)
         judgement = panel.judge(outputs, [(label[a], label[b])], label[b], seed, excluded)
         lines += [f"{label[a]} vs {label[b]}:"] + [ln.strip() for ln in judgement.verdicts[0].lines()
                                                    if not ln.strip().startswith("·")]
         out.append({"pair": [a, b], **judgement.as_dict()})
-    if excluded[0]:
-        lines.append(", ".join(m.label for m in panel.measures if m.key in excluded[0]) + f": {EXCLUDED} "
-                     f"(grain σ = {' and '.join(f'{v:g}' for v in excluded[1])} on [-1, 1])")
     return lines, out
 
 

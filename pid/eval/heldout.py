@@ -168,7 +168,7 @@ def compare_on_heldout(module, datamodule, ema=None, out_dir: str | Path = ".", 
     grid PNG and the HTML page. Returns the metrics.
 
     ``extractor``: the Inception feature extractor (default: the offline FID Inception)."""
-    from pid.eval.panel import Panel
+    from pid.eval.panel import Panel, combine_checks
     from pid.eval.report import write_html
     from pid.eval.sample import count_line
 
@@ -196,11 +196,9 @@ def compare_on_heldout(module, datamodule, ema=None, out_dir: str | Path = ".", 
         log.info("held-out comparison at σ = %g: scored in %.0f s", sigma,
                  time.perf_counter() - start - decoded_s)
         decodes[sigma] = images
-    # a measure that rewards grain on these crops at one σ is excluded at every σ (the same crops and size)
-    excluded = (set().union(*(c[0] for c in checks)), sorted({v for c in checks for v in c[1]}))
-    for sigma, images in decodes.items():
+    for check, (sigma, images) in zip(checks, decodes.items()):
         judgement, scored = judge_decodes(images, module.sr_scale, patch, [("pid", "baseline")], labels,
-                                          seed=seed, panel=panel, excluded=excluded)
+                                          seed=seed, panel=panel, excluded=combine_checks(check, checks))
         suffix = "_" + sigma_tag(sigma)
         metrics.update({k + suffix: v for k, v in scored.items()})
         for o in judgement.verdicts[0].outcomes:

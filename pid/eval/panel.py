@@ -142,6 +142,7 @@ class Panel:
         self.truth = as_metric_images(truth).cpu()
         n, _, h, w = self.truth.shape
         self._cache: dict[int, tuple[torch.Tensor, dict]] = {}
+        self._grained: dict[tuple, tuple[torch.Tensor, dict]] = {}
         self.sr_scale, self.patch = int(sr_scale), int(patch)
         self.kid_patch = int(kid_patch) if kid_patch else max(h, w)
         self.n = n
@@ -195,8 +196,10 @@ class Panel:
     def _uses_inception(self) -> bool:
         return bool({"inception_dist", "kid", "fid"} & set(self.keys))
 
-    def evidence(self, images: torch.Tensor) -> dict[str, Evidence]:
-        """``{measure key: Evidence}`` for outputs aligned with the ground-truth crops (same N, size)."""
+    def evidence(self, images: torch.Tensor, keep: bool = True) -> dict[str, Evidence]:
+        """``{measure key: Evidence}`` for outputs aligned with the ground-truth crops (same N, size).
+        ``keep``: remember it for these same outputs (held by reference: only for outputs the caller keeps
+        anyway)."""
         from pid.eval import functional as F
         from pid.eval.images import as_metric_images, grid_patches
         from pid.utils.images import downsample
@@ -256,7 +259,8 @@ class Panel:
                 return (extra / (w @ self.truth_inside).clamp_min(1e-12)).clamp_min(0)
 
             out["blockiness"] = Evidence(n, stat=seams)
-        self._cache[id(images)] = (images, out)
+        if keep:
+            self._cache[id(images)] = (images, out)
         return out
 
     def judge(self, outputs: dict[str, torch.Tensor], pairs: list[tuple[str, str]], baseline: str,
@@ -271,21 +275,23 @@ class Panel:
         evidence = {name: self.evidence(outputs[name]) for name in outputs if name in names}
         if excluded is None:
             excluded = self.grain_exclusions(outputs, pairs, baseline, seed)
+        if isinstance(excluded, GrainCheck):
+            excluded = excluded.keys(), excluded.levels()
         keys, levels = excluded
         verdicts = [judge(self.measures, evidence[a], evidence[b], (a, b), keys, seed) for a, b in pairs]
         return Judgement(verdicts, set(keys), evidence, self.measures, [float(v) for v in levels])
 
     def grain_exclusions(self, outputs: dict[str, torch.Tensor], pairs: list[tuple[str, str]], baseline: str,
-                         seed: int = 0) -> tuple[set[str], list[float]]:
-        """(keys of the measures that reward grain, the grain levels tried) for judging ``pairs`` against
+                         seed: int = 0) -> GrainCheck:
+        """The measures that reward grain, per grain level tried, for judging ``pairs`` against
         ``outputs[baseline]``: grain of σ = 0.1 and, where a judged output is grainier, grain matched to its
-        excess noise (:meth:`matched_grain`)."""
+        excess noise (:meth:`matched_grain`). Combine the checks of related comparisons with
+        :func:`combine_checks`."""
         judged = [outputs[n] for pair in pairs for n in pair if n != baseline]
         levels = sorted({GRAIN_SIGMA, *(self.matched_grain(outputs[baseline], x) for x in judged)})
-        keys: set[str] = set()
-        for sigma in levels:
-            keys |= self.grain_check(outputs[baseline], seed, self.evidence(outputs[baseline]), sigma)[0]
-        return keys, levels
+        base = self.evidence(outputs[baseline])
+        by_level = {sigma: self.grain_check(outputs[baseline], seed, base, sigma)[0] for sigma in levels}
+        return GrainCheck(by_level)
 
     @staticmethod
     def matched_grain(baseline: torch.Tensor, output: torch.Tensor) -> float:
@@ -303,8 +309,36 @@ class Panel:
         draws, :func:`pid.eval.verdict.grain_exclusions`). Returns (their keys, the first grained draw's
         evidence)."""
         base = baseline_evidence if baseline_evidence is not None else self.evidence(baseline)
-        grained = [self.evidence(add_grain(baseline, sigma, seed=seed + k)) for k in (0, 1)]
+        grained = []
+        for k in (0, 1):  # the same draw of the same baseline is scored once per panel
+            key = (id(baseline), float(sigma), seed + k)
+            if key not in self._grained or self._grained[key][0] is not baseline:
+                grain = self.evidence(add_grain(baseline, sigma, seed=seed + k), keep=False)
+                self._grained[key] = (baseline, grain)
+            grained.append(self._grained[key][1])
         return grain_exclusions(self.measures, base, *grained), grained[0]
+
+
+@dataclass
+class GrainCheck:
+    """The measures one grain check excluded, per grain level (σ on [-1, 1])."""
+
+    by_level: dict[float, set[str]]
+
+    def keys(self) -> set[str]:
+        return set().union(*self.by_level.values())
+
+    def levels(self) -> list[float]:
+        return sorted(self.by_level)
+
+
+def combine_checks(own: GrainCheck, related: list[GrainCheck]) -> tuple[set[str], list[float]]:
+    """(excluded keys, levels) for one comparison among several on the same crops (e.g. one per σ): its own
+    check at every level, plus what the fixed-level check (σ = 0.1) excluded in any of them — a measure that
+    rewards grain at this size on these crops does so at every σ; grain matched to another comparison's
+    decoder says nothing about this one."""
+    keys = own.keys() | set().union(*(c.by_level.get(GRAIN_SIGMA, set()) for c in related))
+    return keys, own.levels()
 
 
 @dataclass
