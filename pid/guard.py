@@ -12,18 +12,19 @@ than one unit, is an error that says which size works.
 
 **Estimate** (:func:`estimate_decode`). The real decode path (:func:`pid.sampling.decode_latent`: adapter,
 guidance branches, sampler, tiling) runs for one and two sampler steps (and one and two tiles) on *meta
-tensors* — the network's weights swapped for meta tensors of their shapes: no arithmetic, no memory —
-at the planned size, under ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions; each
-``scaled_dot_product_attention`` counted as a fused kernel, 4·N²·d, with no N×N matrix, as CPUs and GPUs
-run it) and :class:`PeakTensorMemory` (the high-water mark of live tensor storage). These runs split what a
-decode computes once, per network forward and per tile, so the FLOPs and the tensor peak of any number of
-steps and tiles follow (for the quickstart's network they equal a real decode's: ``tests/test_guard.py``,
-``benchmarks/tiled.md``). On a CPU the time is the FLOPs over FLOP rates measured on this machine: one
-real step at a small size for everything but attention and one long attention call for attention (about
-half a second). Times are estimates: the small step's rate is below a large decode's (fixed per-operator
-costs weigh more), so they are on the high side; the memory counts tensors, not the allocator's overhead
-(``benchmarks/tiled.md`` shows the RSS beside it) nor the latent encoder of ``--image``; the weights are
-added from their size.
+tensors* — the network's weights swapped for meta tensors of their shapes: no arithmetic, no memory — at the
+planned size, counting FLOPs by ``torch.utils.flop_counter``'s formulas, as its ``FlopCounterMode`` does
+(matmuls and convolutions; each ``scaled_dot_product_attention`` counted as a fused kernel, 4·N²·d, with no
+N×N matrix, as CPUs and GPUs run it) and the high-water mark of live tensor storage
+(:class:`PeakTensorMemory`), in one dispatch mode (:class:`_CountingMemory`: the runs cost its per-operator
+Python hooks, whatever the size). These runs split what a decode computes once, per network forward and per
+tile, so the FLOPs and the tensor peak of any number of steps and tiles follow (for the quickstart's network
+they equal a real decode's: ``tests/test_guard.py``, ``benchmarks/tiled.md``). On a CPU the time is the FLOPs
+over FLOP rates measured on this machine: one real step at a small size for everything but attention and one
+long attention call for attention (about half a second). Times are estimates: the small step's rate is below a
+large decode's (fixed per-operator costs weigh more), so they are on the high side; the memory counts tensors,
+not the allocator's overhead (``benchmarks/tiled.md`` shows the RSS beside it) nor the latent encoder of
+``--image``; the weights are added from their size.
 """
 
 from __future__ import annotations
@@ -179,6 +180,13 @@ class PeakTensorMemory(TorchDispatchMode):
         mem.peak  # bytes
     """
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ in torch._disable_dynamo by default, which adds a frame to
+        # every operator (and imports torch._dynamo, as torch's own Python meta kernels also do); nothing
+        # here is compiled
+        return False
+
     def __init__(self):
         super().__init__()
         self.live = 0
@@ -209,6 +217,50 @@ class PeakTensorMemory(TorchDispatchMode):
             fin.detach()
         self._tracked.clear()
         return super().__exit__(*exc)
+
+
+_NO_DECOMPOSITION: set = set()
+
+
+class _CountingMemory(PeakTensorMemory):
+    """:class:`PeakTensorMemory` that also counts FLOPs as ``torch.utils.flop_counter.FlopCounterMode`` does
+    (its formulas; an operator without one is decomposed where it can be, and its parts counted), in one
+    dispatch mode: no per-module tracking and one Python hook per operator instead of two — the estimate's
+    meta runs are hook-bound. ``flops``: the total. The memory is counted on the operators as called (not on
+    the parts of a decomposition), as with the two modes stacked."""
+
+    def __init__(self):
+        super().__init__()
+        from torch.utils.flop_counter import flop_registry
+
+        self.flops = 0
+        self._registry = flop_registry
+        self._decomposing = 0
+
+    def _count(self, func, args, kwargs):
+        if (func not in self._registry and func not in _NO_DECOMPOSITION
+                and func is not torch.ops.prim.device.default):
+            self._decomposing += 1
+            TorchDispatchMode.__enter__(self)  # not ``with self``: its __exit__ would drop the tracking
+            try:
+                r = func.decompose(*args, **kwargs)
+            finally:
+                TorchDispatchMode.__exit__(self, None, None, None)
+                self._decomposing -= 1
+            if r is not NotImplemented:
+                return r
+            _NO_DECOMPOSITION.add(func)  # whether an operator has a decomposition does not change
+        out = func(*args, **kwargs)
+        formula = self._registry.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self._decomposing:
+            return self._count(func, args, kwargs)
+        return super().__torch_dispatch__(lambda *a, **k: self._count(func, a, k), types, args, kwargs)
 
 
 def available_memory(device: torch.device | str) -> int | None:
@@ -267,6 +319,10 @@ class DecodeEstimate:
     attention_rate: float | None = None
     probe: str = ""
     tile: int | None = None
+    #: of ``flops`` and ``attention_flops``, what the decode computes once (not per forward): what a search's
+    #: ``exact=False`` estimate counts per forward instead (:func:`fit_scale`)
+    once_flops: float = 0.0
+    once_attention_flops: float = 0.0
 
     def timed(self, flop_rate: float, attention_rate: float, probe: str) -> "DecodeEstimate":
         """Set ``seconds`` from FLOP rates (FLOP/s) of the network's other work and of attention."""
@@ -379,10 +435,7 @@ def _one_step(net, latent_shape, *, device, dtype=torch.float32, shapes_only: bo
     ``shapes_only``: the network's weights are swapped for meta tensors (:func:`_meta_weights`)
     and the inputs are meta tensors, so every operator computes shapes only — no arithmetic, no memory, no
     time; the network's own tensors are untouched (its gates' logging state is restored)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     text = decode_kw.pop("text_shape", None)
-    counter = FlopCounterMode(display=False)
     module = _Decode(net, decode_kw)
     if shapes_only:
         device = torch.device("meta")
@@ -391,7 +444,7 @@ def _one_step(net, latent_shape, *, device, dtype=torch.float32, shapes_only: bo
     y = None if text is None else torch.zeros(text, device=device, dtype=dtype)
     try:
         with _meta_weights(net) if shapes_only else nullcontext():  # outside the modes: no Parameter() there
-            with torch.no_grad(), counter, PeakTensorMemory() as mem, _FusedAttention() as attn:
+            with torch.no_grad(), _CountingMemory() as mem, _FusedAttention() as attn:
                 module(z, y, steps)
     finally:
         if shapes_only:
@@ -403,7 +456,7 @@ def _one_step(net, latent_shape, *, device, dtype=torch.float32, shapes_only: bo
             t0 = time.perf_counter()
             module(z, y, steps)
             seconds = time.perf_counter() - t0
-    return counter.get_total_flops() + attn.flops, attn.flops, mem.peak, seconds
+    return mem.flops + attn.flops, attn.flops, mem.peak, seconds
 
 
 def _attention_rate(net, device) -> float:
@@ -485,7 +538,8 @@ def estimate_decode(net: torch.nn.Module, latent_shape: tuple[int, int, int, int
     flops, attn = once + forwards * per_fwd, once_attn + forwards * per_fwd_attn
     weights = sum(p.numel() * p.element_size() for p in net.parameters())
     est = DecodeEstimate(out_hw, b, forwards, float(flops), int(peak), int(weights), str(device),
-                         attention_flops=float(attn), tile=tile if tiled else None)
+                         attention_flops=float(attn), tile=tile if tiled else None,
+                         once_flops=float(once), once_attention_flops=float(once_attn))
     if rates is not None:
         return est.timed(*rates)
     if probe and device.type == "cpu":
@@ -548,6 +602,36 @@ def cost_ratio(est: DecodeEstimate, budget: Budget) -> float:
     return max(min(ratios), 0.0)
 
 
+def fit_scale(est: DecodeEstimate, budget: Budget, margin: float = 1.0, inexact: bool = False) -> float:
+    """The side scale s (≤ 1) at which ``est``'s decode would be about ``margin`` of ``budget``, from its
+    cost curve: time(s) = a·s² + b·s⁴ (a: the seconds of everything but attention, which grows with the
+    pixels; b: attention's, which grows with their square), memory(s) = weights + peak·s².
+
+    ``inexact``: the curve of what an ``exact=False`` estimate counts (the once-per-decode work once per
+    forward), which is what :func:`guard_decode` checks the answer with. Fixed costs and rounding to whole
+    latent cells are not in the curve: callers check the size it gives with an estimate."""
+    scales = [1.0]
+    if budget.seconds is not None and est.seconds and est.flop_rate:
+        extra = est.forwards - 1 if inexact else 0
+        dense = est.flops - est.attention_flops + extra * (est.once_flops - est.once_attention_flops)
+        attn = est.attention_flops + extra * est.once_attention_flops
+        a = max(dense, 0.0) / est.flop_rate
+        b = max(attn, 0.0) / est.attention_rate if est.attention_rate else 0.0
+        t = margin * budget.seconds
+        if b <= 0:
+            x = t / a if a > 0 else 1.0
+        else:  # the positive root of b·x² + a·x - t, x = s², written to stay exact when b·t ≪ a²
+            x = 2 * t / (a + math.sqrt(a * a + 4 * b * t))
+        scales.append(math.sqrt(max(x, 0.0)))
+    limit = budget.memory_bytes
+    if limit is None:
+        avail = available_memory(est.device)
+        limit = None if avail is None else MEMORY_SHARE * avail
+    if limit is not None and est.memory_bytes > margin * limit:
+        scales.append(math.sqrt(max(margin * limit - est.weight_bytes, 0.0) / max(est.peak_bytes, 1)))
+    return max(min(scales), 0.0)
+
+
 def estimate_for_decoder(decoder, latent_shape: tuple[int, int, int, int], *, num_steps: int | None = None,
                          sampler: str | None = None, latent_cfg: float | None = None,
                          text_cfg: float | None = None, tile: int | None = None,
@@ -588,10 +672,13 @@ def guard_decode(decoder, latent_shape: tuple[int, int, int, int], budget: Budge
                  **decode_kw) -> GuardResult:
     """Estimate a decode (:func:`estimate_for_decoder`) and check it against ``budget``.
 
-    When it is over: about the largest latent grid of the same aspect that fits (a bisection on the side
-    scale, each candidate a one-step estimate from shapes and the probe's rates, ``exact=False``, up to 7
-    of them) and, when memory is over, a power-of-two tile whose decode fits the memory budget. Callers
-    phrase the ways on in their own terms (command-line flags, config keys) from the :class:`GuardResult`.
+    When it is over: about the largest latent grid of the same aspect that fits — the side scale solved
+    from the estimate's cost curve (:func:`fit_scale`: time ∝ a·s² + b·s⁴, the attention part growing with
+    the square of the pixels, memory ∝ s²), checked by one estimate from shapes and the probe's rates
+    (``exact=False``) and, if that one is over, solved again from it (its own curve, at most two in all) —
+    and, when memory is over, a power-of-two tile whose decode fits the memory budget (one tiled estimate,
+    halved once if over). Callers phrase the ways on in their own terms (command-line flags, config keys)
+    from the :class:`GuardResult`.
     """
     est = estimate_for_decoder(decoder, latent_shape, **decode_kw)
     result = GuardResult(est, over_budget(est, budget))
@@ -605,26 +692,17 @@ def guard_decode(decoder, latent_shape: tuple[int, int, int, int], budget: Budge
         cur = estimate_for_decoder(decoder, (b, c, *hw), probe=False, rates=rates, exact=False, **decode_kw)
         return hw, cur, not over_budget(cur, budget)
 
-    # cost grows at least ∝ pixels (scale²) and at most ∝ pixels² (attention): the fitting scale lies
-    # between ratio^(1/2) and ratio^(1/4); bisect there
-    ratio = cost_ratio(est, budget)
-    lo, hi = math.sqrt(ratio), min(1.0, ratio ** 0.25)
-    for _ in range(4):  # make sure the lower end fits (fixed costs, rounding to whole cells)
-        hw, cur, ok = fits(lo)
+    scale, base, prev_hw = 1.0, est, None
+    for _ in range(2):
+        # solved on ``base``'s curve; the second try is solved on the first's, a point next to the answer
+        scale *= fit_scale(base, budget, margin=0.98 if base is est else 0.95, inexact=base is est)
+        hw, cur, ok = fits(scale)
         if ok:
             result.fit_latent_hw, result.fit_estimate = hw, cur
             break
-        if hw == (1, 1):
-            return result
-        hi, lo = lo, lo / 2
-    if result.fit_latent_hw is not None:
-        for _ in range(3):
-            mid = (lo + hi) / 2
-            hw, cur, ok = fits(mid)
-            if ok:
-                lo, result.fit_latent_hw, result.fit_estimate = mid, hw, cur
-            else:
-                hi = mid
+        if hw == (1, 1) or hw == prev_hw:
+            break
+        base, prev_hw, scale = cur, hw, math.sqrt(hw[0] * hw[1] / (h * w))  # the scale it was estimated at
     if any(r.startswith("memory") for r in result.reasons) and decode_kw.get("tile") is None:
         # a first guess from the whole decode's bytes per pixel, checked by a tiled estimate (halved once)
         patch = int(getattr(decoder.net, "patch_size", 16))
@@ -645,5 +723,6 @@ def guard_decode(decoder, latent_shape: tuple[int, int, int, int], budget: Budge
 
 __all__ = ["Budget", "CPU_TIME_BUDGET_S", "DecodeEstimate", "GuardResult", "MEMORY_SHARE", "OverBudgetError",
            "PeakTensorMemory", "SizePlan", "available_memory", "check_crop_size", "estimate_decode",
-           "estimate_for_decoder", "cost_ratio", "guard_decode", "over_budget", "plan_input_size",
+           "estimate_for_decoder", "cost_ratio", "fit_scale",
+           "guard_decode", "over_budget", "plan_input_size",
            "sampler_forwards", "size_unit"]

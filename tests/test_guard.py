@@ -215,3 +215,51 @@ def test_make_eval_stops_when_one_batch_does_not_fit(net):
     guard_eval_decode(decoder, (2, 4, 4, 4))  # 128² crops fit this machine
     with pytest.raises(OverBudgetError, match=r"data.batch_size \(now 2.*data.crop_size"):
         guard_eval_decode(decoder, (2, 4, 4, 4), Budget(seconds=None, memory_bytes=1e6))
+
+
+def test_over_budget_the_ways_on_take_a_few_estimates(net, monkeypatch):
+    """Over budget, the size that fits is solved from the estimate's cost curve and checked by one estimate
+    (one more if it is over), and the tile by one tiled estimate (halved once): no bisection of estimates,
+    each of which runs the decode path on meta tensors."""
+    import pid.guard as guard
+    from pid.api import PiDDecoder
+    from pid.latents.geometry import LatentGeometry
+
+    decoder = PiDDecoder(net, LatentGeometry(channels=4, down_factor=8), sr_scale=4,
+                         sampling={"sampler": "euler", "num_steps": 3})
+    shape = (1, 4, 24, 16)
+    whole = guard.estimate_for_decoder(decoder, shape)
+    budget = Budget(seconds=whole.seconds / 40, memory_bytes=whole.weight_bytes + whole.peak_bytes / 3)
+    calls = []
+    real = guard.estimate_decode
+
+    def counting(*args, **kw):
+        calls.append(kw.get("tile"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(guard, "estimate_decode", counting)
+    res = guard.guard_decode(decoder, shape, budget)
+    assert {r.split(":")[0] for r in res.reasons} == {"time", "memory"}
+    assert calls[0] is None and len(calls) <= 5, calls  # the decode, ≤ 2 for the size, ≤ 2 for the tile
+    assert res.fit_latent_hw is not None and not guard.over_budget(res.fit_estimate, budget)
+    h, w = res.fit_latent_hw
+    assert h < 24 and w < 16 and h >= w  # the same aspect, but for whole cells
+    # about the largest: a grid a third larger per side is over the budget
+    rates = (res.estimate.flop_rate, res.estimate.attention_rate, res.estimate.probe)
+    bigger = real(net, (1, 4, h * 4 // 3 + 1, w * 4 // 3 + 1), sr_scale=4, latent_down=8, num_steps=3,
+                  sampler="euler", rates=rates, exact=False)
+    assert guard.over_budget(bigger, budget)
+    if res.fit_tile is not None:
+        memory = Budget(None, budget.memory_bytes)
+        assert res.fit_tile in calls and not guard.over_budget(res.fit_tile_estimate, memory)
+
+
+def test_the_fitting_scale_solves_the_cost_curve():
+    from pid.guard import DecodeEstimate, fit_scale
+
+    est = DecodeEstimate((1024, 1024), 1, 10, flops=3e12, peak_bytes=10**9, weight_bytes=10**7, device="cpu",
+                         attention_flops=1e12).timed(1e10, 1e10, "test")  # 200 s + 100 s of attention
+    s = fit_scale(est, Budget(seconds=30, memory_bytes=1e12))
+    assert 200 * s**2 + 100 * s**4 == pytest.approx(30)
+    s = fit_scale(est, Budget(seconds=None, memory_bytes=10**7 + 2.5e8))
+    assert s == pytest.approx(0.5)
