@@ -400,7 +400,8 @@ class _Decode(torch.nn.Module):
     def forward(self, z, y, steps: int = 1):
         from pid.sampling import decode_latent
 
-        grid = [1.0, 0.0] if steps == 1 else [1.0, 0.5, 0.0]
+        # times inside (0, 1): multistep solvers take log((1 - t) / t) of each grid time but the last
+        grid = [0.98, 0.0] if steps == 1 else [0.98, 0.5, 0.0]
         return decode_latent(self.net, z, 0.0, num_steps=steps, timesteps=grid, text=(y, None),
                              **self.decode_kw)
 

@@ -35,11 +35,13 @@ def _blur(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def test_psnr_known_values():
+    from pid.eval.functional import PSNR_CAP_DB
+
     gt = torch.zeros(2, 3, 8, 8)
     assert psnr(gt + 0.1, gt).item() == pytest.approx(10 * math.log10(4 / 0.01), abs=1e-5)  # 26.0206 dB
     a = torch.full((1, 3, 4, 4), 100, dtype=torch.uint8)
     assert psnr(a + 10, a).item() == pytest.approx(10 * math.log10(255**2 / 100), abs=1e-9)  # 28.1308 dB
-    assert psnr(gt, gt).item() == math.inf
+    assert psnr(gt, gt).item() == pytest.approx(PSNR_CAP_DB)  # identical at 8 bits: the cap, never inf
     per_image = psnr(torch.stack([gt[0] + 0.1, gt[1] + 0.2]), gt, reduction="none")
     assert per_image.shape == (2,) and per_image[0] > per_image[1]
     # uint8 and [-1, 1] floats mix; floats outside [-1, 1] are refused, naming the range

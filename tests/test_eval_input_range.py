@@ -7,7 +7,7 @@ float batch used to be clamped to white and scored as such).
 import pytest
 import torch
 
-from pid.eval.functional import inception_feature_distance, psnr, ssim
+from pid.eval.functional import PSNR_CAP_DB, inception_feature_distance, psnr, ssim
 from pid.eval.images import as_metric_images
 
 RANGE = r"\[-1, 1\]"
@@ -41,7 +41,7 @@ def test_psnr_ssim_and_clip_score_follow_the_same_convention(u8):
             metric(u8.float(), u8)
         with pytest.raises(ValueError, match=RANGE):
             metric(u8, u8.float())
-    assert psnr(signed, u8).item() == float("inf")  # the same pictures
+    assert psnr(signed, u8).item() == pytest.approx(PSNR_CAP_DB)  # the same pictures: the 8-bit cap
     assert ssim(signed, u8) == pytest.approx(1.0, abs=1e-6)
     torch.manual_seed(0)
     clip = build_clip_scorer(model_cfg={
@@ -62,7 +62,8 @@ def test_the_metric_suite_gates_every_registered_metric(u8):
     suite = MetricSuite({"psnr": PSNR(), "ssim": SSIM()}, ctx)
     with pytest.raises(ValueError, match=RANGE):
         suite(u8.float())
-    assert suite(u8)["psnr"] == float("inf") and suite(u8)["ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert suite(u8)["psnr"] == pytest.approx(PSNR_CAP_DB)
+    assert suite(u8)["ssim"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_the_converter_itself():
