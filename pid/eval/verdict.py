@@ -8,13 +8,15 @@ A decoder A is named ahead of a decoder B on a measure only when all three hold:
    (:func:`rewards_grain`: it scores the grained baseline better by more than two grain draws differ), nor
    the baseline plus grain as strong as a judged decoder's own excess noise when that is above σ = 0.1
    (:meth:`pid.eval.panel.Panel.matched_grain`); a measure that does is reported as "excluded from
-   verdicts: rewards grain at this size";
+   verdicts: rewards grain at this size". What the σ = 0.1 check excludes in one comparison holds for the
+   related comparisons on the same crops (each σ; each row pair of `make eval`,
+   :func:`pid.eval.panel.combine_checks`);
 2. **the sample floor is met** (:attr:`Measure.min_samples`; FID on 2,048-d Inception features is biased
    below 10,000 samples, Heusel et al. 2017, §"FID": it is shown and never ranks, KID ranks instead);
 3. **the 95 % interval of the paired difference excludes no difference**: a seeded bootstrap over the
    crops (the same resampled crops for both decoders, so the difference is paired; Efron & Tibshirani
    1993, percentile interval). Per-crop measures resample their per-crop values; set measures (KID,
-   blockiness) are recomputed on each resample from per-crop statistics.
+   seams) are recomputed on each resample from per-crop statistics.
 
 Otherwise the line says "not separable with N (need about M)", M being the sample size at which the
 interval's half-width would shrink (∝ 1/√N) to the observed difference. Verdicts are given per family —
