@@ -86,9 +86,12 @@ def test_families_get_their_own_headlines():
     c, d = _paired(30, gain=0.0, noise=1.0)
     verdicts = judge([fid, real, art], {"m": a, "r": d, "x": a}, {"m": b, "r": c, "x": b}, ("A", "B"))
     lines = family_lines(verdicts.outcomes, "A", "B")
-    assert lines[0] == "fidelity to the input: A ahead on M"
+    # a headline names its sample size and each winning measure's interval
+    assert lines[0].startswith("fidelity to the input: A ahead on M [+")
+    assert "(30 crops; 95 % intervals" in lines[0]
     assert lines[1].startswith("realism: not separable with 30 crops")
-    assert lines[2] == "artefacts: B ahead on X"  # lower is better: A's larger X loses
+    assert lines[2].startswith("artefacts: B ahead on X [-")  # lower is better: A's larger X loses
+    assert "(30 crops; 95 % intervals of A's gain)" in lines[2]
 
 
 def test_set_statistics_equal_the_plain_estimators_at_unit_weights():

@@ -275,7 +275,10 @@ def family_lines(outcomes: list[Outcome], a: str, b: str) -> list[str]:
         outs = [o for o in outcomes if o.measure.family == family]
         if not outs:
             continue
-        ahead = {name: [o.measure.label for o in outs if o.winner == name] for name in (a, b)}
+        # each winning measure with the 95 % interval of A's gain, so a headline stands on its own
+        ahead = {name: [f"{o.measure.label} [{o.interval[0]:+.3g}, {o.interval[1]:+.3g}]" for o in outs
+                        if o.winner == name] for name in (a, b)}
+        ranked = [o for o in outs if o.winner]
         open_ = [o for o in outs if o.status in ("not separable", "below floor")]
         excluded = [o.measure.label for o in outs if o.status == "excluded"]
         title = FAMILY_TITLES[family]
@@ -295,6 +298,8 @@ def family_lines(outcomes: list[Outcome], a: str, b: str) -> list[str]:
                     + (f" (need about {min(needs):,} for the closest measure)" if needs else ""))
         else:
             head = "no measure left to judge"
+        if ranked:
+            head += f" ({ranked[0].counted()}; 95 % intervals of {a}'s gain)"
         if excluded:
             head += f" [{', '.join(excluded)}: {EXCLUDED}]"
         lines.append(f"{title}: {head}")
