@@ -39,8 +39,9 @@ def sigma_tag(sigma: float) -> str:
 
 @torch.no_grad()
 def decode_heldout(module, loader, ema=None, num_steps: int | None = None, seed: int = 0,
-                   max_crops: int | None = None, sigma: float = 0.0) -> dict[str, torch.Tensor]:
-    """Ground truth, baseline and PiD decodes (float [-1, 1], CPU) for every crop of ``loader``.
+                   sigma: float = 0.0) -> dict[str, torch.Tensor]:
+    """Ground truth, baseline and PiD decodes (float [-1, 1], CPU) for every crop of ``loader`` (a
+    DataLoader; cap it with :func:`heldout_loader`).
 
     With ``sigma`` > 0 the latent is noised once (seeded) and both decoders see the same noisy latent;
     PiD is told the level.
@@ -52,7 +53,7 @@ def decode_heldout(module, loader, ema=None, num_steps: int | None = None, seed:
     latent_noise = torch.Generator().manual_seed(seed + 1)
     was_training = module.training
     last = time.monotonic()
-    log.info("held-out comparison at σ = %g: decoding %s crops", sigma, max_crops or "the validation")
+    log.info("held-out comparison at σ = %g: decoding %d crops", sigma, len(loader.dataset))
     module.eval()
     try:
         with ema.averaged(module) if ema is not None else contextlib.nullcontext():
@@ -70,12 +71,10 @@ def decode_heldout(module, loader, ema=None, num_steps: int | None = None, seed:
                 pid = module.decode(z, float(sigma), num_steps=num_steps, generator=generator)
                 decoded.append(pid.float().cpu())
                 truth.append(hq.cpu())
-                if max_crops and sum(len(t) for t in truth) >= max_crops:
-                    break
     finally:
         module.train(was_training)
     out = {"truth": torch.cat(truth), "baseline": torch.cat(baseline), "pid": torch.cat(decoded)}
-    return {k: v[:max_crops] if max_crops else v for k, v in out.items()}
+    return out
 
 
 def judge_decodes(images: dict[str, torch.Tensor], sr_scale: int, patch: int, pairs: list[tuple[str, str]],
@@ -185,7 +184,7 @@ def compare_on_heldout(module, datamodule, ema=None, out_dir: str | Path = ".", 
     lines, verdicts, checks = [], {}, []
     for sigma in sigmas:
         start = time.perf_counter()
-        images = decode_heldout(module, loader, ema, num_steps, seed, None, sigma=sigma)
+        images = decode_heldout(module, loader, ema, num_steps, seed, sigma=sigma)
         decoded_s = time.perf_counter() - start
         log.info("held-out comparison at σ = %g: %d crops decoded in %.0f s; scoring them", sigma,
                  images["truth"].shape[0], decoded_s)

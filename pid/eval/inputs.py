@@ -116,18 +116,15 @@ def load_eval_set(cfg: DictConfig, decoder) -> dict:
 
 def group_masks(keys: list[str], patterns: dict[str, str] | None) -> dict[str, torch.Tensor]:
     """Boolean masks over the evaluation set per named group (``fnmatch`` on the crop key, whose part
-    before ``@`` is the file stem), plus ``other`` for the crops no pattern matches; empty groups are left
-    out. A crop matching several patterns goes to the first."""
-    from fnmatch import fnmatch
+    before ``@`` is the file stem; :func:`pid.eval.sample.group_of`), plus ``other`` for the crops no pattern
+    matches; empty groups are left out. A crop matching several patterns goes to the first."""
+    from pid.eval.sample import group_of
 
-    stems = [k.split("@")[0] for k in keys]
-    taken = torch.zeros(len(keys), dtype=torch.bool)
-    out = {}
-    for name, pattern in (patterns or {}).items():
-        mask = torch.tensor([fnmatch(s, str(pattern)) for s in stems], dtype=torch.bool) & ~taken
-        taken |= mask
-        if mask.any():
-            out[str(name)] = mask
-    if out and (~taken).any():
-        out["other"] = ~taken
+    if not patterns:
+        return {}
+    groups = group_of(keys, patterns)
+    out = {str(name): torch.tensor([g == str(name) for g in groups], dtype=torch.bool) for name in patterns}
+    out = {name: mask for name, mask in out.items() if mask.any()}
+    if out and "other" not in out and "other" in groups:
+        out["other"] = torch.tensor([g == "other" for g in groups], dtype=torch.bool)
     return out

@@ -28,9 +28,10 @@ Decoder = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 @torch.no_grad()
-def decode_heldout_with(module, loader, decoders: dict[str, Decoder], seed: int = 0,
-                        max_crops: int | None = None) -> dict[str, torch.Tensor]:
-    """{"truth", "baseline" (native decode + bicubic), *decoders}: float [-1, 1] CPU tensors.
+def decode_heldout_with(module, loader, decoders: dict[str, Decoder],
+                        seed: int = 0) -> dict[str, torch.Tensor]:
+    """{"truth", "baseline" (native decode + bicubic), *decoders}: float [-1, 1] CPU tensors for every crop
+    of ``loader`` (cap it with :func:`pid.eval.heldout.heldout_loader`).
 
     Every decoder sees the same clean latents and a generator seeded identically per batch.
     """
@@ -46,11 +47,9 @@ def decode_heldout_with(module, loader, decoders: dict[str, Decoder], seed: int 
             for name, decode in decoders.items():
                 gen = torch.Generator().manual_seed(seed * 100003 + i)
                 out[name].append(decode(z, gen).float().cpu())
-            if max_crops and len(out["truth"]) * hq.shape[0] >= max_crops:
-                break
     finally:
         module.train(was_training)
-    return {k: torch.cat(v)[:max_crops] if max_crops else torch.cat(v) for k, v in out.items()}
+    return {k: torch.cat(v) for k, v in out.items()}
 
 
 def compare_student_teacher(module, datamodule, ema=None, out_dir: str | Path = ".",
