@@ -217,3 +217,31 @@ def test_patch_kid_at_the_eval_quickstart_size_is_checked_against_grain(quicksta
     assert all(o.winner != "baseline + grain" for o in verdicts.outcomes)
     assert "kid" in excluded and verdicts.outcomes[0].status == "excluded"
     assert verdicts.outcomes[1].winner is None  # 40 patches: FID never ranks (and it rewards grain here)
+
+
+@pytest.mark.parametrize("bad", [0, -1, "abc", 2.5])
+def test_eval_max_images_out_of_range_names_the_key(bad, tmp_path):
+    from omegaconf import OmegaConf
+
+    from pid.eval.inputs import load_eval_set
+    from pid.utils.errors import PiDConfigError
+
+    folder = tmp_path / "val"
+    folder.mkdir()
+    from PIL import Image
+
+    pixels = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(folder / "a.png")
+    cfg = OmegaConf.create({"seed": 0, "data": {"kind": "folder", "root": str(folder), "crop_size": 32,
+                                                "crops_per_image": 2, "select": "grid", "max_images": bad,
+                                                "batch_size": 2, "groups": {}}})
+
+    with pytest.raises(PiDConfigError, match="data.max_images"):  # before any decoder is used
+        load_eval_set(cfg, None)
+
+
+def test_export_of_a_missing_file_is_one_line_not_a_traceback(tmp_path):
+    from pid.weights.export import main
+
+    with pytest.raises(SystemExit, match="no weights file"):
+        main([str(tmp_path / "none.safetensors"), str(tmp_path / "out.pth"), "--target", "pid"])

@@ -63,6 +63,10 @@ def load_eval_set(cfg: DictConfig, decoder) -> dict:
     from pid.utils.images import downsample, to_signed
 
     d = cfg.data
+    if d.max_images is not None and (isinstance(d.max_images, bool) or not isinstance(d.max_images, int)
+                                     or d.max_images < 1):
+        raise PiDConfigError(f"data.max_images={d.max_images!r}: give a whole number of crops ≥ 1, or null "
+                             "for every crop")
     sr = decoder.sr_scale
     if d.kind == "latents":
         from pid.decode import read_latent

@@ -364,7 +364,7 @@ def run_cli(args, parser_prog: str) -> Path:
     try:
         done = export_model(args.src, args.out, args.target, dtype=args.dtype, weights=args.weights,
                             release=args.release, split=args.split_adaln)
-    except PiDConfigError as err:
+    except (PiDConfigError, FileNotFoundError) as err:  # a missing SRC is the user's input, not a crash
         raise SystemExit(f"{parser_prog}: {err}") from err
     latent = f", its latent {done.latent}" if done.latent else ""
     preset = f" and its preset {done.preset}" if done.preset else " (no preset)"
